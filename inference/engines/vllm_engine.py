@@ -1,0 +1,345 @@
+"""The live engine: vLLM's `AsyncLLM`, one streamed request per sample, behind the kit's `Engine` interface.
+
+Why AsyncLLM and not `LLM`: early-stop voting needs to stream every sample and abort single samples mid-generation,
+which only the async engine offers. AsyncLLM lives on an asyncio event loop; this engine runs that loop in one
+background thread it owns, and its public methods are plain synchronous calls that hand coroutines to the loop
+(`asyncio.run_coroutine_threadsafe`), so they are safe from any thread (Kaggle calls predict from a gRPC worker).
+
+Each sample is one vLLM request with its own seed (prefix caching shares the prompt's KV cache among the samples of a
+problem). A consumer task per request reads the streamed deltas, counts tokens, applies the request's stop rule
+(`inference.answers.find_stop`) and aborts the request in vLLM the moment the sample has committed to an answer.
+Finished samples go to a list that `poll` hands out. If vLLM dies (its engine core process crashed, or the loop
+stopped answering for `stall_seconds`), `submit` and `poll` raise `EngineError` and the watchdog restarts the engine.
+
+Scripts that build this engine need an `if __name__ == "__main__":` guard: vLLM starts its engine core in a new
+process that may re-import the main module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Coroutine, Sequence
+
+from inference.answers import find_stop
+from inference.clock import RealClock, VirtualClock
+from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
+
+log = logging.getLogger(__name__)
+
+# vLLM's finish reasons → the kit's (base.Sample.finish_reason)
+FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "aborted", "error": "error"}
+
+
+def answer_may_complete(delta: str) -> bool:
+    """Whether this new text can complete an answer: a `}` closing \\boxed{..} or the `>` of </think>.
+
+    find_stop rescans the whole text, so it is called only on such deltas (a `\\boxed 5` without braces is caught by
+    the final check when the sample ends)."""
+    return "}" in delta or ">" in delta
+
+
+@dataclass
+class _Stream:
+    """One sample being generated. Touched by the loop thread (deltas) and callers (abort, progress) under a lock."""
+
+    request: SampleRequest
+    request_id: str
+    prompt_tokens: int
+    submitted: float  # engine clock
+    text: str = ""
+    tokens: int = 0
+    pieces: list[str] = field(default_factory=list)
+
+    def sample(self, text: str, seconds: float, finish_reason: str) -> Sample:
+        r = self.request
+        return Sample(r.problem_id, r.sample, text, self.tokens, seconds, finish_reason, variant=r.variant,
+                      seed=r.seed, extra={"prompt_tokens": self.prompt_tokens})
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        clock: RealClock | VirtualClock | None = None,
+        engine_args: dict | None = None,
+        stall_seconds: float = 120.0,
+    ) -> None:
+        """`engine_args` go straight to `vllm.AsyncEngineArgs` (tensor_parallel_size, gpu_memory_utilization,
+        max_model_len, kv_cache_dtype, quantization, enable_prefix_caching, enforce_eager, max_num_seqs, dtype,
+        seed, ...). `stall_seconds` bounds every wait on vLLM's event loop: longer means it hangs."""
+        super().__init__(clock)
+        if getattr(self.clock, "virtual", False):
+            raise ValueError("clock: the vllm engine generates in real time; a VirtualClock works only with replay")
+        self.model = str(model)
+        self.engine_args = dict(engine_args or {})
+        if "model" in self.engine_args:
+            raise ValueError("engine_args: set the model with `model`, not engine_args.model")
+        self.stall_seconds = float(stall_seconds)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._llm = None  # vllm AsyncLLM
+        self._tokenizer = None
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._finished_cond = threading.Condition(self._lock)
+        self._streams: dict[str, _Stream] = {}  # request id → sample in flight
+        self._finished: list[Sample] = []  # finished, not yet returned by poll
+        self._last_activity = 0.0  # engine clock: last token or submission
+        self._error: str | None = None  # set when vLLM died
+
+    # -- lifecycle --------------------------------------------------------------------------------------------------
+
+    @property
+    def llm(self):
+        """The underlying vllm AsyncLLM (for benchmarks and tests); None until started."""
+        return self._llm
+
+    def run_coroutine(self, coro: Coroutine, timeout: float | None = None) -> Any:
+        """Run a coroutine on the engine's event loop and wait for its result (for benchmarks and tests)."""
+        if self._loop is None:
+            coro.close()
+            raise EngineError("vllm engine is not started")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise EngineError(f"vllm engine did not answer within {timeout:.0f}s") from None
+
+    def start(self) -> None:
+        if self._llm is not None:
+            return
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        t0 = time.monotonic()
+        try:
+            args = AsyncEngineArgs(model=self.model, **self.engine_args)
+        except TypeError as e:  # an unknown key
+            raise ValueError(f"engine_args: not an AsyncEngineArgs field ({e})") from None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+
+        async def build():
+            # Built on the loop so AsyncLLM's output handler runs there.
+            return AsyncLLM.from_engine_args(args)
+
+        try:
+            self._llm = self.run_coroutine(build())
+        except Exception as e:
+            self._stop_loop()
+            raise EngineError(f"vllm engine failed to start on {self.model}: {e!r}") from e
+        self._tokenizer = self._llm.get_tokenizer()
+        self._error = None
+        log.info("vllm engine: loaded %s in %.1fs", self.model, time.monotonic() - t0)
+
+    def shutdown(self) -> None:
+        """Abort everything, stop vLLM (its engine core process) and the loop thread. `start()` works again after."""
+        with self._lock:
+            self._streams.clear()
+            self._finished.clear()
+        llm, self._llm = self._llm, None
+        if llm is not None:
+
+            async def stop():
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in tasks:  # the consumers of requests in flight
+                    task.cancel()
+                llm.shutdown()
+                if tasks:
+                    await asyncio.wait(tasks, timeout=5)
+
+            try:
+                self.run_coroutine(stop(), timeout=self.stall_seconds)
+            except Exception as e:  # noqa: BLE001 - a hung or dead loop: shut vLLM down from here instead
+                log.warning("vllm engine: clean shutdown failed (%r); forcing it", e)
+                llm.shutdown()
+        self._stop_loop()
+        self._tokenizer = None
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not None:
+                thread.join(timeout=30)
+            if not loop.is_running():
+                loop.close()
+
+    def _check_alive(self) -> None:
+        if self._llm is None:
+            raise EngineError("vllm engine is not started")
+        if self._error is None and self._llm.errored:
+            self._error = "vllm engine core died"
+        if self._error is None and (self._thread is None or not self._thread.is_alive()):
+            self._error = "vllm engine loop thread stopped"
+        if self._error is not None:
+            raise EngineError(self._error)
+
+    # -- generation -------------------------------------------------------------------------------------------------
+
+    def _prompt_ids(self, messages: list[dict]) -> list[int]:
+        prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self._tokenizer.encode(prompt, add_special_tokens=False)  # the template already has its specials
+
+    def submit(self, requests: Sequence[SampleRequest]) -> None:
+        """Add the requests to vLLM and return once it accepted them (raises on a bad request, e.g. a prompt longer
+        than max_model_len, after adding none of them)."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        self._check_alive()
+        rendered: dict[str, list[int]] = {}  # the samples of a problem share their messages: render once
+        batch = []
+        for req in requests:
+            key = repr(req.messages)
+            if key not in rendered:
+                rendered[key] = self._prompt_ids(req.messages)
+            params = SamplingParams(
+                n=1, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, min_p=req.min_p,
+                seed=req.seed, skip_special_tokens=True, output_kind=RequestOutputKind.DELTA,
+            )
+            request_id = f"{req.problem_id}/{req.sample}/{next(self._ids)}"
+            batch.append((req, request_id, rendered[key], params))
+        if batch:
+            self.run_coroutine(self._add(batch, TokensPrompt), timeout=self.stall_seconds)
+
+    async def _add(self, batch, TokensPrompt) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        added = []
+        try:
+            for req, request_id, prompt_ids, params in batch:
+                collector = await self._llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
+                added.append(request_id)
+                stream = _Stream(req, request_id, len(prompt_ids), self.clock.now())
+                with self._lock:
+                    self._streams[request_id] = stream
+                    self._last_activity = stream.submitted
+                asyncio.create_task(self._consume(self._llm, stream, collector))
+        except EngineDeadError as e:
+            self._died(e)
+            raise EngineError("vllm engine core died") from e
+        except BaseException:
+            with self._lock:
+                for request_id in added:
+                    self._streams.pop(request_id, None)
+            if added:
+                await self._llm.abort(added)
+            raise
+
+    async def _consume(self, llm, stream: _Stream, collector) -> None:
+        """Read one request's deltas until it finishes, is aborted, or its stop rule fires."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            while True:
+                out = collector.get_nowait() or await collector.get()
+                completion = out.outputs[0]
+                reason = FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
+                if self._on_delta(stream, completion.text, len(completion.token_ids), reason) == "answer":
+                    await llm.abort(stream.request_id)  # free its batch slot now
+                    return
+                if out.finished:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except EngineDeadError as e:
+            self._died(e)
+        except Exception as e:  # noqa: BLE001 - one bad request must not take the others down
+            if llm.errored:
+                self._died(e)
+                return
+            log.exception("vllm engine: request %s failed", stream.request_id)
+            with self._lock:
+                if self._streams.pop(stream.request_id, None) is not None:
+                    failed = stream.sample(stream.text, self.clock.now() - stream.submitted, "error")
+                    failed.extra["error"] = repr(e)
+                    self._finish(failed)
+
+    def _on_delta(self, stream: _Stream, delta: str, tokens: int, finish_reason: str | None) -> str | None:
+        """Account one delta; finish the sample if it ended or committed to an answer. Returns "answer" when the stop
+        rule fired (the caller aborts the request), else None."""
+        now = self.clock.now()
+        with self._lock:
+            if self._streams.get(stream.request_id) is not stream:
+                return None  # aborted meanwhile: abort() already handed out its partial sample
+            stream.pieces.append(delta)
+            stream.tokens += tokens
+            self._last_activity = now
+            if not (finish_reason or answer_may_complete(delta)):
+                return None
+            stream.text = "".join(stream.pieces)
+            stream.pieces = [stream.text]
+            stop = find_stop(stream.text, stream.request.stop_rule)
+            if stop is None and finish_reason is None:
+                return None
+            del self._streams[stream.request_id]
+            if stop is not None:
+                self._finish(stream.sample(stream.text[:stop], now - stream.submitted, "answer"))
+                return "answer" if finish_reason is None else None
+            self._finish(stream.sample(stream.text, now - stream.submitted, finish_reason))
+            return None
+
+    def _finish(self, sample: Sample) -> None:
+        """Queue a finished sample for poll (caller holds the lock)."""
+        self._finished.append(sample)
+        self._finished_cond.notify_all()
+
+    def _died(self, error: BaseException) -> None:
+        log.error("vllm engine: died (%r)", error)
+        with self._lock:
+            self._error = self._error or f"vllm engine core died: {error!r}"
+            self._finished_cond.notify_all()
+
+    # -- the solver's view ------------------------------------------------------------------------------------------
+
+    def poll(self, timeout: float) -> list[Sample]:
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            while not self._finished and self._error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._finished_cond.wait(min(left, 1.0))  # wake now and then to notice a silent death
+                if self._llm is not None and self._llm.errored:
+                    self._error = self._error or "vllm engine core died"
+            if self._finished:
+                done, self._finished = self._finished, []
+                return done
+        self._check_alive()
+        return []
+
+    def abort(self, problem_id: str) -> list[Sample]:
+        """Stop this problem's samples in vLLM. Returns the unfinished ones as "aborted" partial samples, plus any
+        finished ones poll has not handed out yet (with their own finish_reason), so none leaks into the next
+        problem's poll."""
+        now = self.clock.now()
+        with self._lock:
+            streams = [s for s in self._streams.values() if s.request.problem_id == problem_id]
+            for s in streams:
+                del self._streams[s.request_id]
+            done = [s for s in self._finished if s.problem_id == problem_id]
+            self._finished = [s for s in self._finished if s.problem_id != problem_id]
+        aborted = [s.sample("".join(s.pieces), now - s.submitted, "aborted") for s in streams]
+        if streams and self._llm is not None and self._error is None:
+            self.run_coroutine(self._llm.abort([s.request_id for s in streams]), timeout=self.stall_seconds)
+        return done + aborted
+
+    def progress(self) -> EngineProgress:
+        now = self.clock.now()
+        with self._lock:
+            running = len(self._streams)
+            tokens = sum(s.tokens for s in self._streams.values())
+            since = now - self._last_activity if running else 0.0
+        return EngineProgress(running=running, tokens_in_flight=tokens, seconds_since_token=since)

@@ -1,0 +1,395 @@
+"""A local mock of Kaggle's AIMO evaluation gateway that rehearses a whole competition run.
+
+    python inference/local_gateway.py                                   # the demo: toy model, toy problems
+    python inference/local_gateway.py --problems ../shared/data/aimo3_reference.jsonl --competition aimo3 \\
+        --engine vllm --model models/toy-math --budget-seconds 1200
+    python inference/local_gateway.py --engine replay --traces runs/traces.jsonl --virtual-clock   # 5 h in seconds
+
+Like Kaggle's gateway it drops the answer column, shuffles the problems with the seed, serves one row at a time to
+`predict` on a worker thread as one-row polars Series, waits for each answer before showing the next problem,
+enforces the server-start, per-call and whole-run limits of the competition, validates every return value exactly
+as that competition's gateway does, and fails with the same error kinds. Then it does what Kaggle does not: scores
+against the gold answers, shows live progress, prints a table, and writes a JSON report next to submission.parquet.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python inference/local_gateway.py` from anywhere
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from concurrent.futures import TimeoutError as FutureTimeout  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import polars as pl  # noqa: E402
+
+from inference.answers import is_equivalent, parse_integer  # noqa: E402
+from inference.clock import RealClock, VirtualClock  # noqa: E402
+from inference.config import REPO, Competition, load_settings, parse_override  # noqa: E402
+
+# Kaggle's GatewayRuntimeErrorType names, plus the platform's own notebook timeout.
+ERROR_KINDS = (
+    "SERVER_NEVER_STARTED",
+    "SERVER_CONNECTION_FAILED",
+    "SERVER_RAISED_EXCEPTION",
+    "SERVER_MISSING_ENDPOINT",
+    "GATEWAY_RAISED_EXCEPTION",
+    "INVALID_SUBMISSION",
+    "GRPC_DEADLINE_EXCEEDED",
+    "NOTEBOOK_TIMEOUT",
+)
+DEFAULT_CONFIG = REPO / "configs" / "inference" / "demo.yaml"
+
+
+class GatewayError(RuntimeError):
+    def __init__(self, kind: str, details: str = "") -> None:
+        assert kind in ERROR_KINDS, kind
+        super().__init__(f"{kind}: {details}")
+        self.kind = kind
+        self.details = details
+
+
+def read_problems(path: str | Path) -> pl.DataFrame:
+    """Problems from CSV or JSONL with columns id, problem and optionally answer (all read as strings)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"problems: no such file {path}")
+    try:
+        if path.suffix in (".jsonl", ".ndjson"):
+            df = pl.read_ndjson(path, infer_schema_length=None)
+        else:
+            df = pl.read_csv(path, infer_schema_length=0)  # every column as text, like ids "000aaa"
+    except Exception as e:  # noqa: BLE001 - polars raises many kinds; the message is what matters
+        raise ValueError(f"problems: cannot read {path}: {e}") from None
+    for col in ("id", "problem"):
+        if col not in df.columns:
+            raise ValueError(f"problems: {path} has no {col!r} column (columns: {', '.join(df.columns)})")
+    keep = [c for c in ("id", "problem", "answer") if c in df.columns]
+    df = df.select([pl.col(c).cast(pl.String) for c in keep])
+    if df.height == 0:
+        raise ValueError(f"problems: {path} has no rows")
+    dupes = df.filter(pl.col("id").is_duplicated())["id"].unique().to_list()
+    if dupes:
+        raise ValueError(f"problems: {path} has duplicate ids {dupes[:5]}")
+    return df
+
+
+def _check_endpoint(predict: Any, comp: Competition) -> None:
+    """Kaggle registers listeners by function name; 0.9.0 accepts only plain functions."""
+    name = getattr(predict, "__name__", None)
+    if name == "<lambda>" or not callable(predict):
+        raise GatewayError("SERVER_MISSING_ENDPOINT", "endpoint listeners must be named functions")
+    if comp.gateway_version >= "0.9" and not isinstance(predict, types.FunctionType):
+        raise GatewayError("SERVER_MISSING_ENDPOINT",
+                           f"Endpoint listeners passed to `serve` must be functions, got {type(predict).__name__}")
+    if name != "predict":
+        raise GatewayError("SERVER_MISSING_ENDPOINT", "Server did not register a listener for predict")
+
+
+def _rows(prediction: Any) -> int:
+    return prediction.height if isinstance(prediction, pl.DataFrame) else len(prediction)
+
+
+def validate_prediction(prediction: Any, served_id: str, comp: Competition) -> None:
+    """The checks of that competition's gateway, after each call."""
+    if prediction is None:
+        raise GatewayError("INVALID_SUBMISSION", "No prediction received")
+    if comp.requires_id_column:  # AIMO-2, core 0.3.0
+        try:
+            n = _rows(prediction)
+        except TypeError as e:
+            raise GatewayError("GATEWAY_RAISED_EXCEPTION", repr(e)) from None
+        if n != 1:
+            raise GatewayError("INVALID_SUBMISSION", f"Invalid predictions: expected 1 rows but received {n}")
+        columns = list(getattr(prediction, "columns", []))
+        if "id" not in columns:
+            raise GatewayError("INVALID_SUBMISSION", "Prediction missing column id")
+        if [str(x) for x in list(prediction["id"])] != [served_id]:
+            raise GatewayError("INVALID_SUBMISSION", "Invalid values for id in batch of predictions.")
+        return
+    # AIMO-3, core 0.9.0
+    if isinstance(prediction, (int, float, str, bool)) or type(prediction).__module__ == "numpy":
+        return  # scalars count as one row here and fail when the submission is written
+    module = type(prediction).__module__.split(".")[0]
+    if module not in ("polars", "pandas") or type(prediction).__name__ not in ("DataFrame", "Series"):
+        raise GatewayError("INVALID_SUBMISSION", f"Invalid prediction data type, received: {type(prediction)}")
+    n = _rows(prediction)
+    if n != 1:
+        raise GatewayError("INVALID_SUBMISSION", f"Invalid predictions: expected 1 rows but received {n}")
+
+
+def build_submission(predictions: list[Any], served_ids: list[str], comp: Competition) -> pl.DataFrame:
+    """Concatenate the predictions the way the gateway does when it writes submission.parquet."""
+    frames = []
+    for p in predictions:
+        if isinstance(p, pl.Series):
+            raise GatewayError("GATEWAY_RAISED_EXCEPTION", "Series only supports 'vertical' concat strategy")
+        if not isinstance(p, pl.DataFrame):
+            if type(p).__module__.split(".")[0] == "pandas" and type(p).__name__ == "DataFrame":
+                p = pl.from_pandas(p)
+            elif comp.requires_id_column:
+                p = pl.from_pandas(p.to_frame()) if hasattr(p, "to_frame") else p
+            else:
+                raise GatewayError(
+                    "GATEWAY_RAISED_EXCEPTION",
+                    "The gateway fields self.target_column_name and/or self.row_id_column_name must be set "
+                    f"(predict returned a bare {type(p).__name__})",
+                )
+        frames.append(p)
+    try:
+        df = pl.concat(frames, how="vertical_relaxed")
+    except Exception as e:  # noqa: BLE001
+        raise GatewayError("INVALID_SUBMISSION", f"Inconsistent prediction types: {e}") from None
+    if not comp.requires_id_column:  # 0.9.0 overwrites the id column with the served ids and puts it first
+        df = df.with_columns(pl.Series("id", served_ids, dtype=pl.String))
+        df = df.select(["id"] + [c for c in df.columns if c != "id"])
+    return df
+
+
+def _score(answer: Any, gold: str | None) -> bool | None:
+    if gold is None:
+        return None
+    g = parse_integer(gold)
+    try:
+        a = int(answer)
+    except (TypeError, ValueError):
+        return False
+    if g is not None:
+        return a == g
+    return is_equivalent(str(a), gold)
+
+
+def run_gateway(
+    predict: Callable,
+    problems: str | Path | pl.DataFrame,
+    competition: str | Competition = "aimo3",
+    seed: int = 0,
+    submission_path: str | Path | None = "submission.parquet",
+    report_path: str | Path | None = None,
+    budget_seconds: float | None = None,
+    clock: RealClock | VirtualClock | None = None,
+    details: Callable[[str], dict] | None = None,
+    startup: Callable[[], Any] | None = None,
+    show: Callable[[str], None] | None = print,
+) -> dict:
+    """Serve every problem to `predict` like Kaggle's gateway; return (and optionally write) the report.
+
+    `clock` measures the limits (a VirtualClock for replays); `details(id)` adds the server's own record of a
+    problem (votes, samples, tokens) to the report; `startup()` is run first, under the server-start limit.
+    Raises GatewayError on any failure Kaggle's gateway would fail on.
+    """
+    comp = competition if isinstance(competition, Competition) else Competition.load(competition)
+    clock = clock or RealClock()
+    show = show or (lambda _msg: None)
+    df = problems if isinstance(problems, pl.DataFrame) else read_problems(problems)
+    gold = dict(zip(df["id"], df["answer"])) if "answer" in df.columns else {}
+    served = df.drop("answer", strict=False).sample(fraction=1.0, shuffle=True, seed=seed)
+    budget = comp.total_seconds if budget_seconds is None else budget_seconds
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-predict")  # Kaggle: 1 gRPC worker
+    run_start = clock.now()
+
+    def call(fn: Callable, args: tuple, limit: float | None) -> Any:
+        """Run fn on the worker thread; `limit` in seconds of the clock (None: no deadline)."""
+        t0 = clock.now()
+        future = pool.submit(fn, *args)
+        if limit is None or clock.virtual:
+            value = future.result()
+        else:
+            try:
+                value = future.result(timeout=limit)
+            except FutureTimeout:
+                value = TimeoutError
+        elapsed = clock.now() - t0
+        if value is TimeoutError or (limit is not None and elapsed > limit):
+            raise TimeoutError(elapsed)
+        return value
+
+    rows, predictions = [], []
+    try:
+        if startup is not None:
+            try:
+                call(startup, (), comp.startup_seconds)
+            except TimeoutError:
+                raise GatewayError("SERVER_NEVER_STARTED",
+                                   f"Failed to connect to server after waiting {comp.startup_seconds:.0f} seconds") from None
+            except Exception as e:  # noqa: BLE001
+                raise GatewayError("SERVER_NEVER_STARTED", repr(e)) from None
+        _check_endpoint(predict, comp)
+        total = served.height
+        for i, row in enumerate(served.iter_slices(n_rows=1)):
+            pid = row["id"].item(0)
+            limit = comp.per_call_seconds if (i > 0 or comp.first_call_deadline) else None
+            left = budget - (clock.now() - run_start)
+            if left <= 0:
+                raise GatewayError("NOTEBOOK_TIMEOUT", f"the {budget:.0f}s run limit passed before problem {i + 1}")
+            limit = left if limit is None else min(limit, left)
+            t0 = clock.now()
+            try:
+                prediction = call(predict, tuple(row.get_column(c) for c in row.columns), limit)
+            except TimeoutError:
+                if clock.now() - run_start >= budget:
+                    raise GatewayError("NOTEBOOK_TIMEOUT", f"run limit of {budget:.0f}s exceeded on {pid}") from None
+                if comp.gateway_version >= "0.9":
+                    raise GatewayError("GRPC_DEADLINE_EXCEEDED", f"predict({pid}) exceeded {limit:.0f}s") from None
+                raise GatewayError("SERVER_CONNECTION_FAILED", "StatusCode.DEADLINE_EXCEEDED") from None
+            except Exception as e:  # noqa: BLE001 - any exception inside predict fails the run on Kaggle
+                raise GatewayError("SERVER_RAISED_EXCEPTION", str(e) or repr(e)) from None
+            seconds = clock.now() - t0
+            validate_prediction(prediction, pid, comp)
+            predictions.append(prediction)
+            answer = _answer_of(prediction)
+            record = {"id": pid, "answer": answer, "gold": gold.get(pid), "correct": _score(answer, gold.get(pid)),
+                      "seconds": round(seconds, 3)}
+            if details is not None:
+                try:
+                    extra = details(pid) or {}
+                except Exception:  # noqa: BLE001 - a report detail must never fail the run
+                    extra = {}
+                record.update({k: v for k, v in extra.items() if k not in ("id", "answer")})
+                record["seconds"] = round(seconds, 3)
+            rows.append(record)
+            show(_progress_line(i, total, record, budget - (clock.now() - run_start)))
+        submission = build_submission(predictions, served["id"].to_list(), comp)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    if submission_path is not None:
+        Path(submission_path).parent.mkdir(parents=True, exist_ok=True)
+        submission.write_parquet(submission_path)
+    report = _report(rows, comp, seed, clock.now() - run_start, clock.virtual)
+    if report_path is not None:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(json.dumps(report, indent=2, default=str))
+    show(format_table(report))
+    return report
+
+
+def _answer_of(prediction: Any) -> Any:
+    try:
+        if isinstance(prediction, pl.DataFrame):
+            return prediction["answer"].item(0) if "answer" in prediction.columns else prediction.to_series(-1).item(0)
+        if hasattr(prediction, "columns"):  # pandas
+            col = "answer" if "answer" in prediction.columns else prediction.columns[-1]
+            return prediction[col].iloc[0]
+        if isinstance(prediction, pl.Series):
+            return prediction.item(0)
+    except Exception:  # noqa: BLE001
+        return None
+    return prediction
+
+
+def _progress_line(i: int, total: int, r: dict, left: float) -> str:
+    mark = {True: "✓", False: "✗", None: "·"}[r["correct"]]
+    votes = r.get("votes")
+    votes = " votes " + ", ".join(f"{a}×{c:g}" for a, c in list(votes.items())[:4]) if votes else ""
+    return (f"[{i + 1}/{total}] {r['id']}: {r['answer']} {mark} (gold {r['gold']}){votes}  "
+            f"{r['seconds']:.1f}s  {r.get('stop_reason', '')}  {left:.0f}s left")
+
+
+def _report(rows: list[dict], comp: Competition, seed: int, seconds: float, virtual: bool) -> dict:
+    scored = [r for r in rows if r["correct"] is not None]
+    correct = sum(1 for r in scored if r["correct"])
+    return {
+        "competition": comp.name,
+        "seed": seed,
+        "problems": rows,
+        "totals": {
+            "problems": len(rows),
+            "scored": len(scored),
+            "correct": correct,
+            "accuracy": correct / len(scored) if scored else None,
+            "tokens": sum(r.get("tokens", 0) for r in rows),
+            "samples": sum(r.get("samples", 0) for r in rows),
+            ("simulated_seconds" if virtual else "wall_seconds"): round(seconds, 3),
+        },
+    }
+
+
+def format_table(report: dict) -> str:
+    head = f"{'id':<14} {'answer':>7} {'gold':>7} {'ok':>3} {'samples':>7} {'tokens':>7} {'seconds':>8}  stop"
+    lines = [head, "-" * len(head)]
+    for r in report["problems"]:
+        ok = {True: "✓", False: "✗", None: "·"}[r["correct"]]
+        lines.append(f"{str(r['id'])[:14]:<14} {str(r['answer']):>7} {str(r['gold']):>7} {ok:>3} "
+                     f"{r.get('samples', ''):>7} {r.get('tokens', ''):>7} {r['seconds']:>8.1f}  "
+                     f"{r.get('stop_reason', '')}")
+    t = report["totals"]
+    acc = f"{t['correct']}/{t['scored']} correct ({t['accuracy']:.0%})" if t["scored"] else "no gold answers"
+    secs = t.get("wall_seconds", t.get("simulated_seconds"))
+    kind = "wall" if "wall_seconds" in t else "simulated"
+    lines.append(f"{report['competition']}: {acc}, {t['tokens']} tokens, {secs:.1f}s {kind}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="inference settings YAML")
+    parser.add_argument("--problems", help="CSV/JSONL with id, problem[, answer] (default: the config's)")
+    parser.add_argument("--competition", choices=["aimo2", "aimo3"], help="competition rules (default: the config's)")
+    parser.add_argument("--engine", choices=["vllm", "transformers", "replay"])
+    parser.add_argument("--model", help="model directory")
+    parser.add_argument("--traces", help="traces JSONL for the replay engine")
+    parser.add_argument("--virtual-clock", action="store_true", help="replay in simulated time")
+    parser.add_argument("--budget-seconds", type=float, help="whole-run limit (default: the competition's 5 h)")
+    parser.add_argument("--seed", type=int, default=0, help="problem order and sampling seed")
+    parser.add_argument("--submission", default="submission.parquet")
+    parser.add_argument("--report", default="report.json")
+    parser.add_argument("--record-traces", help="write every sample to this traces JSONL")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set sampling.samples=4 (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from inference.server import Predictor  # after argument parsing: --help stays fast
+
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+        overrides.setdefault("sampling.seed", args.seed)
+        settings = load_settings(
+            args.config, overrides, competition=args.competition, engine=args.engine, model=args.model,
+            traces=args.traces, virtual_clock=True if args.virtual_clock else None,
+            record_traces=args.record_traces,
+        )
+        problems_path = args.problems or settings.problems
+        if not problems_path:
+            raise ValueError("no problems: pass --problems or set `problems` in the config")
+        problems = read_problems(problems_path)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    budget = args.budget_seconds
+    predictor = Predictor(settings, total_seconds=budget, problems=problems.height)
+
+    def predict(id_, problem):  # a plain function named predict, as Kaggle requires
+        return predictor.predict(id_, problem)
+
+    print(f"local gateway: {problems.height} problems from {problems_path}, competition {settings.competition.name}, "
+          f"engine {settings.engine}" + (f" ({settings.model})" if settings.model else "")
+          + (", virtual clock" if settings.virtual_clock else ""), flush=True)
+    t0 = time.monotonic()
+    try:
+        run_gateway(predict, problems, settings.competition, seed=args.seed, submission_path=args.submission,
+                    report_path=args.report, budget_seconds=budget, clock=predictor.clock,
+                    details=lambda pid: predictor.results[pid].to_report(),
+                    show=lambda line: print(line, flush=True))
+    except GatewayError as e:
+        print(f"gateway error {e.kind}: {e.details}", file=sys.stderr)
+        return 1
+    finally:
+        predictor.shutdown()
+    print(f"wrote {args.submission} and {args.report} in {time.monotonic() - t0:.1f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "main"
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Chat messages for each sample: prompt variants mixed across a problem's samples, an optional answer-range
+reminder from the competition config, and a length guard for absurd inputs."""
+
+from __future__ import annotations
+
+from inference.answers import AnswerSpec
+from inference.config import PromptVariant, Prompts
+
+
+def variant_schedule(variants: list[PromptVariant], samples: int) -> list[PromptVariant]:
+    """Which variant each sample gets: weights as shares, spread evenly (8:2 over 10 → A A A A B A A A A B)."""
+    total = sum(v.weight for v in variants)
+    if total <= 0:
+        raise ValueError("prompts.variants: the weights must add up to more than 0")
+    schedule, credit = [], [0.0] * len(variants)
+    for _ in range(samples):
+        # Smooth weighted round-robin: deterministic and proportional over any prefix of the samples.
+        for i, v in enumerate(variants):
+            credit[i] += v.weight
+        best = max(range(len(variants)), key=lambda i: credit[i])
+        credit[best] -= total
+        schedule.append(variants[best])
+    return schedule
+
+
+def clip_problem(problem: str, max_chars: int) -> str:
+    """Keep the head and tail of an over-long problem (the question is usually at the end)."""
+    if len(problem) <= max_chars:
+        return problem
+    half = max_chars // 2
+    return problem[:half] + "\n...\n" + problem[-half:]
+
+
+def build_messages(problem: str, variant: PromptVariant, prompts: Prompts, spec: AnswerSpec) -> list[dict]:
+    user = variant.user_prefix + clip_problem(problem, prompts.max_problem_chars) + variant.user_suffix
+    if prompts.answer_reminder:
+        user += " " + prompts.answer_reminder.format(min=spec.min, max=spec.max, modulus=spec.modulus)
+    messages = [{"role": "system", "content": variant.system}] if variant.system else []
+    return messages + [{"role": "user", "content": user}]

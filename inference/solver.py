@@ -1,0 +1,200 @@
+"""Runs one problem: launches its samples, feeds finished answers to the vote, stops when the stop rule or the
+deadline says so, aborts the rest and returns the answer with a record of what happened.
+
+The solver sees only the Engine interface and the engine's clock, so the live server, the local gateway and the
+simulator all run exactly this code. It never raises for engine trouble: a crash or a stall restarts the engine
+(a bounded number of times per run) and the problem still gets an answer before its deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from inference.answers import extract_answer
+from inference.config import Settings
+from inference.engines.base import Engine, EngineError, Sample, SampleRequest
+from inference.prompts import build_messages, variant_schedule
+from inference.voting import Votes, stop_reason, vote_weight
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProblemResult:
+    id: str
+    answer: int
+    stop_reason: str  # a voting rule, "all_finished", "deadline", "engine_error", "no_time"
+    launched: int = 0
+    samples: int = 0  # finished samples
+    valid: int = 0  # finished samples with a valid answer
+    votes: dict = field(default_factory=dict)  # answer → count
+    tokens: int = 0  # all generated tokens, aborted samples included
+    seconds: float = 0.0
+    fallback: bool = False  # no vote: the answer is the fallback (or a rescued partial answer)
+    errors: list[str] = field(default_factory=list)
+
+    def to_report(self) -> dict:
+        return {
+            "id": self.id,
+            "answer": self.answer,
+            "samples": self.samples,
+            "launched": self.launched,
+            "valid": self.valid,
+            "votes": {str(k): v for k, v in self.votes.items()},
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "stop_reason": self.stop_reason,
+            "fallback": self.fallback,
+            "errors": self.errors,
+        }
+
+
+def sample_seed(base_seed: int, problem_id: str, sample: int) -> int:
+    """Distinct, reproducible seeds per (run seed, problem, sample)."""
+    return (base_seed * 1_000_003 + zlib.crc32(problem_id.encode()) * 1009 + sample) % (2**31 - 1)
+
+
+class Solver:
+    def __init__(self, engine: Engine, settings: Settings, trace_sink: Callable[[dict], None] | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.trace_sink = trace_sink
+        self.restarts = 0  # engine restarts so far in this run
+
+    @property
+    def clock(self):
+        return self.engine.clock
+
+    def requests(self, problem_id: str, problem: str, first: int, count: int) -> list[SampleRequest]:
+        s, p = self.settings.sampling, self.settings.prompts
+        spec = self.settings.competition.answer
+        schedule = variant_schedule(p.variants, first + count)[first:]
+        return [
+            SampleRequest(
+                problem_id=problem_id,
+                sample=first + i,
+                messages=build_messages(problem, variant, p, spec),
+                seed=sample_seed(s.seed, problem_id, first + i),
+                max_tokens=s.max_tokens,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                min_p=s.min_p,
+                stop_rule=s.stop_rule,
+                variant=variant.name,
+            )
+            for i, variant in enumerate(schedule)
+        ]
+
+    def _recover(self, why: str, result: ProblemResult) -> bool:
+        """Restart the engine after a crash or stall, if the run still has restarts left."""
+        result.errors.append(why)
+        if self.restarts >= self.settings.watchdog.max_restarts:
+            log.error("engine failed (%s); no restarts left", why)
+            return False
+        self.restarts += 1
+        log.warning("engine failed (%s); restart %d/%d", why, self.restarts, self.settings.watchdog.max_restarts)
+        try:
+            self.engine.restart()
+            return True
+        except Exception as e:  # noqa: BLE001 - a failed restart is one more failure to report, not a crash
+            result.errors.append(f"restart failed: {e!r}")
+            return False
+
+    def _record(self, sample: Sample, answer: int | None) -> None:
+        if self.trace_sink is not None:
+            record = sample.to_trace()
+            record["answer"] = answer
+            self.trace_sink(record)
+
+    def solve(self, problem_id: str, problem: str, deadline: float) -> ProblemResult:
+        settings, clock = self.settings, self.clock
+        spec, rule = settings.competition.answer, settings.voting
+        start = clock.now()
+        result = ProblemResult(id=problem_id, answer=settings.competition.fallback_answer, stop_reason="no_time")
+        votes = Votes()
+        samples: list[Sample] = []
+        lost = 0  # samples that died with a crashed or stalled engine
+
+        def relaunch() -> bool:
+            nonlocal lost
+            outstanding = result.launched - lost - len(samples)
+            lost += outstanding
+            return launch(outstanding)
+
+        def launch(count: int) -> bool:
+            requests = self.requests(problem_id, problem, result.launched, count)
+            while True:
+                try:
+                    self.engine.submit(requests)
+                    result.launched += count
+                    return True
+                except EngineError as e:  # a dead engine (e.g. found dead between problems): restart, try again
+                    if not self._recover(f"engine error on submit: {e}", result):
+                        return False
+                except Exception as e:  # noqa: BLE001 - e.g. a prompt longer than the model's context
+                    result.errors.append(f"submit failed: {e!r}")
+                    return False
+
+        reason = "no_time"
+        if clock.now() < deadline and launch(settings.sampling.samples):
+            reason = None
+        while reason is None:
+            now = clock.now()
+            if now >= deadline:
+                reason = "deadline"
+                break
+            try:
+                finished = self.engine.poll(min(settings.watchdog.poll_seconds, deadline - now))
+                progress = self.engine.progress()
+            except EngineError as e:
+                finished, progress = [], None
+                if not self._recover(f"engine error: {e}", result):
+                    reason = "engine_error"
+                    break
+                # The restarted engine lost the samples in flight: launch as many again.
+                if not relaunch():
+                    reason = "engine_error"
+                    break
+            for s in finished:
+                samples.append(s)
+                answer = extract_answer(s.text, spec)
+                votes.add(answer, vote_weight(rule, answer, s.tokens, settings.sampling.max_tokens))
+                self._record(s, answer)
+            reason = stop_reason(votes, len(samples), result.launched - lost, rule)
+            if reason is None and progress is not None and not finished and progress.running == 0:
+                reason = "engine_idle"  # nothing in flight and nothing coming (e.g. a replay without this problem)
+            if reason is None and progress is not None and progress.running:
+                if progress.seconds_since_token > settings.watchdog.stall_seconds:
+                    if not self._recover(f"engine stalled {progress.seconds_since_token:.0f}s", result):
+                        reason = "engine_error"
+                    elif not relaunch():
+                        reason = "engine_error"
+
+        aborted: list[Sample] = []
+        try:
+            aborted = self.engine.abort(problem_id)
+        except Exception as e:  # noqa: BLE001
+            result.errors.append(f"abort failed: {e!r}")
+        for s in aborted:
+            self._record(s, None)
+
+        leader = votes.leader()
+        if leader is None:
+            # No finished sample voted: rescue an answer an aborted sample had already boxed, else the fallback.
+            rescue = Votes()
+            for s in aborted:
+                rescue.add(extract_answer(s.text, spec))
+            leader = rescue.leader()
+            result.fallback = True
+        if leader is not None:
+            result.answer = int(leader)
+        result.stop_reason = reason
+        result.samples = len(samples)
+        result.valid = votes.valid
+        result.votes = votes.as_dict()
+        result.tokens = sum(s.tokens for s in samples) + sum(s.tokens for s in aborted)
+        result.seconds = clock.now() - start
+        return result

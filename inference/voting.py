@@ -1,0 +1,284 @@
+"""Vote tallies and early-stop rules for one problem: pure policy code, no engine and no clock, so the server, the
+replay simulator and the tests run exactly the same decisions.
+
+The solver adds each finished sample's answer (`Votes.add`), then asks `stop_reason(votes, finished, launched,
+rule)` whether the samples still running can be cancelled. The rules cover what the winning AIMO solutions shipped
+(/work/shared/reference/peers.md), as configs (the `voting:` section of configs/inference/*.yaml):
+
+    kind: k_of_n, k: 4                      # AIMO-3 winners: stop at 4 identical answers (of 8)
+    kind: k_of_n, k: 4, n: 5                # NemoSkills: "the first 4-5 completions agreed" (4 of the first 5)
+    kind: leader_safe                       # AIMO-3 2nd place: stop when second + remaining ≤ leader
+    kind: calibrated, confidence: 0.95      # stop when the leader will still lead with probability ≥ 95 %
+    straggler_fraction: 0.8                 # NemoSkills: cancel the last pending samples once most have finished
+
+Weights (`length_weight`, `answer_prior_weight`) are off unless a caller passes them to `Votes.add`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+STOP_KINDS = ("k_of_n", "leader_safe", "calibrated", "never")
+
+
+class Votes:
+    """The answers of one problem's finished samples, in the order they finished.
+
+    `add(None)` records a finished sample without a valid answer: it counts as finished, never as a vote.
+    Leader and tie-break (deterministic, documented here once): the highest total weight wins; among equal
+    weights, more raw votes; then the answer that reached its count first (its latest vote came earliest).
+    With all weights 1 that is plain majority, ties going to the answer that got there first.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[tuple[int | None, float]] = []  # (answer or None, weight) per finished sample
+        self.counts: dict[int, int] = {}  # raw votes; insertion order = the order answers were first seen
+        self.weights: dict[int, float] = {}
+        self._last_vote: dict[int, int] = {}  # answer → index in history of its latest vote
+
+    def add(self, answer: int | None, weight: float = 1.0) -> None:
+        if weight < 0 or math.isnan(weight):
+            raise ValueError(f"Votes.add: weight must be ≥ 0, got {weight}")
+        self.history.append((answer, weight))
+        if answer is None:
+            return
+        self.counts[answer] = self.counts.get(answer, 0) + 1
+        self.weights[answer] = self.weights.get(answer, 0.0) + weight
+        self._last_vote[answer] = len(self.history) - 1
+
+    @property
+    def valid(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def invalid(self) -> int:
+        return len(self.history) - self.valid
+
+    @property
+    def finished(self) -> int:
+        return len(self.history)
+
+    @property
+    def order(self) -> list[int]:
+        """Answers in the order they were first seen."""
+        return list(self.counts)
+
+    def ranking(self) -> list[int]:
+        """All answers, leader first (see the class docstring for the tie-break)."""
+        return sorted(self.counts, key=lambda a: (-self.weights[a], -self.counts[a], self._last_vote[a]))
+
+    def leader(self) -> int | None:
+        ranking = self.ranking()
+        return ranking[0] if ranking else None
+
+    def first(self, n: int) -> "Votes":
+        """The tally of the first n finished samples only."""
+        window = Votes()
+        for answer, weight in self.history[:n]:
+            window.add(answer, weight)
+        return window
+
+    def as_dict(self) -> dict[int, int]:
+        """answer → raw vote count, in first-seen order (for reports)."""
+        return dict(self.counts)
+
+    def __repr__(self) -> str:
+        return f"Votes({self.as_dict()}, invalid={self.invalid})"
+
+
+@dataclass
+class StopRule:
+    """When to stop one problem early. Fields are the keys of the `voting:` config section.
+
+    kind:
+      "k_of_n"      - stop once an answer has `k` votes (total weight ≥ k); with `n` set, only the first n finished
+                      samples count, so "4 of the first 5" never fires later on a slow 4th agreement.
+      "leader_safe" - stop when the samples still running cannot take the lead away from the leader, even if all
+                      of them voted for the runner-up (ties keep the leader: it reached the count first).
+                      Exact for weights ≤ 1.
+      "calibrated"  - stop when P(the current leader still leads once every launched sample has finished) ≥
+                      `confidence`. Model: the answers of the remaining samples are drawn from a categorical
+                      distribution with a Dirichlet(prior + observed tally) posterior over [each answer seen so far,
+                      "invalid", "one new answer"]. The new-answer bucket pools all unseen answers into one
+                      challenger (conservative). A final tie counts for the leader only if the leader got no
+                      further votes (then it surely reached that count first). Future samples weigh 1. Estimated by
+                      Monte Carlo with `simulations` draws and a fixed `seed`: the same tally always gives the same
+                      decision (≈0.5 ms per call). With 8 samples and confidence 0.95, unanimous answers stop at 3.
+      "never"       - never stop early (only `straggler_fraction` or all samples finishing end the problem).
+    min_votes: no early stop (any kind, stragglers included) before this many valid votes.
+    straggler_fraction: once this fraction of the launched samples has finished and there is a leader, cancel the
+      rest (NemoSkills cancelled the last pending requests once the rest finished). None disables it.
+    weights: weighted voting, a list of "length" (length_weight) and/or "prior" (answer_prior_weight); each vote
+      weighs the product. Empty (the default): plain majority.
+    """
+
+    kind: str = "k_of_n"
+    k: int = 4
+    n: int | None = None
+    confidence: float = 0.95
+    prior: float = 1.0
+    simulations: int = 2000
+    seed: int = 0
+    min_votes: int = 1
+    straggler_fraction: float | None = None
+    weights: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        bad = [w for w in self.weights if w not in VOTE_WEIGHTS]
+        if bad:
+            raise ValueError(f"voting.weights: unknown {', '.join(bad)}; choose from {', '.join(VOTE_WEIGHTS)}")
+        if self.kind not in STOP_KINDS:
+            raise ValueError(f"voting.kind: {self.kind!r} is not one of {', '.join(STOP_KINDS)}")
+        for name in ("k", "simulations", "min_votes"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        if self.n is not None:
+            _check_int("n", self.n, minimum=1)
+            if self.n < self.k:
+                raise ValueError(f"voting.n ({self.n}) must be ≥ voting.k ({self.k}): k votes must fit in n")
+        if not _is_number(self.confidence) or not 0 < self.confidence < 1:
+            raise ValueError(f"voting.confidence must be a number in (0, 1), got {self.confidence!r}")
+        if not _is_number(self.prior) or self.prior <= 0:
+            raise ValueError(f"voting.prior must be a number > 0, got {self.prior!r}")
+        if self.straggler_fraction is not None and (
+            not _is_number(self.straggler_fraction) or not 0 < self.straggler_fraction <= 1
+        ):
+            raise ValueError(f"voting.straggler_fraction must be in (0, 1] or null, got {self.straggler_fraction!r}")
+
+    @classmethod
+    def from_config(cls, d: dict | None) -> "StopRule":
+        """From the `voting:` section of an inference config; missing keys take the defaults."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise ValueError(f"voting: expected a mapping, got {d!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"voting: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"voting.{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+# -- the stop decision ------------------------------------------------------------------------------------------
+
+
+def stop_reason(votes: Votes, finished: int, launched: int, rule: StopRule) -> str | None:
+    """Why to stop this problem now, or None to keep waiting for samples.
+
+    `finished` counts finished samples (valid or not) and `launched` the samples started; the samples still running
+    are `launched - finished`. Reasons, first match wins:
+      the rule's kind - "k_of_n" whenever k agree (also when the k-th vote came last); "leader_safe" and
+                        "calibrated" only while samples are running (with none left they would hold trivially);
+      "all_finished"  - nothing left running;
+      "stragglers"    - straggler_fraction of the launched samples finished and there is a leader.
+    No early stop (rule or stragglers) before `min_votes` valid votes.
+    """
+    remaining = launched - finished
+    if launched <= 0:
+        return "all_finished"
+    if votes.valid >= rule.min_votes:
+        if rule.kind == "k_of_n" and _k_of_n(votes, rule):
+            return "k_of_n"
+        if remaining > 0 and rule.kind == "leader_safe" and not _can_be_caught(votes, remaining):
+            return "leader_safe"
+        if remaining > 0 and rule.kind == "calibrated":
+            if leader_keeps_lead_probability(votes, remaining, rule) >= rule.confidence:
+                return "calibrated"
+    if remaining <= 0:
+        return "all_finished"
+    if votes.valid >= rule.min_votes and rule.straggler_fraction is not None:
+        if finished >= math.ceil(rule.straggler_fraction * launched - 1e-9):
+            return "stragglers"
+    return None
+
+
+def _k_of_n(votes: Votes, rule: StopRule) -> bool:
+    window = votes if rule.n is None else votes.first(rule.n)
+    leader = window.leader()
+    return leader is not None and window.weights[leader] >= rule.k - 1e-9
+
+
+def _can_be_caught(votes: Votes, remaining: int) -> bool:
+    """Could `remaining` more samples (weight ≤ 1 each) make another answer the leader? A brand-new answer is a
+    challenger too. A challenger that ties in weight and raw votes loses: the leader reached that count first."""
+    leader = votes.leader()
+    if leader is None:
+        return True
+    best = (votes.weights[leader], votes.counts[leader])
+    challengers = [(votes.weights[a], votes.counts[a]) for a in votes.counts if a != leader] + [(0.0, 0)]
+    for weight, count in challengers:
+        if (weight + remaining, count + remaining) > best:
+            return True
+    return False
+
+
+def leader_keeps_lead_probability(votes: Votes, remaining: int, rule: StopRule) -> float:
+    """Monte Carlo estimate of P(the current leader still leads after `remaining` more samples) under the
+    Dirichlet-multinomial model of StopRule ("calibrated"). Deterministic: the generator is seeded by rule.seed."""
+    leader = votes.leader()
+    if leader is None:
+        return 0.0
+    if remaining <= 0 or not _can_be_caught(votes, remaining):
+        return 1.0
+    import numpy as np
+
+    answers = votes.ranking()  # leader first
+    tally = np.array([votes.weights[a] for a in answers] + [votes.invalid, 0.0])  # + invalid, + one new answer
+    rng = np.random.default_rng(rule.seed)
+    probabilities = rng.dirichlet(tally + rule.prior, size=rule.simulations)
+    future = rng.multinomial(remaining, probabilities)  # (simulations, buckets) future votes per bucket
+    final = tally + future
+    final[:, -2] = -np.inf  # the invalid bucket is nobody's vote
+    # A final tie keeps the leader only if it got no further votes: then it surely reached that count first.
+    best_challenger = final[:, 1:].max(axis=1)
+    keeps = (final[:, 0] > best_challenger) | ((final[:, 0] == best_challenger) & (future[:, 0] == 0))
+    return float(keeps.mean())
+
+
+# -- optional weights for weighted voting (off by default) --------------------------------------------------------
+
+
+def length_weight(tokens: int, max_tokens: int, floor: float = 0.5) -> float:
+    """Weight of a sample by its length: 1.0 for an empty one, falling linearly to `floor` at max_tokens.
+    Long samples are more often wrong (imagination-research's length figure: wrong answers fill the long tail)."""
+    if max_tokens <= 0:
+        raise ValueError(f"length_weight: max_tokens must be > 0, got {max_tokens}")
+    if not 0 <= floor <= 1:
+        raise ValueError(f"length_weight: floor must be in [0, 1], got {floor}")
+    fraction = min(max(tokens / max_tokens, 0.0), 1.0)
+    return 1.0 - (1.0 - floor) * fraction
+
+
+VOTE_WEIGHTS = ("length", "prior")
+
+
+def vote_weight(rule: StopRule, answer: int | None, tokens: int, max_tokens: int) -> float:
+    """The weight of one sample's vote under `rule.weights` (1.0 with none)."""
+    w = 1.0
+    if "length" in rule.weights:
+        w *= length_weight(tokens, max_tokens)
+    if "prior" in rule.weights:
+        w *= answer_prior_weight(answer)
+    return w
+
+
+def answer_prior_weight(answer: int | None, small: int = 20, round_multiple: int | None = 100,
+                        weight: float = 0.6) -> float:
+    """Down-weight answers models guess: |answer| ≤ `small` (0, 1, 2, ...) and multiples of `round_multiple`
+    get `weight`, everything else 1.0 (imagination-research's AIMO-2 aggregator: ≤ 20 or ×100 → 0.6).
+    round_multiple None disables the second test."""
+    if answer is None:
+        return 0.0
+    if abs(answer) <= small or (round_multiple and answer % round_multiple == 0):
+        return weight
+    return 1.0

@@ -1,0 +1,60 @@
+"""Settings files: every shipped config loads; mistakes name the key and the file."""
+
+import pytest
+
+from inference.config import Competition, load_settings
+from inference.config import PromptVariant, Prompts
+from inference.prompts import build_messages, clip_problem, variant_schedule
+
+
+@pytest.mark.parametrize("name", ["demo", "aimo2", "aimo3"])
+def test_shipped_inference_configs_load(repo_root, name):
+    s = load_settings(repo_root / f"configs/inference/{name}.yaml")
+    assert s.engine == "vllm" and s.sampling.samples >= 1
+    assert s.competition.name in ("aimo2", "aimo3")
+
+
+def test_competition_facts_come_from_config():
+    a2, a3 = Competition.load("aimo2"), Competition.load("aimo3")
+    assert (a2.answer.max, a2.answer.modulus, a2.per_call_seconds, a2.requires_id_column) == (999, 1000, 1800, True)
+    assert (a3.answer.max, a3.answer.modulus, a3.per_call_seconds, a3.requires_id_column) == (99999, None, 32400, False)
+    assert a2.total_seconds == a3.total_seconds == 5 * 3600 and a3.startup_seconds == 900 and a3.problems == 50
+    with pytest.raises(FileNotFoundError, match="known competitions: aimo2, aimo3"):
+        Competition.load("aimo9")
+
+
+def test_overrides_and_errors(tmp_path):
+    s = load_settings(None, {"sampling.samples": 3, "voting.k": 2}, engine="replay", traces="t.jsonl")
+    assert (s.sampling.samples, s.voting.k) == (3, 2)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("engine: vllm\nmodel: m\nsampling:\n  tempreature: 0.5\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: sampling: unknown key\(s\) tempreature"):
+        load_settings(cfg)
+    cfg.write_text("engine: vllm\nmodel: m\nsampling:\n  samples: 0\n")
+    with pytest.raises(ValueError, match="sampling.samples must be ≥ 1"):
+        load_settings(cfg)
+    cfg.write_text("engine: replay\n")
+    with pytest.raises(ValueError, match="needs `traces`"):
+        load_settings(cfg)
+    cfg.write_text("engine: vllm\nmodel: m\nvirtual_clock: true\n")
+    with pytest.raises(ValueError, match="virtual_clock works only with the replay engine"):
+        load_settings(cfg)
+    cfg.write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match="mapping at the top level"):
+        load_settings(cfg)
+
+
+def test_variant_schedule_spreads_weights_evenly():
+    a, b = PromptVariant("a", weight=8), PromptVariant("b", weight=2)
+    names = "".join(v.name for v in variant_schedule([a, b], 10))
+    assert names.count("a") == 8 and names.count("b") == 2 and "bb" not in names
+    assert [v.name for v in variant_schedule([a, b], 5)].count("b") == 1  # proportional on any prefix
+
+
+def test_messages_have_reminder_and_clipped_problem():
+    spec = Competition.load("aimo2").answer
+    prompts = Prompts(answer_reminder="Answer modulo {modulus}.", max_problem_chars=100)
+    msgs = build_messages("Q" * 1000 + " find x", PromptVariant("v", system="S"), prompts, spec)
+    assert msgs[0] == {"role": "system", "content": "S"}
+    assert msgs[1]["content"].endswith("find x Answer modulo 1000.") and len(msgs[1]["content"]) < 200
+    assert clip_problem("short", 100) == "short"

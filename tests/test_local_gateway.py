@@ -1,0 +1,213 @@
+"""The local gateway: Kaggle's serving protocol, validation and error kinds, submission file and report."""
+
+import dataclasses
+import json
+import threading
+import time
+
+import polars as pl
+import pytest
+
+from inference.clock import VirtualClock
+from inference.config import Competition, load_settings
+from inference.local_gateway import GatewayError, main, read_problems, run_gateway
+from inference.server import Predictor
+
+PROBLEMS = pl.DataFrame({"id": ["a1", "b2", "c3", "d4"], "problem": ["What is 1+1?", "x", "y", "z"],
+                         "answer": ["2", "5", "7", "11"]})
+
+
+def ok(id_, problem):
+    return pl.DataFrame({"id": [id_.item(0)], "answer": [len(problem.item(0))]})
+
+
+def run(predict, competition="aimo3", **kw):
+    kw.setdefault("submission_path", None)
+    kw.setdefault("show", None)
+    return run_gateway(predict, PROBLEMS, competition, **kw)
+
+
+def test_serves_one_row_series_on_a_worker_thread_in_seeded_order(tmp_path):
+    seen = []
+
+    def predict(id_, problem):
+        assert isinstance(id_, pl.Series) and isinstance(problem, pl.Series)
+        assert (id_.name, problem.name, len(id_)) == ("id", "problem", 1)
+        seen.append((id_.item(0), threading.current_thread() is not threading.main_thread()))
+        return pl.DataFrame({"id": id_, "answer": [0]})
+
+    sub = tmp_path / "submission.parquet"
+    run(predict, seed=1, submission_path=sub)
+    order1 = [s[0] for s in seen]
+    assert all(on_worker for _, on_worker in seen)
+    assert sorted(order1) == sorted(PROBLEMS["id"])
+    seen.clear()
+    run(predict, seed=1)
+    assert [s[0] for s in seen] == order1  # same seed, same order
+    df = pl.read_parquet(sub)
+    assert df.columns == ["id", "answer"] and df["id"].to_list() == order1  # served order
+
+
+def test_answer_column_is_never_served():
+    def predict(*args):
+        assert len(args) == 2  # id and problem only
+        return pl.DataFrame({"id": args[0], "answer": [2]})
+
+    report = run(predict)
+    assert report["totals"]["correct"] == 1  # only a1's gold is 2
+
+
+@pytest.mark.parametrize(
+    "ret, competition, kind",
+    [
+        (None, "aimo3", "INVALID_SUBMISSION"),
+        ({"answer": 1}, "aimo3", "INVALID_SUBMISSION"),
+        (pl.DataFrame({"id": ["x", "y"], "answer": [1, 2]}), "aimo3", "INVALID_SUBMISSION"),
+        (7, "aimo3", "GATEWAY_RAISED_EXCEPTION"),  # passes per call, fails when the submission is written
+        (pl.Series("answer", [7]), "aimo3", "GATEWAY_RAISED_EXCEPTION"),
+        (7, "aimo2", "GATEWAY_RAISED_EXCEPTION"),  # len() of an int
+        (pl.DataFrame({"answer": [7]}), "aimo2", "INVALID_SUBMISSION"),  # AIMO-2 needs the id column
+        (pl.DataFrame({"id": ["wrong"], "answer": [7]}), "aimo2", "INVALID_SUBMISSION"),
+    ],
+)
+def test_bad_return_values_fail_like_kaggle(ret, competition, kind):
+    def predict(id_, problem):
+        return ret
+
+    with pytest.raises(GatewayError) as e:
+        run(predict, competition)
+    assert e.value.kind == kind
+
+
+def test_accepted_return_forms():
+    def predict(id_, problem):  # AIMO-3 adds the id itself
+        return pl.DataFrame({"answer": [3]})
+
+    assert run(predict)["totals"]["problems"] == 4
+
+    def predict(id_, problem):  # noqa: F811 - pandas works too
+        import pandas as pd
+
+        return pd.DataFrame({"id": [id_.item(0)], "answer": [3]})
+
+    assert run(predict, "aimo2")["totals"]["problems"] == 4
+
+
+def test_predict_exception_fails_the_run():
+    def predict(id_, problem):
+        raise RuntimeError("boom in predict")
+
+    with pytest.raises(GatewayError) as e:
+        run(predict)
+    assert (e.value.kind, e.value.details) == ("SERVER_RAISED_EXCEPTION", "boom in predict")
+
+
+def test_endpoint_must_be_a_function_named_predict():
+    def solve(id_, problem):
+        return ok(id_, problem)
+
+    for bad, comp in [(solve, "aimo3"), (lambda i, p: ok(i, p), "aimo2")]:
+        with pytest.raises(GatewayError) as e:
+            run(bad, comp)
+        assert e.value.kind == "SERVER_MISSING_ENDPOINT"
+
+    class Server:
+        def predict(self, id_, problem):
+            return ok(id_, problem)
+
+    with pytest.raises(GatewayError) as e:
+        run(Server().predict, "aimo3")  # 0.9.0 rejects bound methods
+    assert e.value.kind == "SERVER_MISSING_ENDPOINT"
+    assert run(Server().predict, "aimo2")["totals"]["problems"] == 4  # 0.3.0 accepts them
+
+
+@pytest.mark.parametrize("competition, kind", [("aimo3", "GRPC_DEADLINE_EXCEEDED"), ("aimo2", "SERVER_CONNECTION_FAILED")])
+def test_per_call_deadline_except_the_first_call(competition, kind):
+    comp = dataclasses.replace(Competition.load(competition), per_call_seconds=0.3)
+    calls = []
+
+    def predict(id_, problem):
+        calls.append(1)
+        time.sleep(0.5 if len(calls) in (1, 2) else 0)  # the first call may be slow; the second may not
+        return ok(id_, problem)
+
+    with pytest.raises(GatewayError) as e:
+        run(predict, comp)
+    assert e.value.kind == kind and len(calls) == 2
+
+
+def test_server_that_never_starts_and_the_run_limit():
+    comp = dataclasses.replace(Competition.load("aimo3"), startup_seconds=0.2)
+    with pytest.raises(GatewayError) as e:
+        run(ok, comp, startup=lambda: time.sleep(0.5))
+    assert e.value.kind == "SERVER_NEVER_STARTED"
+
+    clock = VirtualClock()
+
+    def predict(id_, problem):
+        clock.sleep(100)
+        return ok(id_, problem)
+
+    with pytest.raises(GatewayError) as e:
+        run(predict, budget_seconds=250, clock=clock)
+    assert e.value.kind == "NOTEBOOK_TIMEOUT"
+
+
+def test_problems_file_errors_name_the_file_and_column(tmp_path):
+    bad = tmp_path / "p.csv"
+    bad.write_text("identifier,problem\n1,x\n")
+    with pytest.raises(ValueError, match=r"p.csv has no 'id' column"):
+        read_problems(bad)
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        read_problems(tmp_path / "nope.csv")
+    dup = tmp_path / "d.csv"
+    dup.write_text("id,problem\n1,x\n1,y\n")
+    with pytest.raises(ValueError, match="duplicate ids"):
+        read_problems(dup)
+    ids = tmp_path / "ids.csv"
+    ids.write_text('id,problem\n000aaa,"What is $1-1$?"\n')
+    assert read_problems(ids)["id"].to_list() == ["000aaa"]  # ids stay text
+
+
+def test_full_run_with_the_kit_server_on_replayed_traces(tmp_path, write_traces, repo_root):
+    problems = read_problems(repo_root / "configs/toy/demo_problems.csv")
+    answers = {pid: [int(a)] * 6 + [int(a) + 1] * 2 for pid, a in zip(problems["id"], problems["answer"])}
+    answers.pop(problems["id"][3])  # one problem was never recorded: it must still get an answer
+    traces = write_traces(answers, seconds=[30, 40, 50, 60, 70, 80, 20, 25])
+    settings = load_settings(repo_root / "configs/inference/demo.yaml", engine="replay", traces=str(traces),
+                             virtual_clock=True)
+    predictor = Predictor(settings, total_seconds=600, problems=problems.height)
+
+    def predict(id_, problem):
+        return predictor.predict(id_, problem)
+
+    report = run_gateway(predict, problems, settings.competition, seed=3, budget_seconds=600, clock=predictor.clock,
+                         submission_path=tmp_path / "s.parquet", report_path=tmp_path / "r.json",
+                         details=lambda pid: predictor.results[pid].to_report(), show=None)
+    assert report["totals"]["correct"] == 9 and report["totals"]["problems"] == 10
+    saved = json.loads((tmp_path / "r.json").read_text())
+    row = next(r for r in saved["problems"] if r["correct"])
+    assert {"id", "answer", "gold", "correct", "samples", "votes", "tokens", "seconds", "stop_reason"} <= set(row)
+    assert saved["totals"]["simulated_seconds"] <= 600
+    sub = pl.read_parquet(tmp_path / "s.parquet")
+    assert sub.height == 10 and sub.schema["answer"] == pl.Int64
+
+
+def test_cli_replay_run_writes_submission_and_report(tmp_path, write_traces, repo_root, capsys):
+    problems = read_problems(repo_root / "configs/toy/demo_problems.csv")
+    traces = write_traces({pid: [int(a)] * 8 for pid, a in zip(problems["id"], problems["answer"])})
+    code = main(["--engine", "replay", "--traces", str(traces), "--virtual-clock", "--seed", "5",
+                 "--submission", str(tmp_path / "sub.parquet"), "--report", str(tmp_path / "rep.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "[10/10]" in out and "10/10 correct" in out
+    assert pl.read_parquet(tmp_path / "sub.parquet").height == 10
+
+
+def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["--problems", str(tmp_path / "none.csv"), "--engine", "replay", "--traces", "x"]) == 2
+    assert "none.csv" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("engine: replay\ntraces: t.jsonl\nsampling: {samplez: 3}\n")
+    assert main(["--config", str(cfg), "--problems", "x.csv"]) == 2
+    assert "samplez" in capsys.readouterr().err
