@@ -1,0 +1,252 @@
+"""Does the 4-bit model still answer like the full-precision one? A gate after train/quantize.py.
+
+    python -m train.quantize_check --config configs/quantize/toy.yaml --model DIR --quantized OUT [--report FILE]
+
+Runs in the serving environment (.venv, with vLLM), not in .venv-quantize: vLLM and llm-compressor cannot share one.
+Both models get the same held-out problems, prompts and sampling seeds through the kit's own vLLM engine
+(`inference.engines.make_engine("vllm", ...)`), one model at a time. Reported (and written to
+QUANTIZED/quantize_check.json unless --report says otherwise):
+
+- agreement: the share of (problem, seed) samples whose extracted answer (`inference.answers.extract_answer`) is
+  the same for both models ("no answer" on both counts as the same); also the share among samples where full
+  precision gave an answer, and, as the ceiling for sampled (temperature > 0) checks, how often full precision
+  agrees with itself across seeds;
+- accuracy of each model on the held-out problems (`inference.answers.grade`, which uses extract_answer for
+  integer golds), mean completion tokens, finish reasons, weight bytes on disk.
+
+Exit status 1, with the reasons, when agreement is below `check.min_agreement` or accuracy falls by more than
+`check.max_accuracy_drop` (absolute); 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from train.quantize import REPORT_NAME, load_recipe, weights_bytes
+
+log = logging.getLogger("train.quantize_check")
+CHECK_REPORT_NAME = "quantize_check.json"
+
+
+@dataclass
+class CheckSettings:
+    """The `check:` section of a quantization recipe."""
+
+    eval_file: str | None = None  # JSONL/CSV with id, problem, answer (e.g. ../shared/data/aime2025.jsonl)
+    toy_problems: int | None = None  # instead of a file: this many toy addition problems (seeded)
+    limit: int | None = None  # use the first N problems of eval_file
+    seed: int = 0  # toy problem draw; sampling seeds are 0..samples_per_problem-1
+    samples_per_problem: int = 4
+    max_tokens: int = 2048
+    temperature: float = 0.6
+    top_p: float = 0.95
+    min_p: float = 0.0
+    stop_rule: str = "think"
+    system_prompt: str | None = None
+    competition: str = "aimo3"  # answer range and modulus (configs/competitions/<name>.yaml)
+    min_agreement: float = 0.8
+    max_accuracy_drop: float = 0.05
+    engine_args: dict = field(default_factory=dict)  # vllm.AsyncEngineArgs of both engines
+    timeout_seconds: float = 3600.0  # per model, for all its samples
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CheckSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"check: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        settings = cls(**d)
+        if (settings.eval_file is None) == (settings.toy_problems is None):
+            raise ValueError("check: set exactly one of `eval_file` and `toy_problems`")
+        if settings.samples_per_problem < 1:
+            raise ValueError(f"check.samples_per_problem must be ≥ 1, got {settings.samples_per_problem}")
+        return settings
+
+
+def load_problems(settings: CheckSettings) -> list[dict]:
+    """[{id, problem, answer}] of the held-out set."""
+    if settings.toy_problems is not None:
+        from train.toy.task import make_splits
+
+        toy = make_splits({"check": settings.toy_problems}, seed=settings.seed)["check"]
+        return [{"id": p.id, "problem": p.problem, "answer": str(p.answer)} for p in toy]
+    from inference.local_gateway import read_problems
+
+    df = read_problems(settings.eval_file)
+    if "answer" not in df.columns:
+        raise ValueError(f"check.eval_file: {settings.eval_file} has no answer column")
+    rows = df.to_dicts()
+    return rows[: settings.limit] if settings.limit else rows
+
+
+def build_requests(problems: list[dict], settings: CheckSettings) -> list:
+    from inference.engines import SampleRequest
+
+    system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+    return [
+        SampleRequest(problem_id=p["id"], sample=i, messages=system + [{"role": "user", "content": p["problem"]}],
+                      seed=i, max_tokens=settings.max_tokens, temperature=settings.temperature,
+                      top_p=settings.top_p, min_p=settings.min_p, stop_rule=settings.stop_rule)
+        for p in problems
+        for i in range(settings.samples_per_problem)
+    ]
+
+
+def generate(model_dir: str, requests: list, settings: CheckSettings) -> tuple[dict, float]:
+    """{(problem_id, sample): Sample} from one model through the kit's vLLM engine, and the wall seconds."""
+    from inference.engines import make_engine
+    from inference.engines.base import EngineError
+
+    engine = make_engine("vllm", model=str(model_dir), engine_args=dict(settings.engine_args))
+    t0 = time.monotonic()
+    engine.start()
+    try:
+        engine.submit(requests)
+        samples = {}
+        deadline = time.monotonic() + settings.timeout_seconds
+        while len(samples) < len(requests):
+            if time.monotonic() > deadline:
+                raise EngineError(f"{model_dir}: {len(requests) - len(samples)} samples unfinished after "
+                                  f"{settings.timeout_seconds:.0f}s")
+            for s in engine.poll(timeout=5.0):
+                samples[(s.problem_id, s.sample)] = s
+    finally:
+        engine.shutdown()
+    return samples, time.monotonic() - t0
+
+
+def summarize(samples: dict, problems: list[dict], spec, model_dir: str, seconds: float) -> dict:
+    from inference.answers import extract_answer, grade
+
+    gold = {p["id"]: p["answer"] for p in problems}
+    grades = [grade(s.text, gold[pid], spec) for (pid, _), s in samples.items()]
+    graded = [g for g in grades if g is not None]
+    answers = [extract_answer(s.text, spec) for s in samples.values()]
+    return {
+        "model": str(model_dir),
+        "accuracy": sum(graded) / len(graded) if graded else None,
+        "graded_samples": len(graded),
+        "valid_answers": sum(a is not None for a in answers) / len(answers),
+        "mean_tokens": sum(s.tokens for s in samples.values()) / len(samples),
+        "finish_reasons": dict(Counter(s.finish_reason for s in samples.values())),
+        "weights_bytes": weights_bytes(model_dir),
+        "seconds": round(seconds, 1),
+    }
+
+
+def compare(full: dict, quantized: dict, spec) -> dict:
+    """Answer agreement between two {(problem_id, sample): Sample} maps over the same keys."""
+    from inference.answers import extract_answer
+
+    pairs = [(extract_answer(full[k].text, spec), extract_answer(quantized[k].text, spec)) for k in full]
+    answered = [(a, b) for a, b in pairs if a is not None]
+    return {
+        "samples": len(pairs),
+        "agreement": sum(a == b for a, b in pairs) / len(pairs),
+        "agreement_when_full_answered": sum(a == b for a, b in answered) / len(answered) if answered else None,
+        "full_answered": len(answered),
+        "identical_text": sum(full[k].text == quantized[k].text for k in full) / len(pairs),
+        "full_seed_agreement": seed_agreement(full, spec),
+    }
+
+
+def seed_agreement(samples: dict, spec) -> float | None:
+    """The reference for sampled agreement: how often one model agrees with itself across seeds (sample i vs i+1 of
+    a problem). Two models cannot agree more than that under sampling. None with one sample per problem."""
+    from inference.answers import extract_answer
+
+    pairs = [(extract_answer(s.text, spec), extract_answer(samples[(pid, i + 1)].text, spec))
+             for (pid, i), s in samples.items() if (pid, i + 1) in samples]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
+
+
+def check_thresholds(report: dict, min_agreement: float, max_accuracy_drop: float) -> list[str]:
+    """Why the quantized model fails the gate (empty list: it passes)."""
+    failures = []
+    agreement = report["agreement"]["agreement"]
+    if agreement < min_agreement:
+        failures.append(f"answer agreement {agreement:.3f} is below check.min_agreement {min_agreement}")
+    full_acc, quant_acc = report["full"]["accuracy"], report["quantized"]["accuracy"]
+    if full_acc is not None and quant_acc is not None and full_acc - quant_acc > max_accuracy_drop:
+        failures.append(f"accuracy fell from {full_acc:.3f} to {quant_acc:.3f}, more than "
+                        f"check.max_accuracy_drop {max_accuracy_drop}")
+    return failures
+
+
+def run_check(settings: CheckSettings, model: str, quantized: str) -> dict:
+    from inference.config import Competition
+
+    for name, d in (("model", model), ("quantized", quantized)):
+        if not (Path(d) / "config.json").is_file():
+            raise FileNotFoundError(f"{name}: {d} is not a model directory (no config.json)")
+    spec = Competition.load(settings.competition).answer
+    problems = load_problems(settings)
+    requests = build_requests(problems, settings)
+    full_samples, full_seconds = generate(model, requests, settings)
+    quant_samples, quant_seconds = generate(quantized, requests, settings)
+    report = {
+        "problems": len(problems),
+        "samples_per_problem": settings.samples_per_problem,
+        "full": summarize(full_samples, problems, spec, model, full_seconds),
+        "quantized": summarize(quant_samples, problems, spec, quantized, quant_seconds),
+        "agreement": compare(full_samples, quant_samples, spec),
+        "settings": asdict(settings),
+    }
+    full_acc, quant_acc = report["full"]["accuracy"], report["quantized"]["accuracy"]
+    report["accuracy_drop"] = full_acc - quant_acc if full_acc is not None and quant_acc is not None else None
+    quantize_report = Path(quantized) / REPORT_NAME
+    if quantize_report.is_file():  # how the model was made, for the record
+        report["quantize"] = {k: v for k, v in json.loads(quantize_report.read_text()).items() if k != "recipe"}
+    report["failures"] = check_thresholds(report, settings.min_agreement, settings.max_accuracy_drop)
+    report["passed"] = not report["failures"]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="quantization recipe YAML with a `check:` section")
+    parser.add_argument("--model", help="full-precision model directory (default: the recipe's `model`)")
+    parser.add_argument("--quantized", help="quantized model directory (default: the recipe's `output_dir`)")
+    parser.add_argument("--report", help=f"where to write the JSON report (default: QUANTIZED/{CHECK_REPORT_NAME})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        recipe = load_recipe(args.config)
+        settings = CheckSettings.from_dict(recipe.check)
+        model, quantized = args.model or recipe.model, args.quantized or recipe.output_dir
+        if not model or not quantized:
+            raise ValueError("pass --model and --quantized, or set model and output_dir in the recipe")
+        report = run_check(settings, model, quantized)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report_path = Path(args.report or Path(quantized) / CHECK_REPORT_NAME)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+
+    full, quant, agree = report["full"], report["quantized"], report["agreement"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    print(f"{report['problems']} problems × {report['samples_per_problem']} seeds")
+    print(f"{'':>10} {'accuracy':>9} {'answered':>9} {'tokens':>8} {'MB':>8}")
+    for name, r in (("full", full), ("quantized", quant)):
+        mb = r["weights_bytes"] / 1e6 if r["weights_bytes"] else float("nan")
+        print(f"{name:>10} {fmt(r['accuracy']):>9} {r['valid_answers']:>9.3f} {r['mean_tokens']:>8.1f} {mb:>8.2f}")
+    print(f"answer agreement {agree['agreement']:.3f} (when full precision answered: "
+          f"{fmt(agree['agreement_when_full_answered'])}, {agree['full_answered']} samples); report {report_path}")
+    if report["failures"]:
+        print("FAILED: " + "; ".join(report["failures"]), file=sys.stderr)
+        return 1
+    print("passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
