@@ -1,0 +1,655 @@
+"""Know the score before you submit: replay recorded samples through the server's own policy code (Predictor →
+TimeBudget → Solver → voting) on a virtual clock, over many shuffled problem orders, under a competition's rules
+and a hardware speed model, and compare policies (configs/simulate/policies.yaml) or rank checkpoints.
+
+    python inference/simulate.py --traces runs/traces.jsonl --competition aimo3 --hardware h100 \\
+        --policies configs/simulate/policies.yaml --orders 1000 --out runs/sim.json
+    python inference/simulate.py --traces runs/traces.jsonl --hardware h100 --budget-fractions 0.1 0.25 0.5 1 \\
+        --orders 200 --plot runs/sim_budget.png          # simulated score against the time budget, per policy
+    python inference/simulate.py --rank ckpt1/traces.jsonl ckpt2/traces.jsonl --hardware h100   # checkpoints
+    python inference/simulate.py --write-synthetic runs/synthetic.jsonl   # made-up traces shaped like a 14B model's
+
+Traces are evaluate.py's JSONL (one line per sample, the replay format) with a `gold` field, or any replay traces
+plus `--problems FILE` for the gold answers. Each simulated run serves `competition.problems` problems (the traces'
+problems shuffled, tiled and topped up at random when there are fewer) one at a time to `Predictor.predict`; each
+served problem gets its recorded samples in a random order, so a run with 16 recorded samples and 8 launched sees a
+fresh draw. Every policy sees the same orders and draws (paired comparison), and a seed fixes everything.
+
+Time comes from one of two places:
+- `--hardware recorded`: each sample takes its recorded seconds (the kit's ReplayEngine, as the local gateway's
+  `--engine replay --virtual-clock` does);
+- a profile of configs/simulate/hardware.yaml: an aggregate tokens/s for each number of samples running at once;
+  the running samples share it equally and speed up as others finish or are aborted (ThroughputReplayEngine).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python inference/simulate.py` from anywhere
+
+import argparse  # noqa: E402
+import bisect  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import yaml  # noqa: E402
+
+from inference.answers import AnswerSpec, extract_answer, is_equivalent, parse_integer  # noqa: E402
+from inference.clock import VirtualClock  # noqa: E402
+from inference.config import REPO, Competition, Settings, load_settings  # noqa: E402
+from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest  # noqa: E402
+from inference.engines.replay import REQUIRED, ReplayEngine, _cut, load_traces  # noqa: E402
+from inference.server import Predictor  # noqa: E402
+from inference.voting import Votes  # noqa: E402
+
+HARDWARE_FILE = REPO / "configs" / "simulate" / "hardware.yaml"
+POLICIES_FILE = REPO / "configs" / "simulate" / "policies.yaml"
+RECORDED = "recorded"
+log = logging.getLogger("inference.simulate")
+
+
+# -- hardware speed model -----------------------------------------------------------------------------------------
+@dataclass
+class SpeedProfile:
+    """Aggregate decode tokens/s (summed over the running samples) as a function of how many run at once."""
+
+    name: str
+    tokens_per_second: dict[int, float]  # concurrency → aggregate tokens/s; linear in between, flat past the ends
+    load_seconds: float = 0.0  # model load on the first call; it counts against the run's 5 hours
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.tokens_per_second:
+            raise ValueError(f"hardware {self.name}: tokens_per_second is empty")
+        for n, tps in self.tokens_per_second.items():
+            if int(n) < 1 or tps <= 0:
+                raise ValueError(f"hardware {self.name}: tokens_per_second needs concurrency ≥ 1 and tokens/s > 0, "
+                                 f"got {n}: {tps}")
+        self._n = sorted(int(n) for n in self.tokens_per_second)
+        self._tps = [float(self.tokens_per_second[n]) for n in self._n]
+        self._per_sample: dict[int, float] = {}  # memo: the simulator asks this for every event
+
+    def aggregate(self, running: int) -> float:
+        """Aggregate tokens/s with `running` samples in flight."""
+        n, xs, ys = max(1, running), self._n, self._tps
+        if n <= xs[0]:
+            return ys[0] * n / xs[0]  # below the table: each sample runs at the first entry's per-sample speed
+        if n >= xs[-1]:
+            return ys[-1]
+        i = bisect.bisect_right(xs, n)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
+
+    def per_sample(self, running: int) -> float:
+        """Tokens/s of each of `running` samples sharing the engine."""
+        if running not in self._per_sample:
+            self._per_sample[running] = self.aggregate(running) / max(1, running)
+        return self._per_sample[running]
+
+
+def load_hardware(name: str, path: str | Path = HARDWARE_FILE) -> SpeedProfile | None:
+    """The named profile of hardware.yaml; None for "recorded" (the traces' own seconds)."""
+    if name == RECORDED:
+        return None
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    profiles = data.get("profiles") or {}
+    if name not in profiles:
+        raise ValueError(f"hardware: no profile {name!r} in {path} (known: {', '.join([RECORDED, *profiles])})")
+    p = profiles[name]
+    try:
+        return SpeedProfile(name=name, tokens_per_second={int(k): float(v) for k, v in p["tokens_per_second"].items()},
+                            load_seconds=float(p.get("load_seconds", 0.0)), description=p.get("description", ""))
+    except KeyError as e:
+        raise ValueError(f"{path}: profile {name!r} has no {e.args[0]!r}") from None
+
+
+@dataclass
+class _Running:
+    request: SampleRequest
+    trace: dict
+    text: str  # what the request produces (after the stop rule / max_tokens)
+    tokens: int
+    reason: str
+    start: float
+    done: float = 0.0  # tokens generated so far
+
+
+class ThroughputReplayEngine(Engine):
+    """Replays recorded samples at the speed of a hardware profile instead of their recorded seconds.
+
+    The running samples share the profile's aggregate tokens/s equally (continuous batching); when one finishes or
+    is aborted the others speed up. Text, tokens and stop rules are those of the kit's ReplayEngine. Virtual clock
+    only: nothing here ever sleeps.
+    """
+
+    name = "replay"
+
+    def __init__(self, traces: dict[tuple[str, int], dict], speed: SpeedProfile, clock: VirtualClock,
+                 cut_cache: dict | None = None) -> None:
+        if not getattr(clock, "virtual", False):
+            raise ValueError("ThroughputReplayEngine needs a VirtualClock")
+        super().__init__(clock)
+        self.traces = traces
+        self.speed = speed
+        self._cut_cache = {} if cut_cache is None else cut_cache  # keyed by the recorded (problem_id, sample)
+        self._running: dict[tuple[str, int], _Running] = {}
+        self._finished: list[Sample] = []
+        self._t = clock.now()  # time up to which the running samples' progress is accounted
+        self._loaded = False
+
+    def start(self) -> None:
+        if not self._loaded:  # the model load the profile says the first call pays for
+            self.clock.sleep(self.speed.load_seconds)
+            self._loaded = True
+        self._t = max(self._t, self.clock.now())
+
+    def _cut(self, trace: dict, req: SampleRequest) -> tuple[str, int, str]:
+        key = (trace["problem_id"], trace["sample"], req.stop_rule, req.max_tokens)
+        if key not in self._cut_cache:
+            text, tokens, reason, _fraction = _cut(trace, req)
+            self._cut_cache[key] = (text, max(1, tokens), reason)
+        return self._cut_cache[key]
+
+    def submit(self, requests: Sequence[SampleRequest]) -> None:
+        self._advance(self.clock.now())
+        for req in requests:
+            trace = self.traces.get((req.problem_id, req.sample))
+            if trace is None:
+                continue  # not recorded: never finishes, as in ReplayEngine
+            text, tokens, reason = self._cut(trace, req)
+            self._running[(req.problem_id, req.sample)] = _Running(req, trace, text, tokens, reason, self._t)
+
+    def _next_finish(self) -> float | None:
+        if not self._running:
+            return None
+        left = min(r.tokens - r.done for r in self._running.values())
+        return self._t + max(0.0, left) / self.speed.per_sample(len(self._running))
+
+    def _advance(self, now: float) -> None:
+        """Generate up to `now`: finish samples in order, re-sharing the throughput each time the batch shrinks."""
+        running = self._running
+        while running:
+            rate = self.speed.per_sample(len(running))
+            first, left = None, math.inf
+            for r in running.values():
+                if r.tokens - r.done < left:
+                    first, left = r, r.tokens - r.done
+            nxt = self._t + max(0.0, left) / rate
+            step = rate * (min(now, nxt) - self._t)
+            for r in running.values():
+                r.done += step
+            if nxt > now:
+                break
+            self._t = nxt
+            first.done = first.tokens  # exact, whatever the rounding
+            for key in [k for k, r in running.items() if r.tokens - r.done <= 1e-9 * r.tokens]:
+                r = running.pop(key)
+                self._finished.append(self._sample(r, r.text, r.tokens, r.reason))
+        self._t = max(self._t, now)
+
+    def _sample(self, r: _Running, text: str, tokens: int, reason: str) -> Sample:
+        skip = ("finish_reason", "variant", "seed")  # as ReplayEngine: the request's own values are used
+        extra = {k: v for k, v in r.trace.items() if k not in REQUIRED and k not in skip}
+        return Sample(r.request.problem_id, r.request.sample, text, tokens, self._t - r.start, reason,
+                      variant=r.request.variant, seed=r.request.seed, extra=extra)
+
+    def poll(self, timeout: float) -> list[Sample]:
+        now = self.clock.now()
+        self._advance(now)
+        if not self._finished:
+            nxt = self._next_finish()
+            target = now + max(0.0, timeout) if nxt is None else min(now + max(0.0, timeout), nxt)
+            self.clock.advance_to(target)
+            self._advance(self.clock.now())
+        done, self._finished = self._finished, []
+        return done
+
+    def abort(self, problem_id: str) -> list[Sample]:
+        self._advance(self.clock.now())
+        aborted = []
+        for key in [k for k in self._running if k[0] == problem_id]:
+            r = self._running.pop(key)
+            frac = min(1.0, r.done / r.tokens)
+            aborted.append(self._sample(r, r.text[: int(len(r.text) * frac)], int(r.tokens * frac), "aborted"))
+        return aborted
+
+    def progress(self) -> EngineProgress:
+        in_flight = int(sum(r.done for r in self._running.values()))
+        return EngineProgress(running=len(self._running), tokens_in_flight=in_flight, seconds_since_token=0.0)
+
+    def shutdown(self) -> None:
+        self._running.clear()
+        self._finished.clear()
+
+
+# -- traces and gold answers ---------------------------------------------------------------------------------------
+@dataclass
+class TraceSet:
+    """Recorded samples grouped by problem, with the gold answers to score them."""
+
+    path: str
+    samples: dict[str, list[dict]]  # problem_id → its traces, by sample index
+    gold: dict[str, str]
+    problems: dict[str, str] = field(default_factory=dict)  # problem text where known (prompts only)
+    cut_cache: dict = field(default_factory=dict, repr=False)  # shared by every simulated engine on these traces
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self.samples)
+
+
+def load_trace_set(path: str | Path, problems: str | Path | None = None) -> TraceSet:
+    """Read a traces JSONL; gold answers from its `gold` fields or from a problems file (id, problem, answer)."""
+    index = load_traces(path)
+    samples: dict[str, list[dict]] = defaultdict(list)
+    gold: dict[str, str] = {}
+    for (pid, _), r in sorted(index.items()):
+        samples[pid].append(r)
+        if r.get("gold") is not None:
+            gold[pid] = str(r["gold"])
+    texts: dict[str, str] = {}
+    if problems is not None:
+        from inference.local_gateway import read_problems
+
+        df = read_problems(problems)
+        texts = dict(zip(df["id"], df["problem"]))
+        if "answer" in df.columns:
+            gold.update({k: v for k, v in zip(df["id"], df["answer"]) if v is not None})
+    missing = sorted(set(samples) - set(gold))
+    if missing:
+        raise ValueError(f"traces: {path} has no gold answer for {len(missing)} problem(s) (e.g. {missing[:3]}); "
+                         "record them with inference/evaluate.py or pass --problems FILE with an answer column")
+    if not samples:
+        raise ValueError(f"traces: {path} is empty")
+    return TraceSet(str(path), dict(samples), gold, texts)
+
+
+def is_correct(answer: int | None, gold: str, spec: AnswerSpec) -> bool:
+    """An integer answer against the gold, the gold reduced by the competition's modulus as grade() does."""
+    if answer is None:
+        return False
+    g = parse_integer(gold)
+    return answer == spec.apply(g) if g is not None else bool(is_equivalent(str(answer), gold))
+
+
+def trace_accuracy(ts: TraceSet, spec: AnswerSpec) -> dict:
+    """Raw accuracy of the recorded samples, before any policy: pass@1 and the majority of all recorded samples,
+    every full sample's answer extracted as the server votes."""
+    per_problem, maj = [], []
+    for pid, traces in ts.samples.items():
+        answers = [extract_answer(t["text"], spec) for t in traces]
+        per_problem.append(sum(is_correct(a, ts.gold[pid], spec) for a in answers) / len(answers))
+        votes = Votes()
+        for a in answers:
+            votes.add(a)
+        maj.append(is_correct(votes.leader(), ts.gold[pid], spec))
+    return {"problems": len(per_problem), "samples": sum(len(t) for t in ts.samples.values()),
+            "pass@1": round(statistics.fmean(per_problem), 4), "maj@all": round(statistics.fmean(maj), 4)}
+
+
+# -- problem orders --------------------------------------------------------------------------------------------------
+@dataclass
+class Slot:
+    """One problem served in a simulated run: the id it is served under and the recorded samples it gets."""
+
+    id: str  # unique within the run
+    problem_id: str  # the recorded problem
+    traces: list[dict]  # sample i of this slot replays traces[i]
+
+
+def plan_runs(ts: TraceSet, problems: int, orders: int, seed: int, shuffle_samples: bool = True) -> list[list[Slot]]:
+    """`orders` runs of `problems` slots: every recorded problem as often as fits (tiled), the rest drawn without
+    replacement, in a shuffled order; each slot's samples in a random order when `shuffle_samples`."""
+    ids = ts.ids
+    runs = []
+    for o in range(orders):
+        rng = random.Random(f"{seed}:{o}")  # one stream per order: every policy sees the same runs
+        chosen = ids * (problems // len(ids)) + rng.sample(ids, problems % len(ids))
+        rng.shuffle(chosen)
+        copies: Counter = Counter()
+        run = []
+        for pid in chosen:
+            copies[pid] += 1
+            served = pid if copies[pid] == 1 else f"{pid}#{copies[pid]}"
+            traces = list(ts.samples[pid])
+            if shuffle_samples:
+                rng.shuffle(traces)
+            run.append(Slot(served, pid, traces))
+        runs.append(run)
+    return runs
+
+
+def served_in_gateway_order(ts: TraceSet, seed: int) -> list[Slot]:
+    """The one run the local gateway serves with this seed: every problem of the problems file (in its file order
+    before the shuffle, as run_gateway reads it; the recorded ones if there is no file) once, samples as recorded."""
+    import polars as pl
+
+    ids = list(ts.problems) or ts.ids
+    df = pl.DataFrame({"id": ids}).sample(fraction=1.0, shuffle=True, seed=seed)  # as run_gateway shuffles
+    return [Slot(pid, pid, list(ts.samples.get(pid, []))) for pid in df["id"]]
+
+
+# -- one simulated run --------------------------------------------------------------------------------------------
+def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: SpeedProfile | None) -> dict:
+    """Serve the slots one at a time to a Predictor on replayed samples; return the run's record."""
+    if all(s.traces for s in slots):
+        # In virtual time the solver only needs to wake when a sample finishes or the deadline passes, and the replay
+        # engines' poll returns at exactly those moments: a long poll interval gives the same decisions, far faster.
+        # (Not with a problem that has no samples: the solver notices the idle engine one poll interval later.)
+        watchdog = dataclasses.replace(settings.watchdog, poll_seconds=settings.competition.total_seconds)
+        settings = dataclasses.replace(settings, watchdog=watchdog)
+    clock = VirtualClock()
+    index = {(s.id, i): t for s in slots for i, t in enumerate(s.traces)}
+    if speed is None:
+        engine: Engine = ReplayEngine([], clock=clock)
+        engine.traces = index  # already checked when the trace set was loaded
+    else:
+        engine = ThroughputReplayEngine(index, speed, clock, cut_cache=ts.cut_cache)
+    predictor = Predictor(settings, engine=engine, problems=len(slots))
+    # Start the engine now rather than inside the first call (the same moment on the clock: before the first
+    # problem's deadline is set) and drop the per-sample trace records, which only cost time here.
+    predictor.solver().trace_sink = None
+    problems = []
+    for s in slots:
+        # Predictor.solve is predict without the one-row DataFrames (the local gateway test checks they agree).
+        r = predictor.solve(s.id, ts.problems.get(s.problem_id) or f"Problem {s.problem_id}")
+        answer = r.answer
+        problems.append({"id": s.id, "problem_id": s.problem_id, "answer": answer,
+                         "correct": is_correct(answer, ts.gold[s.problem_id], settings.competition.answer),
+                         "stop_reason": r.stop_reason,
+                         "seconds": r.seconds, "tokens": r.tokens, "samples": r.samples, "launched": r.launched})
+    predictor.shutdown()
+    return {"score": sum(p["correct"] for p in problems), "seconds": clock.now(),
+            "tokens": sum(p["tokens"] for p in problems), "problems": problems}
+
+
+# -- policies ------------------------------------------------------------------------------------------------------
+@dataclass
+class Policy:
+    name: str
+    overrides: dict
+    note: str = ""
+
+
+def load_policies(path: str | Path, competition: str) -> tuple[Path, list[Policy]]:
+    """The base inference config for this competition and the policies (dotted overrides over it)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"policies: no such file {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.get("base")
+    if not base:
+        raise ValueError(f"{path}: missing key 'base' (the inference config the policies override)")
+    base_path = Path(str(base).format(competition=competition))
+    if not base_path.is_absolute():
+        base_path = REPO / base_path
+    policies = []
+    for name, spec in (data.get("policies") or {}).items():
+        spec = spec or {}
+        unknown = set(spec) - {"overrides", "note"}
+        if unknown:
+            raise ValueError(f"{path}: policy {name!r} has unknown key(s) {', '.join(sorted(unknown))}")
+        policies.append(Policy(name, dict(spec.get("overrides") or {}), str(spec.get("note", "")).strip()))
+    if not policies:
+        raise ValueError(f"{path}: no policies")
+    return base_path, policies
+
+
+def policy_settings(base: Path, policy: Policy, competition: Competition, traces: str) -> Settings:
+    """The settings the server would run with, on the replay engine and a virtual clock."""
+    try:
+        return load_settings(base, policy.overrides, competition=competition, engine="replay", traces=traces,
+                             virtual_clock=True)
+    except ValueError as e:
+        raise ValueError(f"policy {policy.name!r}: {e}") from None
+
+
+def with_budget(competition: Competition, total_seconds: float | None) -> Competition:
+    return competition if total_seconds is None else dataclasses.replace(competition, total_seconds=total_seconds)
+
+
+# -- many runs -----------------------------------------------------------------------------------------------------
+def _summary(values: list[float], digits: int = 3) -> dict:
+    return {"mean": round(statistics.fmean(values), digits),
+            "sd": round(statistics.stdev(values), digits) if len(values) > 1 else 0.0,
+            "min": round(min(values), digits), "max": round(max(values), digits)}
+
+
+def simulate_policy(settings: Settings, ts: TraceSet, runs: list[list[Slot]], speed: SpeedProfile | None) -> dict:
+    """Every run under one policy; the distribution of scores, time, tokens and how problems ended."""
+    records = [simulate_run(settings, ts, slots, speed) for slots in runs]
+    scores = [r["score"] for r in records]
+    reasons: Counter = Counter()
+    per_problem: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        for p in r["problems"]:
+            reasons[p["stop_reason"]] += 1
+            per_problem[p["problem_id"]].append(p["correct"])
+    comp = settings.competition
+    n = len(records)
+    return {
+        "score": _summary(scores),
+        "seconds": _summary([r["seconds"] for r in records], 1),
+        "seconds_limit": comp.total_seconds - comp.safety_margin_seconds,
+        "tokens": _summary([r["tokens"] for r in records], 0),
+        "stop_reasons": {k: round(v / n, 3) for k, v in sorted(reasons.items())},  # problems per run
+        "deadline_problems": round(reasons["deadline"] / n, 3),
+        "cutoff_problems": round((reasons["global_cutoff"] + reasons["no_time"]) / n, 3),
+        "p_correct": {pid: round(statistics.fmean(v), 3) for pid, v in sorted(per_problem.items())},
+        "scores": scores,
+    }
+
+
+def p_at_least(scores: list[int], thresholds: list[int]) -> dict[str, float]:
+    return {str(x): round(sum(s >= x for s in scores) / len(scores), 4) for x in thresholds}
+
+
+def default_thresholds(all_scores: list[int]) -> list[int]:
+    """Five integer thresholds spanning the middle of the pooled score distribution."""
+    s = sorted(all_scores)
+    lo, hi = s[len(s) // 10], s[(9 * len(s)) // 10]
+    step = max(1, math.ceil((hi - lo) / 4))
+    return [lo + i * step for i in range(5)]
+
+
+def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | Path, orders: int, seed: int,
+            problems: int | None = None, total_seconds: float | None = None, only: list[str] | None = None,
+            thresholds: list[int] | None = None, shuffle_samples: bool = True) -> dict:
+    """Every policy over the same `orders` runs. The result is a plain JSON-able dict (deterministic for a seed)."""
+    speed = load_hardware(hardware)
+    base, policies = load_policies(policies_path, competition)
+    if only:
+        unknown = sorted(set(only) - {p.name for p in policies})
+        if unknown:
+            raise ValueError(f"--policy: unknown {', '.join(unknown)}; known: {', '.join(p.name for p in policies)}")
+        policies = [p for p in policies if p.name in only]
+    comp = with_budget(Competition.load(competition), total_seconds)
+    runs = plan_runs(ts, problems or comp.problems, orders, seed, shuffle_samples)
+    results = {}
+    fewest = min(len(v) for v in ts.samples.values())
+    for p in policies:
+        settings = policy_settings(base, p, comp, ts.path)
+        results[p.name] = simulate_policy(settings, ts, runs, speed)
+        results[p.name]["overrides"] = p.overrides
+        results[p.name]["note"] = p.note
+        if settings.sampling.samples > fewest:
+            # A launched sample that was never recorded never finishes: the problem waits for its deadline.
+            warning = (f"policy {p.name} launches {settings.sampling.samples} samples but some problems have only "
+                       f"{fewest} recorded: its results are pessimistic; record more samples (evaluate.py -k)")
+            results[p.name]["warning"] = warning
+            log.warning(warning)
+    thresholds = thresholds or default_thresholds([s for r in results.values() for s in r["scores"]])
+    for r in results.values():
+        r["p_score_at_least"] = p_at_least(r.pop("scores"), thresholds)
+    return {"traces": ts.path, "competition": competition, "hardware": hardware, "base_config": str(base),
+            "total_seconds": comp.total_seconds, "safety_margin_seconds": comp.safety_margin_seconds,
+            "problems_per_run": problems or comp.problems, "orders": orders, "seed": seed,
+            "shuffle_samples": shuffle_samples, "recorded": trace_accuracy(ts, comp.answer), "thresholds": thresholds,
+            "policies": results}
+
+
+def budget_sweep(ts: TraceSet, competition: str, hardware: str, policies_path: str | Path, fractions: list[float],
+                 orders: int, seed: int, only: list[str] | None = None) -> dict:
+    """Mean ± SD score of each policy when the run gets a fraction of the competition's time."""
+    full = Competition.load(competition).total_seconds
+    sweep: dict[str, list[dict]] = defaultdict(list)
+    for f in fractions:
+        result = compare(ts, competition, hardware, policies_path, orders, seed, total_seconds=full * f, only=only)
+        for name, r in result["policies"].items():
+            sweep[name].append({"total_seconds": full * f, "score": r["score"]["mean"], "sd": r["score"]["sd"]})
+    return dict(sweep)
+
+
+def rank(paths: list[str], competition: str, hardware: str, policies_path: str | Path, policy: str, orders: int,
+         seed: int, problems_file: str | None = None) -> list[dict]:
+    """Checkpoints by simulated score under one policy, with their raw accuracy beside it."""
+    rows = []
+    for path in paths:
+        ts = load_trace_set(path, problems_file)
+        result = compare(ts, competition, hardware, policies_path, orders, seed, only=[policy], thresholds=[0])
+        r = result["policies"][policy]
+        rows.append({"traces": path, **result["recorded"], "score": r["score"]["mean"], "score_sd": r["score"]["sd"],
+                     "tokens": r["tokens"]["mean"]})
+    return sorted(rows, key=lambda row: -row["score"])
+
+
+# -- synthetic traces ----------------------------------------------------------------------------------------------
+def synthetic_traces(problems: int = 30, samples: int = 16, seed: int = 0, max_tokens: int = 16384) -> list[dict]:
+    """Made-up traces shaped like a 14B reasoning model on AIME-level problems, for trying policies before real
+    traces exist: a mix of easy, medium and hard problems (per-sample accuracy ≈ 0.9 / 0.5 / 0.1), wrong answers
+    clustering on a few distractors, lengths log-normal around ~7k tokens, longer for wrong answers and hard problems
+    (the "long ⇒ wrong" pattern of peers.md §8.2), samples past `max_tokens` cut without an answer."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(problems):
+        pid = f"syn-{i:03d}"
+        gold = rng.randint(0, 999)
+        kind = rng.choices(["easy", "medium", "hard"], weights=[0.4, 0.3, 0.3])[0]
+        p, length = {"easy": (0.9, 4000), "medium": (0.5, 7000), "hard": (0.1, 10000)}[kind]
+        distractors = [rng.randint(0, 999) for _ in range(3)]
+        for s in range(samples):
+            correct = rng.random() < p
+            answer = gold if correct else (rng.choice(distractors) if rng.random() < 0.6 else rng.randint(0, 999))
+            tokens = int(rng.lognormvariate(math.log(length * (1.0 if correct else 1.5)), 0.4))
+            text = "<think>\n" + "Let me work this out step by step.\n" * 6
+            reason = "stop"
+            if tokens >= max_tokens:
+                tokens, reason, answer = max_tokens, "length", None
+            else:
+                text += f"\\boxed{{{answer}}}\n</think>\nThe answer is \\boxed{{{answer}}}."
+            out.append({"problem_id": pid, "sample": s, "text": text, "tokens": tokens,
+                        "seconds": round(tokens / 30.0, 2),  # as if 8 ran at once on ~240 tok/s
+                        "finish_reason": reason, "answer": answer, "gold": str(gold),
+                        "correct": answer is not None and answer == gold, "difficulty": kind})
+    return out
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+def format_comparison(result: dict) -> str:
+    rec = result["recorded"]
+    lines = [f"{result['competition']} on {result['hardware']}: {result['orders']} orders × "
+             f"{result['problems_per_run']} problems from {rec['problems']} recorded problems "
+             f"({rec['samples']} samples; pass@1 {rec['pass@1']:.3f}, maj@all {rec['maj@all']:.3f}), "
+             f"{result['total_seconds'] - result['safety_margin_seconds']:.0f}s usable"]
+    xs = result["thresholds"]
+    head = (f"{'policy':<18} {'score':>13} {'min':>4} {'max':>4} {'seconds':>8} {'tokens':>10} {'deadline':>8} "
+            f"{'cutoff':>6}  " + " ".join(f"P(≥{x})".rjust(7) for x in xs))
+    lines += [head, "-" * len(head)]
+    for name, r in result["policies"].items():
+        s = r["score"]
+        lines.append(f"{name:<18} {s['mean']:>6.2f} ± {s['sd']:<4.2f} {s['min']:>4.0f} {s['max']:>4.0f} "
+                     f"{r['seconds']['mean']:>8.0f} {r['tokens']['mean']:>10.0f} {r['deadline_problems']:>8.2f} "
+                     f"{r['cutoff_problems']:>6.2f}  "
+                     + " ".join(f"{r['p_score_at_least'][str(x)]:>7.3f}" for x in xs))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traces", help="traces JSONL (evaluate.py's output)")
+    parser.add_argument("--problems", help="problems file with gold answers, if the traces have no `gold`")
+    parser.add_argument("--competition", default="aimo3", choices=["aimo2", "aimo3"])
+    parser.add_argument("--hardware", default=RECORDED, help=f"a profile of {HARDWARE_FILE.relative_to(REPO)}, or "
+                        "'recorded' for the traces' own seconds")
+    parser.add_argument("--policies", default=str(POLICIES_FILE))
+    parser.add_argument("--policy", action="append", help="only this policy (repeatable)")
+    parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--problems-per-run", type=int, help="default: the competition's count")
+    parser.add_argument("--total-seconds", type=float, help="the run's time limit (default: the competition's)")
+    parser.add_argument("--thresholds", type=int, nargs="+", help="report P(score ≥ x) for these x")
+    parser.add_argument("--out", help="write the result JSON here")
+    parser.add_argument("--budget-fractions", type=float, nargs="+",
+                        help="also sweep the time limit over these fractions of the competition's")
+    parser.add_argument("--sweep-orders", type=int, default=200, help="orders per point of the budget sweep")
+    parser.add_argument("--plot", help="PNG of simulated score against time budget (needs --budget-fractions)")
+    parser.add_argument("--rank", nargs="+", metavar="TRACES", help="rank checkpoints by simulated score")
+    parser.add_argument("--rank-policy", default="default", help="the policy --rank simulates")
+    parser.add_argument("--write-synthetic", metavar="PATH", help="write synthetic traces and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("inference.server").setLevel(logging.ERROR)  # it logs every problem
+
+    t0 = time.monotonic()
+    try:
+        if args.write_synthetic:
+            Path(args.write_synthetic).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.write_synthetic, "w") as f:
+                for record in synthetic_traces(seed=args.seed):
+                    f.write(json.dumps(record) + "\n")
+            print(f"wrote synthetic traces to {args.write_synthetic}")
+            return 0
+        if args.rank:
+            rows = rank(args.rank, args.competition, args.hardware, args.policies, args.rank_policy, args.orders,
+                        args.seed, args.problems)
+            print(f"checkpoints by simulated score ({args.rank_policy} policy, {args.hardware}, {args.orders} orders)")
+            print(f"{'#':>2} {'score':>13} {'pass@1':>7} {'maj@all':>7} {'tokens/run':>11}  traces")
+            for i, row in enumerate(rows, 1):
+                print(f"{i:>2} {row['score']:>6.2f} ± {row['score_sd']:<4.2f} {row['pass@1']:>7.3f} "
+                      f"{row['maj@all']:>7.3f} {row['tokens']:>11.0f}  {row['traces']}")
+            by_raw = sorted(rows, key=lambda r: -r["pass@1"])
+            if [r["traces"] for r in by_raw] != [r["traces"] for r in rows]:
+                print("note: raw pass@1 ranks these differently: " + " > ".join(r["traces"] for r in by_raw))
+            result: dict = {"rank": rows}
+        else:
+            if not args.traces:
+                parser.error("--traces is required (or --rank / --write-synthetic)")
+            if args.plot and not args.budget_fractions:
+                parser.error("--plot draws the budget sweep: add --budget-fractions, e.g. 0.1 0.25 0.5 1")
+            ts = load_trace_set(args.traces, args.problems)
+            result = compare(ts, args.competition, args.hardware, args.policies, args.orders, args.seed,
+                             args.problems_per_run, args.total_seconds, args.policy, args.thresholds)
+            print(format_comparison(result))
+            if args.budget_fractions:
+                result["budget_sweep"] = budget_sweep(ts, args.competition, args.hardware, args.policies,
+                                                      args.budget_fractions, args.sweep_orders, args.seed, args.policy)
+                if args.plot:
+                    from inference.plots import plot_score_vs_budget
+
+                    plot_score_vs_budget(result["budget_sweep"], args.plot,
+                                         title=f"{args.competition}, {args.hardware}, {args.traces}")
+                    print(f"wrote {args.plot}")
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    print(f"({time.monotonic() - t0:.1f}s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""inference/simulate.py: the server's policy code replayed over many problem orders on a virtual clock."""
+
+import json
+
+import pytest
+
+from inference.clock import VirtualClock
+from inference.config import Competition, load_settings
+from inference.engines.base import SampleRequest
+from inference.local_gateway import main as gateway_main
+from inference.simulate import (
+    POLICIES_FILE,
+    SpeedProfile,
+    ThroughputReplayEngine,
+    compare,
+    load_hardware,
+    load_policies,
+    load_trace_set,
+    main,
+    plan_runs,
+    policy_settings,
+    served_in_gateway_order,
+    simulate_run,
+    synthetic_traces,
+)
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    return write_jsonl(tmp_path / "syn.jsonl", synthetic_traces(problems=12, samples=10, seed=1))
+
+
+def request(pid, sample, max_tokens=10_000, stop_rule="none"):
+    return SampleRequest(problem_id=pid, sample=sample, messages=[], seed=0, max_tokens=max_tokens,
+                         stop_rule=stop_rule)
+
+
+def test_speed_profile_interpolates_and_stays_flat_past_the_table():
+    p = SpeedProfile("x", {2: 100.0, 4: 300.0})
+    assert p.aggregate(1) == pytest.approx(50)  # below the table: the first entry's per-sample speed
+    assert p.aggregate(3) == pytest.approx(200) and p.aggregate(4) == pytest.approx(300)
+    assert p.aggregate(10) == pytest.approx(300) and p.per_sample(10) == pytest.approx(30)
+    with pytest.raises(ValueError, match="tokens_per_second"):
+        SpeedProfile("bad", {0: 10.0})
+
+
+def test_hardware_profiles_load_and_unknown_names_are_errors():
+    assert load_hardware("recorded") is None
+    h100, l4 = load_hardware("h100"), load_hardware("l4x4")
+    assert h100.aggregate(8) > l4.aggregate(8) > 0
+    assert l4.aggregate(9) == pytest.approx(238)  # the one published vLLM point (peers.md §8.1)
+    with pytest.raises(ValueError, match="no profile 'tpu'"):
+        load_hardware("tpu")
+
+
+def test_running_samples_share_throughput_and_speed_up_when_one_ends():
+    traces = {("p", 0): {"problem_id": "p", "sample": 0, "text": "a" * 100, "tokens": 100, "seconds": 1.0},
+              ("p", 1): {"problem_id": "p", "sample": 1, "text": "b" * 300, "tokens": 300, "seconds": 1.0},
+              ("q", 0): {"problem_id": "q", "sample": 0, "text": "c" * 100, "tokens": 100, "seconds": 1.0}}
+    clock = VirtualClock()
+    engine = ThroughputReplayEngine(traces, SpeedProfile("x", {1: 10.0, 2: 10.0}), clock)
+    engine.start()
+    engine.submit([request("p", 0), request("p", 1)])
+    # Two running share 10 tokens/s: sample 0 ends at 100 / 5 = 20 s; sample 1 has 200 left at 10/s → 40 s.
+    first = engine.poll(1000)
+    assert [(s.sample, s.tokens) for s in first] == [(0, 100)] and clock.now() == pytest.approx(20)
+    second = engine.poll(1000)
+    assert [s.sample for s in second] == [1] and clock.now() == pytest.approx(40)
+    assert second[0].seconds == pytest.approx(40)
+    engine.submit([request("q", 0)])
+    assert engine.poll(3) == [] and clock.now() == pytest.approx(43)  # waiting moves the virtual clock only
+    aborted = engine.abort("q")
+    assert [(s.finish_reason, s.tokens) for s in aborted] == [("aborted", 30)]
+    assert engine.progress().running == 0
+
+
+def test_stop_rule_and_max_tokens_cut_the_recorded_sample():
+    text = "<think>\n\\boxed{7}\n</think>" + "x" * 74  # 26 + 74 characters
+    traces = {("p", 0): {"problem_id": "p", "sample": 0, "text": text, "tokens": 100, "seconds": 1.0}}
+    engine = ThroughputReplayEngine(traces, SpeedProfile("x", {1: 10.0}), VirtualClock())
+    engine.submit([request("p", 0, stop_rule="think")])
+    [s] = engine.poll(1000)
+    assert s.text.endswith("</think>") and s.finish_reason == "answer" and s.tokens == 26
+    assert s.seconds == pytest.approx(2.6)  # only the kept tokens take time
+    engine.submit([request("p", 0, max_tokens=40)])
+    [s] = engine.poll(1000)
+    assert (s.tokens, s.finish_reason) == (40, "length")
+
+
+def test_runs_tile_the_problems_and_every_policy_sees_the_same_orders(synthetic):
+    ts = load_trace_set(synthetic)
+    runs = plan_runs(ts, problems=30, orders=3, seed=4)
+    assert all(len(run) == 30 and len({s.id for s in run}) == 30 for run in runs)
+    counts = [sorted(sum(s.problem_id == pid for s in run) for pid in ts.ids) for run in runs]
+    assert all(set(c) <= {2, 3} for c in counts)  # 12 problems tiled twice, 6 drawn a third time
+    assert [s.id for s in plan_runs(ts, 30, 3, seed=4)[2]] == [s.id for s in runs[2]]
+    assert [s.id for s in plan_runs(ts, 30, 3, seed=5)[0]] != [s.id for s in runs[0]]
+
+
+def test_same_seed_same_json(synthetic):
+    ts = load_trace_set(synthetic)
+    a = compare(ts, "aimo3", "l4x4", POLICIES_FILE, orders=8, seed=7, problems=20)
+    b = compare(load_trace_set(synthetic), "aimo3", "l4x4", POLICIES_FILE, orders=8, seed=7, problems=20)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert set(a["policies"]) == {p.name for p in load_policies(POLICIES_FILE, "aimo3")[1]}
+    for r in a["policies"].values():
+        assert {"score", "seconds", "tokens", "p_score_at_least", "deadline_problems", "cutoff_problems"} <= set(r)
+        assert r["score"]["min"] <= r["score"]["mean"] <= r["score"]["max"] <= 20
+
+
+@pytest.mark.parametrize("hardware", ["recorded", "l4x4"])
+def test_no_policy_ever_overruns_the_time_limit(tmp_path, hardware):
+    # One hour for 20 problems of ~2-8 minute samples: time binds, so runs end with deadlines and, for the policies
+    # with fixed per-problem seconds, the global cutoff.
+    ts = load_trace_set(write_jsonl(tmp_path / "t.jsonl", synthetic_traces(problems=10, samples=16, seed=2)))
+    result = compare(ts, "aimo2", hardware, POLICIES_FILE, orders=150, seed=0, problems=20, total_seconds=3600)
+    limit = 3600 - Competition.load("aimo2").safety_margin_seconds
+    for name, r in result["policies"].items():
+        assert r["seconds"]["max"] <= limit + 1e-6, name
+    assert len(result["policies"]) * result["orders"] >= 1000  # runs checked
+    reasons = {k for r in result["policies"].values() for k in r["stop_reasons"]}
+    assert {"deadline", "global_cutoff", "k_of_n"} <= reasons  # the limit really binds, and not everywhere
+
+
+@pytest.mark.parametrize("unrecorded", [None, 3])
+def test_simulator_and_local_gateway_agree_on_the_same_order(tmp_path, repo_root, capsys, unrecorded):
+    # Ten toy problems: quick agreement, disagreement, slow samples cut by the 120 s deadline of demo.yaml, and
+    # perhaps one problem never recorded (the simulator then keeps the config's poll interval).
+    problems_csv = repo_root / "configs/toy/demo_problems.csv"
+    import polars as pl
+
+    problems = pl.read_csv(problems_csv, infer_schema_length=0)
+    records = []
+    for n, (pid, gold) in enumerate(zip(problems["id"], problems["answer"])):
+        if n == unrecorded:
+            continue
+        for i in range(8):
+            answer = int(gold) + (i % (n % 4 + 1))  # problem n: n % 4 + 1 different answers
+            text = f"<think>\nwork\n\\boxed{{{answer}}}\n</think>\nThe answer is \\boxed{{{answer}}}."
+            records.append({"problem_id": pid, "sample": i, "text": text, "tokens": 50 + 10 * i,
+                            "seconds": 15.0 * (1 + (i * 7 + n) % 9) * (1 + n % 3)})
+    traces = write_jsonl(tmp_path / "traces.jsonl", records)
+    report = tmp_path / "report.json"
+    config = repo_root / "configs/inference/demo.yaml"
+    code = gateway_main(["--config", str(config), "--engine", "replay", "--traces", str(traces), "--virtual-clock",
+                         "--seed", "5", "--problems", str(problems_csv), "--report", str(report),
+                         "--submission", str(tmp_path / "sub.parquet")])
+    assert code == 0
+    capsys.readouterr()
+    gateway = json.loads(report.read_text())["problems"]
+
+    ts = load_trace_set(traces, problems_csv)
+    settings = policy_settings(config, load_policies(POLICIES_FILE, "aimo3")[1][0],  # "default": no overrides
+                               load_settings(config).competition, str(traces))
+    slots = served_in_gateway_order(ts, seed=5)
+    assert [s.id for s in slots] == [row["id"] for row in gateway]
+    sim = simulate_run(settings, ts, slots, speed=None)["problems"]
+    for g, s in zip(gateway, sim):
+        assert (s["id"], s["answer"], s["stop_reason"], s["correct"]) == (g["id"], g["answer"], g["stop_reason"],
+                                                                           g["correct"])
+        assert s["seconds"] == pytest.approx(g["seconds"], abs=2e-3)
+    reasons = {row["stop_reason"] for row in gateway}
+    assert reasons >= {"k_of_n", "deadline", "stragglers"} and ("engine_idle" in reasons) == (unrecorded is not None)
+
+
+def test_rank_prints_simulated_score_and_raw_accuracy(tmp_path, capsys):
+    good = write_jsonl(tmp_path / "good.jsonl", synthetic_traces(problems=8, samples=8, seed=3))
+    bad = [dict(r, text=r["text"].replace("\\boxed", "\\fbox"), tokens=r["tokens"] * 3)
+           for r in synthetic_traces(problems=8, samples=8, seed=3)]
+    for r in bad[::2]:  # half the samples lose their answer
+        r["text"] = "<think>\nno idea"
+    bad_path = write_jsonl(tmp_path / "bad.jsonl", bad)
+    out = tmp_path / "rank.json"
+    assert main(["--rank", str(bad_path), str(good), "--hardware", "l4x4", "--competition", "aimo2", "--orders",
+                 "10", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rank"]
+    assert [r["traces"] for r in rows] == [str(good), str(bad_path)]
+    assert rows[0]["score"] > rows[1]["score"]
+    assert "pass@1" in printed and "maj@all" in printed
+
+
+def test_cli_writes_json_and_plot(tmp_path, synthetic, capsys):
+    out, png = tmp_path / "sim.json", tmp_path / "budget.png"
+    code = main(["--traces", str(synthetic), "--hardware", "h100", "--orders", "5", "--policy", "default",
+                 "--policy", "aimo3_public", "--budget-fractions", "0.05", "0.2", "--sweep-orders", "5",
+                 "--plot", str(png), "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert set(result["policies"]) == {"default", "aimo3_public"}
+    assert [p["total_seconds"] for p in result["budget_sweep"]["default"]] == [900, 3600]
+    assert png.stat().st_size > 10_000
+    assert "default" in capsys.readouterr().out
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    no_gold = write_jsonl(tmp_path / "t.jsonl", [{"problem_id": "a", "sample": 0, "text": "x", "tokens": 1,
+                                                   "seconds": 1.0}])
+    assert main(["--traces", str(no_gold), "--orders", "2"]) == 2
+    assert "no gold answer" in capsys.readouterr().err
+    assert main(["--traces", str(no_gold), "--hardware", "tpu"]) == 2
+    assert main(["--traces", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_policies_launching_more_samples_than_recorded_are_flagged(tmp_path):
+    ts = load_trace_set(write_jsonl(tmp_path / "t.jsonl", synthetic_traces(problems=4, samples=8, seed=0)))
+    result = compare(ts, "aimo3", "h100", POLICIES_FILE, orders=2, seed=0, problems=4,
+                     only=["fixed_n8", "nemoskills"])
+    assert "warning" not in result["policies"]["fixed_n8"]
+    assert "launches 12 samples" in result["policies"]["nemoskills"]["warning"]
