@@ -37,10 +37,13 @@ test: setup setup-quantize
 toy: setup
 	$(PYTHON) -m train.toy.recipe --config configs/toy/recipe.yaml
 
+# AWQ in .venv-quantize, then the check against full precision (same prompts and seeds) in .venv with vLLM.
 MODEL ?= models/toy-math
 OUT ?= models/toy-math-awq
-quantize: setup-quantize
-	$(QPYTHON) -m train.quantize --config configs/quantize/toy.yaml --model $(MODEL) --output_dir $(OUT)
+QCONFIG ?= configs/quantize/toy.yaml
+quantize: setup setup-quantize
+	$(QPYTHON) -m train.quantize --config $(QCONFIG) --model $(MODEL) --output_dir $(OUT)
+	$(PYTHON) -m train.quantize_check --config $(QCONFIG) --model $(MODEL) --quantized $(OUT)
 
 COMPETITION ?= aimo3
 kaggle-push: setup

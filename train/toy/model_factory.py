@@ -4,7 +4,8 @@
 
 The result loads with `AutoModelForCausalLM.from_pretrained(dir)` and with vLLM, so tests and the toy recipe use
 exactly the loading code a 14B checkpoint goes through. Every Linear layer's input size is a multiple of 128 so
-AWQ (group size 128) can quantize it, and the head size is 64, which vLLM's CPU attention supports.
+AWQ (group size 128) can quantize it, and the head size (64 by default, 32 for the toy recipe's 4 heads) is one
+vLLM's CPU attention supports.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 320):
     return fast
 
 
-def build_model(tokenizer, hidden_size: int = 128, num_layers: int = 4, intermediate_size: int = 512, seed: int = 0):
+def build_model(tokenizer, hidden_size: int = 128, num_layers: int = 4, intermediate_size: int = 512, seed: int = 0,
+                head_dim: int = 64, num_key_value_heads: int = 1):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -63,14 +65,16 @@ def build_model(tokenizer, hidden_size: int = 128, num_layers: int = 4, intermed
             f"hidden_size={hidden_size} and intermediate_size={intermediate_size} must be multiples of 128 "
             "(AWQ quantizes in groups of 128 input features)"
         )
-    head_dim = 64
+    if hidden_size % head_dim or (hidden_size // head_dim) % num_key_value_heads:
+        raise ValueError(f"head_dim={head_dim} must divide hidden_size={hidden_size} into a multiple of "
+                         f"num_key_value_heads={num_key_value_heads} heads")
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=hidden_size // head_dim,
-        num_key_value_heads=1,
+        num_key_value_heads=num_key_value_heads,
         head_dim=head_dim,
         max_position_embeddings=4096,
         rope_theta=10000.0,

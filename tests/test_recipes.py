@@ -1,0 +1,157 @@
+"""Every training recipe (configs/sft, configs/grpo, configs/toy) runs one real trainer step on the tiny local model
+and tiny data, so no recipe rots; plus the facts the recipes rely on: the paper's hyperparameters, the R1 chat
+template, packing without cross-example attention on CPU, and the toy system prompt matching the demo's.
+
+    .venv/bin/python -m pytest tests/test_recipes.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train.toy.task import SYSTEM_PROMPT, make_problem, make_trace
+
+REPO = Path(__file__).resolve().parents[1]
+SFT_RECIPES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs/sft").glob("*.yaml"))
+GRPO_RECIPES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs/grpo").glob("*.yaml"))
+RECIPES = SFT_RECIPES + GRPO_RECIPES + ["configs/toy/sft.yaml", "configs/toy/grpo.yaml"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, str]:
+    """Toy problems: 8 SFT traces, 4 GRPO problems, 2 held-out problems."""
+    rng, out = random.Random(0), tmp_path_factory.mktemp("tiny-data")
+    problems = [make_problem(rng, i) for i in range(14)]
+    files = {
+        "sft": [{"problem": p.problem, "generation": make_trace(p, i % 3), "answer": p.answer}
+                for i, p in enumerate(problems[:8])],
+        "grpo": [{"problem": p.problem, "answer": p.answer} for p in problems[8:12]],
+        "eval": [{"problem": p.problem, "answer": p.answer} for p in problems[12:]],
+    }
+    paths = {}
+    for name, rows in files.items():
+        path = out / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths[name] = str(path)
+    return paths
+
+
+def tiny_overrides(stage: str, model_dir, out_dir, eval_file: str) -> list[str]:
+    """What the test swaps in: the tiny model and data, one step, CPU, float32, small lengths, no vLLM."""
+    args = {
+        "model_name_or_path": model_dir, "output_dir": out_dir, "max_steps": 1, "use_cpu": True, "bf16": False,
+        "dtype": "float32", "attn_implementation": "sdpa", "gradient_accumulation_steps": 1, "report_to": "none",
+        "save_strategy": "steps", "save_steps": 1, "logging_steps": 1, "eval_file": eval_file, "eval_limit": 2,
+        "accuracy_eval_max_new_tokens": 8, "accuracy_eval_batch_size": 2, "per_device_train_batch_size": 2,
+    }
+    if stage == "sft":
+        args |= {"max_length": 512, "dataset_num_proc": 1}
+    else:
+        args |= {"num_generations": 2, "max_completion_length": 16, "use_vllm": False, "max_prompt_length": 512}
+    return [item for key, value in args.items() for item in (f"--{key}", str(value))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_runs_one_step_on_the_tiny_model(recipe, tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    from train import grpo, sft
+
+    monkeypatch.chdir(REPO)  # recipes name repo-relative files (the chat template)
+    stage = "grpo" if recipe in GRPO_RECIPES or recipe.endswith("grpo.yaml") else "sft"
+    module = grpo if stage == "grpo" else sft
+    out = tmp_path / "out"
+    data_args, training_args, model_args = module.make_parser().parse_args_and_config(
+        ["--config", recipe, *tiny_overrides(stage, tiny_model_dir, out, tiny_data["eval"])]
+    )
+    data_args.dataset_sources = [{"path": tiny_data[stage], "label": "tiny"}]
+
+    final = module.main(data_args, training_args, model_args)
+
+    state = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["global_step"] == 1
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert losses and all(math.isfinite(float(x)) for x in losses)
+    evals = [h["accuracy_eval"] for h in state["log_history"] if "accuracy_eval" in h]
+    assert evals[-1]["step"] == 1 and evals[-1]["n"] == 2  # evaluated right before the checkpoint
+    assert (final / "model.safetensors").exists() and (final / "tokenizer_config.json").exists()
+    assert json.loads((out / "data_report.json").read_text())["kept"] > 0
+
+
+def load(recipe: str) -> dict:
+    return yaml.safe_load((REPO / recipe).read_text())
+
+
+def test_14b_recipes_carry_the_papers_hyperparameters():
+    sft = load("configs/sft/r1-distill-qwen-14b.yaml")
+    assert sft["model_name_or_path"] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B"
+    assert (sft["learning_rate"], sft["lr_scheduler_type"], sft["num_train_epochs"]) == (1e-5, "cosine", 10)
+    assert (sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * 8, sft["max_length"]) == (64, 24000)
+    assert sft["packing"] and sft["packing_strategy"] == "bfd" and sft["save_strategy"] == "epoch"
+    grpo = load("configs/grpo/r1-distill-qwen-14b.yaml")
+    assert grpo["reward_funcs"] == ["format", "cosine", "length"] and grpo["reward_weights"] == [1.0, 1.0, 1.0]
+    assert (grpo["learning_rate"], grpo["beta"], grpo["num_generations"], grpo["max_completion_length"]) == (
+        4e-6, 0.04, 8, 16384)
+    assert (grpo["cosine_max_value_correct"], grpo["cosine_min_value_correct"],
+            grpo["cosine_max_value_wrong"], grpo["cosine_min_value_wrong"]) == (1.0, 0.1, -0.1, -1.0)
+    assert (grpo["temperature"], grpo["top_p"], grpo["min_p"]) == (1.0, 0.9, 0.05)
+    assert grpo["mask_truncated_completions"] and grpo["select_checkpoint"] == "accuracy_at_length"
+    # 16 prompts x 8 generations per optimizer step on 8 GPUs, and each GPU scores whole groups.
+    per_gpu = grpo["per_device_train_batch_size"] * grpo["gradient_accumulation_steps"]
+    assert per_gpu * 8 == 128 and per_gpu % grpo["num_generations"] == 0
+
+
+def test_accelerate_configs_are_deepspeed_on_8_gpus():
+    for name, stage in (("zero2", 2), ("zero3", 3)):
+        config = load(f"configs/accelerate/{name}.yaml")
+        assert config["distributed_type"] == "DEEPSPEED" and config["deepspeed_config"]["zero_stage"] == stage
+        assert (config["num_processes"], config["mixed_precision"]) == (8, "bf16")
+
+
+def test_r1_chat_template_keeps_the_thinking_and_prompt_is_a_prefix(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = (REPO / "configs/sft/r1_distill_chat_template.jinja").read_text()
+    prompt = [{"role": "system", "content": "S"}, {"role": "user", "content": "What is 1 + 2?"}]
+    completion = [{"role": "assistant", "content": "<think>\n1+2=3\n\\boxed{3}\n</think>\n\\boxed{3}"}]
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    assert prompt_text == "S<｜User｜>What is 1 + 2?<｜Assistant｜>"
+    assert full_text == prompt_text + completion[0]["content"] + tokenizer.eos_token
+
+
+def test_padding_free_packing_keeps_examples_apart_on_cpu(tiny_model_dir):
+    """What bfd packing feeds the model on CPU (sdpa): one row, position_ids restarting per example. The second
+    example's logits must equal its logits alone; without the position_ids they differ (cross-attention).
+    use_cache=False as SFTTrainer.compute_loss passes it: with a KV cache transformers skips the packed mask."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    first, second = list(range(5, 25)), list(range(30, 42))
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(
+        [{"input_ids": first}, {"input_ids": second}])
+    assert batch["position_ids"].tolist() == [list(range(20)) + list(range(12))]
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([second])).logits[0]
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0, 20:]
+        leaky = model(input_ids=batch["input_ids"], use_cache=False).logits[0, 20:]
+    assert torch.allclose(packed, alone, atol=1e-5)
+    assert not torch.allclose(leaky, alone, atol=1e-3)
+
+
+def test_toy_system_prompt_is_the_demo_servers():
+    from train.configs import DEFAULT_SYSTEM_PROMPT
+
+    demo = load("configs/inference/demo.yaml")
+    assert SYSTEM_PROMPT == DEFAULT_SYSTEM_PROMPT
+    assert load("configs/toy/sft.yaml")["system_prompt"] == SYSTEM_PROMPT
+    assert load("configs/toy/grpo.yaml")["system_prompt"] == SYSTEM_PROMPT
+    assert demo["prompts"]["variants"][0]["system"] == SYSTEM_PROMPT

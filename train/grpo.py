@@ -1,0 +1,98 @@
+"""Stage 2 of the recipe: GRPO with the paper's rewards (format, cosine-scaled correctness, length penalty), on
+TRL's GRPOTrainer, starting from the SFT model.
+
+Real scale (8 GPUs, DeepSpeed ZeRO-2, vLLM colocated with training):
+    accelerate launch --config_file configs/accelerate/zero2.yaml -m train.grpo \
+        --config configs/grpo/r1-distill-qwen-14b.yaml
+  With a separate vLLM server instead (GPUs 6-7 generate, 0-5 train; details in the recipe's header):
+    CUDA_VISIBLE_DEVICES=6,7 trl vllm-serve --model runs/sft-14b --tensor_parallel_size 2 &
+    CUDA_VISIBLE_DEVICES=0,1,2,3,4,5 accelerate launch --config_file configs/accelerate/zero2.yaml \
+        --num_processes 6 -m train.grpo --config configs/grpo/r1-distill-qwen-14b.yaml --vllm_mode server
+Toy scale (CPU, generation with model.generate; `python -m train.toy.recipe` runs it for you):
+    python -m train.grpo --config configs/toy/grpo.yaml --model_name_or_path runs/toy/sft --output_dir runs/toy/grpo
+Rerunning the same command resumes from the newest checkpoint in output_dir.
+
+Checkpoint selection: the paper's run degraded after ~60 steps and the team picked an earlier checkpoint by hand.
+Here every checkpoint is first evaluated on held-out problems (greedy, `accuracy_eval_max_new_tokens` budget), the
+starting model too (`accuracy_eval_on_start`), and with `select_checkpoint: accuracy_at_length` the final model is
+the checkpoint with the shortest answers among those within `selection_tolerance` of the starting accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from train.configs import GRPOConfig, GRPOScriptArguments
+from train.rewards import get_reward_funcs
+from train.sft import (
+    eval_callback,
+    finish_with_selected_checkpoint,
+    last_checkpoint,
+    load_tokenizer,
+    model_init_kwargs,
+    save_data_report,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def check_groups_stay_whole(args: GRPOConfig) -> None:
+    """The length reward compares a prompt's generations with each other, and TRL scores each process's generation
+    batch on its own: that batch must hold whole groups."""
+    per_process = args.per_device_train_batch_size * args.steps_per_generation
+    if "length" in args.reward_funcs and per_process % args.num_generations:
+        raise ValueError(
+            f"per_device_train_batch_size ({args.per_device_train_batch_size}) x steps_per_generation "
+            f"({args.steps_per_generation}) = {per_process} completions per process is not a multiple of "
+            f"num_generations ({args.num_generations}): the length reward would see partial groups"
+        )
+
+
+def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) -> Path:
+    """Train and return the directory of the final (selected) model."""
+    from accelerate import PartialState
+    from transformers import set_seed
+    from trl import GRPOTrainer
+
+    from train.data import build_grpo_dataset
+
+    set_seed(training_args.seed)
+    check_groups_stay_whole(training_args)
+    tokenizer = load_tokenizer(model_args, chat_template_path=None)  # the SFT checkpoint's own template
+    with PartialState().main_process_first():
+        dataset, report = build_grpo_dataset(data_args.dataset_sources, tokenizer, training_args.system_prompt,
+                                             data_args.max_prompt_length, data_args.dataset_seed)
+    save_data_report(report, training_args)
+
+    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+    trainer = GRPOTrainer(
+        model=model_args.model_name_or_path,
+        reward_funcs=get_reward_funcs(training_args.reward_funcs, training_args),
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    callback = eval_callback(data_args, training_args, tokenizer)
+    if callback is not None:
+        trainer.add_callback(callback)
+
+    checkpoint = last_checkpoint(training_args)
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    finish_with_selected_checkpoint(trainer, callback)
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return Path(training_args.output_dir)
+
+
+def make_parser():
+    from trl import ModelConfig, TrlParser
+
+    return TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    main(*make_parser().parse_args_and_config())
