@@ -47,13 +47,20 @@ def _item(value: Any) -> Any:
     return value
 
 
+TRANSFORMERS_ENGINE_ARGS = ("device", "dtype", "batch_size")
+
+
 def build_engine(settings: Settings, clock: RealClock | VirtualClock) -> Engine:
     if settings.engine == "replay":
         return make_engine("replay", traces=settings.traces, clock=clock)
     if settings.engine == "vllm":
         return make_engine("vllm", model=settings.model, clock=clock, engine_args=dict(settings.engine_args),
                            stall_seconds=settings.watchdog.stall_seconds)
-    return make_engine("transformers", model=settings.model, clock=clock, **settings.engine_args)
+    # A config written for vLLM can be run with `--engine transformers`: keep the arguments that engine takes.
+    args = {k: v for k, v in settings.engine_args.items() if k in TRANSFORMERS_ENGINE_ARGS}
+    if ignored := sorted(set(settings.engine_args) - set(args)):
+        log.warning("the transformers engine ignores engine_args %s (it takes %s)", ignored, TRANSFORMERS_ENGINE_ARGS)
+    return make_engine("transformers", model=settings.model, clock=clock, **args)
 
 
 class Predictor:

@@ -211,3 +211,14 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     cfg.write_text("engine: replay\ntraces: t.jsonl\nsampling: {samplez: 3}\n")
     assert main(["--config", str(cfg), "--problems", "x.csv"]) == 2
     assert "samplez" in capsys.readouterr().err
+
+
+def test_cli_transformers_engine_runs_the_vllm_demo_config(tmp_path, tiny_model_dir, capsys):
+    """`--engine transformers` on a config written for vLLM: vLLM-only engine_args are dropped, the run completes."""
+    problems = tmp_path / "p.csv"
+    problems.write_text("id,problem,answer\na,What is 1 + 2?,3\nb,What is 2 + 2?,4\n")
+    code = main(["--engine", "transformers", "--model", str(tiny_model_dir), "--problems", str(problems),
+                 "--set", "sampling.samples=2", "--set", "sampling.max_tokens=16",
+                 "--submission", str(tmp_path / "sub.parquet"), "--report", str(tmp_path / "rep.json")])
+    assert code == 0, capsys.readouterr().err
+    assert pl.read_parquet(tmp_path / "sub.parquet")["id"].to_list() in (["a", "b"], ["b", "a"])
