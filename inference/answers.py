@@ -14,7 +14,9 @@ grades exactly as the server votes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from inference.mappings import dataclass_from_mapping
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
 _BRACE_RE = re.compile(r"[{}]")
@@ -110,15 +112,7 @@ class AnswerSpec:
     @classmethod
     def from_config(cls, d: dict | None) -> "AnswerSpec":
         """From the `answer:` section of a competition YAML; missing keys take the defaults."""
-        if d is None:
-            return cls()
-        if not isinstance(d, dict):
-            raise ValueError(f"answer: expected a mapping with min, max, modulus; got {d!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"answer: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return cls() if d is None else dataclass_from_mapping(cls, d, "answer")
 
     def apply(self, n: int) -> int | None:
         """The vote an integer answer becomes: reduced by the modulus, None if outside [min, max]."""

@@ -16,6 +16,7 @@ import yaml
 from inference.answers import AnswerSpec
 from inference.engines import ENGINES
 from inference.engines.base import STOP_RULES
+from inference.mappings import dataclass_from_mapping
 from inference.time_budget import TimePolicy
 from inference.voting import StopRule
 
@@ -157,16 +158,12 @@ def _read_yaml(path: Path) -> dict:
 
 def _build(cls, data: Any, where: str):
     """Instantiate a dataclass from a mapping, naming the file and key of anything unknown or wrong."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     try:
-        return cls(**data)
-    except (TypeError, ValueError) as e:
+        return dataclass_from_mapping(cls, data, where)
+    except TypeError as e:
         raise ValueError(f"{where}: {e}") from None
+    except ValueError as e:
+        raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:

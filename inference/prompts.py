@@ -4,7 +4,7 @@ reminder from the competition config, and a length guard for absurd inputs."""
 from __future__ import annotations
 
 from inference.answers import AnswerSpec
-from inference.config import PromptVariant, Prompts
+from inference.config import Prompts, PromptVariant
 
 
 def variant_schedule(variants: list[PromptVariant], samples: int) -> list[PromptVariant]:

@@ -17,7 +17,9 @@ Weights (`length_weight`, `answer_prior_weight`) are off unless a caller passes 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+
+from inference.mappings import dataclass_from_mapping
 
 STOP_KINDS = ("k_of_n", "leader_safe", "calibrated", "never")
 
@@ -149,15 +151,7 @@ class StopRule:
     @classmethod
     def from_config(cls, d: dict | None) -> "StopRule":
         """From the `voting:` section of an inference config; missing keys take the defaults."""
-        if d is None:
-            return cls()
-        if not isinstance(d, dict):
-            raise ValueError(f"voting: expected a mapping, got {d!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"voting: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return cls() if d is None else dataclass_from_mapping(cls, d, "voting")
 
 
 def _is_number(x) -> bool:

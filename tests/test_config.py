@@ -2,8 +2,7 @@
 
 import pytest
 
-from inference.config import Competition, load_settings
-from inference.config import PromptVariant, Prompts
+from inference.config import Competition, Prompts, PromptVariant, load_settings
 from inference.prompts import build_messages, clip_problem, variant_schedule
 
 

@@ -27,11 +27,10 @@ from train.configs import GRPOConfig, GRPOScriptArguments
 from train.rewards import get_reward_funcs
 from train.sft import (
     eval_callback,
-    finish_with_selected_checkpoint,
-    last_checkpoint,
     load_tokenizer,
     model_init_kwargs,
     save_data_report,
+    train_resumably,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,14 +76,7 @@ def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) 
     if callback is not None:
         trainer.add_callback(callback)
 
-    checkpoint = last_checkpoint(training_args)
-    if checkpoint:
-        logger.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    finish_with_selected_checkpoint(trainer, callback)
-    if hasattr(trainer, "end"):
-        trainer.end()
-    return Path(training_args.output_dir)
+    return train_resumably(trainer, callback)
 
 
 def make_parser():

@@ -30,10 +30,12 @@ import re
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+
+from inference.mappings import dataclass_from_mapping
 
 log = logging.getLogger("train.quantize")
 
@@ -87,16 +89,6 @@ class Recipe:
                              f"{c.max_length}")
 
 
-def _build(cls, raw: dict, where: str):
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping, got {raw!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**raw)
-
-
 def load_recipe(path: str | Path) -> Recipe:
     """Read a quantization recipe YAML. Unknown keys are errors. Also used by train/quantize_check.py."""
     path = Path(path)
@@ -106,8 +98,8 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(raw, dict):
         raise ValueError(f"config {path}: expected a mapping at the top level")
     raw = dict(raw)
-    calibration = _build(Calibration, raw.pop("calibration", {}) or {}, "calibration")
-    recipe = _build(Recipe, raw, f"config {path}")
+    calibration = dataclass_from_mapping(Calibration, raw.pop("calibration", {}) or {}, "calibration")
+    recipe = dataclass_from_mapping(Recipe, raw, f"config {path}")
     recipe.calibration = calibration
     recipe.validate()
     return recipe
@@ -288,7 +280,6 @@ def apply_awq_memory_fix() -> None:
     1B model, an out-of-memory error on an 80 GB H100 (measured). This version keeps the first element of each batch
     as it goes; it returns exactly what the original returns."""
     import torch
-
     from llmcompressor.core import active_session
     from llmcompressor.modifiers.transform.awq.base import AWQModifier
 
@@ -324,9 +315,8 @@ def quantize(recipe: Recipe, model: str, output_dir: str | Path) -> dict:
              calibration["source"])
 
     import torch
-    from transformers import AutoModelForCausalLM
-
     from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM
 
     cuda = torch.cuda.is_available()
     if not cuda:

@@ -26,9 +26,10 @@ import logging
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from inference.mappings import dataclass_from_mapping
 from train.quantize import REPORT_NAME, load_recipe, weights_bytes
 
 log = logging.getLogger("train.quantize_check")
@@ -58,11 +59,7 @@ class CheckSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CheckSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"check: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        settings = cls(**d)
+        settings = dataclass_from_mapping(cls, d, "check")
         if (settings.eval_file is None) == (settings.toy_problems is None):
             raise ValueError("check: set exactly one of `eval_file` and `toy_problems`")
         if settings.samples_per_problem < 1:

@@ -252,6 +252,19 @@ def save_data_report(report, training_args) -> None:
         Path(training_args.output_dir, "data_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
+def train_resumably(trainer, callback: AccuracyEvalCallback | None) -> Path:
+    """Train from the newest complete checkpoint (if any), write the final model, return its directory."""
+    args = trainer.args
+    checkpoint = last_checkpoint(args)
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    finish_with_selected_checkpoint(trainer, callback)
+    if hasattr(trainer, "end"):  # transformers >= 5.18: close trackers and the process group
+        trainer.end()
+    return Path(args.output_dir)
+
+
 # --- main -----------------------------------------------------------------------------------------------------------
 
 
@@ -277,14 +290,7 @@ def main(data_args: DataArguments, training_args: SFTConfig, model_args) -> Path
     if callback is not None:
         trainer.add_callback(callback)
 
-    checkpoint = last_checkpoint(training_args)
-    if checkpoint:
-        logger.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    finish_with_selected_checkpoint(trainer, callback)
-    if hasattr(trainer, "end"):  # transformers >= 5.18: close trackers and the process group
-        trainer.end()
-    return Path(training_args.output_dir)
+    return train_resumably(trainer, callback)
 
 
 def make_parser():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-
 # The system prompt of the toy recipe and of the demo server (configs/inference/demo.yaml); the same text as
 # train.configs.DEFAULT_SYSTEM_PROMPT. The tokenizer learns it, so it costs a few tokens rather than fifty.
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
