@@ -73,7 +73,7 @@ def test_tiny_model_is_saved_4bit_group128_with_lm_head_ignored(quantized_dir, t
     (group,) = q["config_groups"].values()
     w = group["weights"]
     assert (w["num_bits"], w["type"], w["strategy"], w["group_size"]) == (4, "int", "group", 128)
-    assert w["symmetric"] is False  # the toy recipe's W4A16_ASYM
+    assert w["symmetric"] is True  # the toy recipe's W4A16
     assert group["input_activations"] is None and group["targets"] == ["Linear"]
     assert q["ignore"] == ["lm_head"]
     assert (quantized_dir / "tokenizer.json").is_file() and (quantized_dir / "recipe.yaml").is_file()
@@ -83,7 +83,8 @@ def test_tiny_model_is_saved_4bit_group128_with_lm_head_ignored(quantized_dir, t
     with safe_open(quantized_dir / "model.safetensors", "pt") as f:
         keys = set(f.keys())
     assert "model.layers.0.self_attn.q_proj.weight_packed" in keys
-    assert "model.layers.3.mlp.down_proj.weight_zero_point" in keys
+    assert "model.layers.3.mlp.down_proj.weight_scale" in keys
+    assert not any(k.endswith("weight_zero_point") for k in keys)  # symmetric: no zero points
     assert "model.embed_tokens.weight" in keys and not any(k.startswith("lm_head") and "packed" in k for k in keys)
 
     report = json.loads((quantized_dir / "quantize_report.json").read_text())
@@ -171,7 +172,7 @@ def test_check_compares_answers_accuracy_tokens_and_size(scripted_pair, tmp_path
         assert r["finish_reasons"] == {"answer": 4} and r["mean_tokens"] == 7  # <think>\boxed{7}</think>
     assert report["quantized"]["weights_bytes"] < report["full"]["weights_bytes"] / 2
     assert report["accuracy_drop"] == 0 and report["passed"] and report["failures"] == []
-    assert report["quantize"]["scheme"] == "W4A16_ASYM"
+    assert report["quantize"]["scheme"] == "W4A16"
 
     # The gate, on this real report: stricter thresholds than it met fail it, naming the reason.
     assert check_thresholds(report, min_agreement=1.0, max_accuracy_drop=0.0) == []
