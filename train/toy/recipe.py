@@ -44,8 +44,8 @@ class ToyRecipe:
 
     run_dir: str = "runs/toy"
     model_dir: str | None = "models/toy-math"
-    results_markdown: str | None = "train/RESULTS.md"
-    results_json: str | None = "train/results_toy.json"
+    results_markdown: str | None = "runs/toy/RESULTS.md"
+    results_json: str | None = "runs/toy/results.json"
     sft_config: str = "configs/toy/sft.yaml"
     grpo_config: str = "configs/toy/grpo.yaml"
     seeds: list[int] = field(default_factory=lambda: [0])
