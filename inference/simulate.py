@@ -513,7 +513,7 @@ def budget_sweep(ts: TraceSet, competition: str, hardware: str, policies_path: s
 
 def rank(paths: list[str], competition: str, hardware: str, policies_path: str | Path, policy: str, orders: int,
          seed: int, problems_file: str | None = None) -> list[dict]:
-    """Checkpoints by simulated score under one policy, with their raw accuracy beside it."""
+    """Checkpoints by simulated score under one policy (ties: fewer tokens first), raw accuracy beside it."""
     rows = []
     for path in paths:
         ts = load_trace_set(path, problems_file)
@@ -521,7 +521,7 @@ def rank(paths: list[str], competition: str, hardware: str, policies_path: str |
         r = result["policies"][policy]
         rows.append({"traces": path, **result["recorded"], "score": r["score"]["mean"], "score_sd": r["score"]["sd"],
                      "tokens": r["tokens"]["mean"]})
-    return sorted(rows, key=lambda row: -row["score"])
+    return sorted(rows, key=lambda row: (-row["score"], row["tokens"]))  # a tie goes to the cheaper checkpoint
 
 
 # -- synthetic traces ----------------------------------------------------------------------------------------------

@@ -185,6 +185,18 @@ def test_rank_prints_simulated_score_and_raw_accuracy(tmp_path, capsys):
     assert "pass@1" in printed and "maj@all" in printed
 
 
+
+def test_rank_breaks_a_score_tie_by_tokens(tmp_path):
+    """Same answers and timings, more tokens: equal simulated scores, the cheaper checkpoint ranks first."""
+    cheap = synthetic_traces(problems=6, samples=8, seed=5)
+    costly = [dict(r, tokens=r["tokens"] + 10) for r in cheap]  # (doubling would pass max_tokens and cut answers)
+    paths = [str(write_jsonl(tmp_path / "costly.jsonl", costly)), str(write_jsonl(tmp_path / "cheap.jsonl", cheap))]
+    out = tmp_path / "rank.json"
+    assert main(["--rank", *paths, "--hardware", "recorded", "--orders", "5", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rank"]
+    assert rows[0]["score"] == rows[1]["score"]
+    assert [r["traces"] for r in rows] == paths[::-1] and rows[0]["tokens"] < rows[1]["tokens"]
+
 def test_cli_writes_json_and_plot(tmp_path, synthetic, capsys):
     out, png = tmp_path / "sim.json", tmp_path / "budget.png"
     code = main(["--traces", str(synthetic), "--hardware", "h100", "--orders", "5", "--policy", "default",
