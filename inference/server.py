@@ -17,6 +17,7 @@ In a notebook:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -47,9 +48,6 @@ def _item(value: Any) -> Any:
     return value
 
 
-TRANSFORMERS_ENGINE_ARGS = ("device", "dtype", "batch_size")
-
-
 def build_engine(settings: Settings, clock: RealClock | VirtualClock) -> Engine:
     if settings.engine == "replay":
         return make_engine("replay", traces=settings.traces, clock=clock)
@@ -57,9 +55,12 @@ def build_engine(settings: Settings, clock: RealClock | VirtualClock) -> Engine:
         return make_engine("vllm", model=settings.model, clock=clock, engine_args=dict(settings.engine_args),
                            stall_seconds=settings.watchdog.stall_seconds)
     # A config written for vLLM can be run with `--engine transformers`: keep the arguments that engine takes.
-    args = {k: v for k, v in settings.engine_args.items() if k in TRANSFORMERS_ENGINE_ARGS}
+    from inference.engines.transformers_engine import TransformersEngine
+
+    accepted = sorted(set(inspect.signature(TransformersEngine).parameters) - {"model", "clock"})
+    args = {k: v for k, v in settings.engine_args.items() if k in accepted}
     if ignored := sorted(set(settings.engine_args) - set(args)):
-        log.warning("the transformers engine ignores engine_args %s (it takes %s)", ignored, TRANSFORMERS_ENGINE_ARGS)
+        log.warning("the transformers engine ignores engine_args %s (it takes %s)", ignored, accepted)
     return make_engine("transformers", model=settings.model, clock=clock, **args)
 
 
