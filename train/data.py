@@ -236,21 +236,31 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
     return candidates
 
 
-def _sample_problems(rows: list[dict], source: Source, rng: random.Random, report: DataReport) -> list[dict]:
-    """Keep the shortest trace of each problem within the source, then `weight`/`max_problems` of the problems."""
+def _shortest_per_problem(rows: list[dict]) -> list[dict]:
+    """One row per (normalized) problem: the one with the fewest trace tokens."""
     best: dict[str, dict] = {}
     for row in rows:
         key = normalize_problem(row["problem"])
         if key not in best or row["tokens"] < best[key]["tokens"]:
             best[key] = row
-    report.drop(source.display, "longer trace of the same problem", len(rows) - len(best))
-    problems = list(best.values())
-    n = round(source.weight * len(problems))
+    return list(best.values())
+
+
+def _sample(rows: list[dict], source: Source, rng: random.Random, report: DataReport) -> list[dict]:
+    """`weight` (a fraction) and at most `max_problems` of the rows, drawn with `rng`; the rest counted as dropped."""
+    n = round(source.weight * len(rows))
     if source.max_problems is not None:
         n = min(n, source.max_problems)
-    kept = rng.sample(problems, n) if n < len(problems) else problems
-    report.drop(source.display, "not sampled (weight/max_problems)", len(problems) - len(kept))
+    kept = rng.sample(rows, n) if n < len(rows) else rows
+    report.drop(source.display, "not sampled (weight/max_problems)", len(rows) - len(kept))
     return kept
+
+
+def _sample_problems(rows: list[dict], source: Source, rng: random.Random, report: DataReport) -> list[dict]:
+    """Keep the shortest trace of each problem within the source, then `weight`/`max_problems` of the problems."""
+    problems = _shortest_per_problem(rows)
+    report.drop(source.display, "longer trace of the same problem", len(rows) - len(problems))
+    return _sample(problems, source, rng, report)
 
 
 def select_sft_rows(
@@ -281,17 +291,11 @@ def select_sft_rows(
         merged += _sample_problems(in_bounds, source, rng, report)
 
     # Across sources: one row per problem, the shortest correct trace.
-    best: dict[str, dict] = {}
-    for row in merged:
-        key = normalize_problem(row["problem"])
-        if key not in best or row["tokens"] < best[key]["tokens"]:
-            best[key] = row
-    report.drop("all sources", "duplicate problem (kept the shortest trace)", len(merged) - len(best))
-    rows = list(best.values())
+    rows = _shortest_per_problem(merged)
+    report.drop("all sources", "duplicate problem (kept the shortest trace)", len(merged) - len(rows))
     if max_length is not None:
-        texts = [tokenizer.apply_chat_template(sft_record(r, system_prompt)["prompt"]
-                                               + sft_record(r, system_prompt)["completion"], tokenize=False)
-                 for r in rows]
+        records = [sft_record(r, system_prompt) for r in rows]
+        texts = [tokenizer.apply_chat_template(m["prompt"] + m["completion"], tokenize=False) for m in records]
         fitting = [r for r, n in zip(rows, count_tokens(tokenizer, texts), strict=True) if n <= max_length]
         report.drop("all sources", f"longer than max_length={max_length}", len(rows) - len(fitting))
         rows = fitting
@@ -361,12 +365,7 @@ def select_grpo_rows(
             fitting = [r for r, n in zip(rows, count_tokens(tokenizer, texts), strict=True) if n <= max_prompt_length]
             report.drop(label, f"prompt longer than {max_prompt_length} tokens", len(rows) - len(fitting))
             rows = fitting
-        n = round(source.weight * len(rows))
-        if source.max_problems is not None:
-            n = min(n, source.max_problems)
-        kept = rng.sample(rows, n) if n < len(rows) else rows
-        report.drop(label, "not sampled (weight/max_problems)", len(rows) - len(kept))
-        selected += kept
+        selected += _sample(rows, source, rng, report)
     report.kept = len(selected)
     if not selected:
         raise ValueError(f"dataset_sources: no {kind} rows survived the filters\n{report.summary()}")

@@ -16,6 +16,7 @@ Fixes over the seed's finetune/grpo_rewards.py:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -31,9 +32,15 @@ def completion_text(completion) -> str:
     return completion[0]["content"]
 
 
+@functools.lru_cache(maxsize=1024)
+def _grade(text: str, gold: str) -> bool | None:
+    """inference.answers.grade, remembered: the cosine and length rewards grade the same completions each step."""
+    return grade(text, gold)
+
+
 def correctness(completions: list, solution: list[str]) -> list[bool | None]:
     """Whether each completion's final answer equals its gold; None where the gold cannot be parsed."""
-    return [grade(completion_text(c), gold) for c, gold in zip(completions, solution, strict=True)]
+    return [_grade(completion_text(c), gold) for c, gold in zip(completions, solution, strict=True)]
 
 
 # --- rewards --------------------------------------------------------------------------------------------------------

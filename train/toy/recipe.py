@@ -18,11 +18,13 @@ import random
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from inference.mappings import dataclass_from_mapping
+from train.data import write_jsonl
 from train.toy.task import make_splits, make_trace, sample_rechecks
 
 logger = logging.getLogger("train.toy.recipe")
@@ -60,13 +62,9 @@ class ToyRecipe:
     @classmethod
     def load(cls, path: str | Path) -> "ToyRecipe":
         d = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
-        if "eval" in d:
-            d["eval"] = EvalSettings(**d["eval"])
-        return cls(**d)
+        if isinstance(d, dict) and "eval" in d:
+            d["eval"] = dataclass_from_mapping(EvalSettings, d["eval"], f"{path}: eval")
+        return dataclass_from_mapping(cls, d, str(path))
 
 
 # --- stages -----------------------------------------------------------------------------------------------------------
@@ -88,18 +86,11 @@ def write_data(recipe: ToyRecipe, seed: int, data_dir: Path, sft_rows_needed: in
     ]
     for n in sorted({recipe.splits["sft"], sft_rows_needed}):
         name = "sft" if n == recipe.splits["sft"] else f"sft_{n}"
-        paths[name] = _write_jsonl(data_dir / f"{name}.jsonl", sft_rows[:n])
+        paths[name] = write_jsonl(sft_rows[:n], data_dir / f"{name}.jsonl")
     for name in ("grpo", "validation", "test"):
         rows = [{"id": p.id, "problem": p.problem, "answer": p.answer} for p in splits[name]]
-        paths[name] = _write_jsonl(data_dir / f"{name}.jsonl", rows)
+        paths[name] = write_jsonl(rows, data_dir / f"{name}.jsonl")
     return paths
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
 
 
 def run_sft(recipe: ToyRecipe, seed: int, init_dir: Path, data: dict[str, Path], out: Path,
@@ -156,9 +147,10 @@ def evaluate(model_dir: Path, test_file: Path, settings: EvalSettings, seed: int
             votes = Counter(a for r in results if r["problem"] == i and (a := extract_answer(r["text"])) is not None)
             winner = votes.most_common(1)[0][0] if votes else None
             correct += bool(grade(f"\\boxed{{{winner}}}", problem["solution"])) if winner is not None else 0
+        samples = summarize(results)
         metrics[f"maj@{settings.vote_samples} T={settings.vote_temperature}"] = {
             "accuracy": correct / len(subset), "n": len(subset),
-            "sample_accuracy": summarize(results)["accuracy"], "mean_tokens": summarize(results)["mean_tokens"]}
+            "sample_accuracy": samples["accuracy"], "mean_tokens": samples["mean_tokens"]}
     return metrics
 
 
