@@ -96,10 +96,8 @@ class Predictor:
 
     # -- engine ---------------------------------------------------------------------------------------------------
     def _trace_sink(self, record: dict) -> None:
-        path = self.settings.record_traces
-        if path:
-            with self._trace_lock, open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        with self._trace_lock, open(self.settings.record_traces, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def solver(self) -> Solver:
         """The solver with a started engine (starts it on first use: the slow model load)."""
@@ -109,9 +107,11 @@ class Predictor:
             t0 = time.monotonic()
             self._engine.start()
             log.info("engine %s ready in %.1fs", self.settings.engine, time.monotonic() - t0)
+            sink = None  # without record_traces the solver builds no trace records at all
             if self.settings.record_traces:
                 Path(self.settings.record_traces).parent.mkdir(parents=True, exist_ok=True)
-            self._solver = Solver(self._engine, self.settings, trace_sink=self._trace_sink)
+                sink = self._trace_sink
+            self._solver = Solver(self._engine, self.settings, trace_sink=sink)
         return self._solver
 
     def shutdown(self) -> None:

@@ -358,8 +358,8 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
         engine = ThroughputReplayEngine(index, speed, clock, cut_cache=ts.cut_cache)
     predictor = Predictor(settings, engine=engine, problems=len(slots))
     # Start the engine now rather than inside the first call (the same moment on the clock: before the first
-    # problem's deadline is set) and drop the per-sample trace records, which only cost time here.
-    predictor.solver().trace_sink = None
+    # problem's deadline is set).
+    predictor.solver()
     problems = []
     for s in slots:
         # Predictor.solve is predict without the one-row DataFrames (the local gateway test checks they agree).
