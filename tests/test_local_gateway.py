@@ -222,3 +222,17 @@ def test_cli_transformers_engine_runs_the_vllm_demo_config(tmp_path, tiny_model_
                  "--submission", str(tmp_path / "sub.parquet"), "--report", str(tmp_path / "rep.json")])
     assert code == 0, capsys.readouterr().err
     assert pl.read_parquet(tmp_path / "sub.parquet")["id"].to_list() in (["a", "b"], ["b", "a"])
+
+
+def test_record_traces_writes_every_finished_sample_in_the_replay_format(tmp_path, write_traces, repo_root):
+    from inference.engines.replay import load_traces
+
+    problems = read_problems(repo_root / "configs/toy/demo_problems.csv")
+    traces = write_traces({pid: [int(a)] * 8 for pid, a in zip(problems["id"], problems["answer"])})
+    recorded = tmp_path / "out" / "recorded.jsonl"
+    assert main(["--engine", "replay", "--traces", str(traces), "--virtual-clock", "--record-traces", str(recorded),
+                 "--submission", str(tmp_path / "sub.parquet"), "--report", str(tmp_path / "rep.json")]) == 0
+    report = json.loads((tmp_path / "rep.json").read_text())
+    index = load_traces(recorded)  # valid replay input
+    assert len(index) == sum(p["samples"] for p in report["problems"]) > 0
+    assert {pid for pid, _ in index} == set(problems["id"])
