@@ -68,10 +68,7 @@ def majority(answers: list, mode: str) -> object:
     """The majority answer: the server's vote for integers; for free-form answers, the largest group of
     mutually equivalent answers (first seen wins a tie)."""
     if mode == "integer":
-        votes = Votes()
-        for a in answers:
-            votes.add(a)
-        return votes.leader()
+        return Votes.of(answers).leader()
     groups: list[list[str]] = []
     for a in answers:
         if a is None:

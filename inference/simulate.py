@@ -290,10 +290,7 @@ def trace_accuracy(ts: TraceSet, spec: AnswerSpec) -> dict:
     for pid, traces in ts.samples.items():
         answers = [extract_answer(t["text"], spec) for t in traces]
         per_problem.append(sum(is_correct(a, ts.gold[pid], spec) for a in answers) / len(answers))
-        votes = Votes()
-        for a in answers:
-            votes.add(a)
-        maj.append(is_correct(votes.leader(), ts.gold[pid], spec))
+        maj.append(is_correct(Votes.of(answers).leader(), ts.gold[pid], spec))
     return {"problems": len(per_problem), "samples": sum(len(t) for t in ts.samples.values()),
             "pass@1": round(statistics.fmean(per_problem), 4), "maj@all": round(statistics.fmean(maj), 4)}
 

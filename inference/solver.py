@@ -184,10 +184,7 @@ class Solver:
         leader = votes.leader()
         if leader is None:
             # No finished sample voted: rescue an answer an aborted sample had already boxed, else the fallback.
-            rescue = Votes()
-            for s in aborted:
-                rescue.add(extract_answer(s.text, spec))
-            leader = rescue.leader()
+            leader = Votes.of(extract_answer(s.text, spec) for s in aborted).leader()
             result.fallback = True
         if leader is not None:
             result.answer = int(leader)

@@ -39,6 +39,14 @@ class Votes:
         self.weights: dict[int, float] = {}
         self._last_vote: dict[int, int] = {}  # answer → index in history of its latest vote
 
+    @classmethod
+    def of(cls, answers) -> "Votes":
+        """The unweighted votes of `answers` (None: a sample without a valid answer), in order."""
+        votes = cls()
+        for answer in answers:
+            votes.add(answer)
+        return votes
+
     def add(self, answer: int | None, weight: float = 1.0) -> None:
         if weight < 0 or math.isnan(weight):
             raise ValueError(f"Votes.add: weight must be ≥ 0, got {weight}")
