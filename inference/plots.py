@@ -22,13 +22,15 @@ import statistics  # noqa: E402
 
 import matplotlib  # noqa: E402
 
+from inference.engines.replay import load_traces  # noqa: E402
+
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def accuracy_at_caps(traces_path: str | Path, caps: list[int] | None = None) -> list[tuple[float, float]]:
     """(mean tokens per sample, pass@1) with every sample capped at each budget; needs `correct` in the traces."""
-    samples = [json.loads(line) for line in Path(traces_path).read_text().splitlines() if line.strip()]
+    samples = list(load_traces(traces_path).values())  # checks every record, naming file and line
     if not samples:
         raise ValueError(f"{traces_path}: no samples")
     if any("correct" not in s for s in samples):
