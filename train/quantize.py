@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from inference.mappings import dataclass_from_mapping
+from train.data import prompt_messages
 
 log = logging.getLogger("train.quantize")
 
@@ -164,7 +165,6 @@ def read_calibration_rows(path: str | Path, system_prompt: str | None) -> list[t
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"calibration.file: no such file {path}")
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     rows = []
     with path.open() as f:
         for line_no, line in enumerate(f, 1):
@@ -177,10 +177,10 @@ def read_calibration_rows(path: str | Path, system_prompt: str | None) -> list[t
                 raise ValueError(f"{where}: not JSON ({e})") from None
             if "prompt" in row and "completion" in row:
                 prompt = row["prompt"]
-                messages = prompt if isinstance(prompt, list) else system + [{"role": "user", "content": prompt}]
+                messages = prompt if isinstance(prompt, list) else prompt_messages(prompt, system_prompt)
                 completion = _message_text(row["completion"], f"{where}, completion")
             elif "problem" in row and "generation" in row:
-                messages = system + [{"role": "user", "content": row["problem"]}]
+                messages = prompt_messages(row["problem"], system_prompt)
                 completion = _message_text(row["generation"], f"{where}, generation")
             else:
                 raise ValueError(f"{where}: expected keys prompt/completion or problem/generation, got {sorted(row)}")
@@ -194,9 +194,8 @@ def toy_calibration_rows(n: int, seed: int, system_prompt: str | None) -> list[t
     from train.toy.task import make_splits, make_trace, sample_rechecks
 
     rng = random.Random(seed)
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     problems = make_splits({"calibration": n}, seed=seed)["calibration"]
-    return [(system + [{"role": "user", "content": p.problem}], make_trace(p, sample_rechecks(rng))) for p in problems]
+    return [(prompt_messages(p.problem, system_prompt), make_trace(p, sample_rechecks(rng))) for p in problems]
 
 
 def render(tokenizer, messages: list[dict], completion: str) -> str:

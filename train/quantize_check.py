@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inference.mappings import dataclass_from_mapping
+from train.data import prompt_messages
 from train.quantize import REPORT_NAME, load_recipe, weights_bytes
 
 log = logging.getLogger("train.quantize_check")
@@ -86,9 +87,8 @@ def load_problems(settings: CheckSettings) -> list[dict]:
 def build_requests(problems: list[dict], settings: CheckSettings) -> list:
     from inference.engines import SampleRequest
 
-    system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
     return [
-        SampleRequest(problem_id=p["id"], sample=i, messages=system + [{"role": "user", "content": p["problem"]}],
+        SampleRequest(problem_id=p["id"], sample=i, messages=prompt_messages(p["problem"], settings.system_prompt),
                       seed=i, max_tokens=settings.max_tokens, temperature=settings.temperature,
                       top_p=settings.top_p, min_p=settings.min_p, stop_rule=settings.stop_rule)
         for p in problems
