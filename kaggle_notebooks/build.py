@@ -24,6 +24,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from inference.config import Competition
 from kaggle_notebooks.wheels import vllm_pin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def model_source_from_path(path: str) -> str | None:
 
 def kernel_spec(competition: str, owner: str | None = None, model_source: str | None = None,
                 code_dataset: str | None = None, wheels_dataset: str | None = None) -> KernelSpec:
-    comp = _read_yaml(REPO / "configs" / "competitions" / f"{competition}.yaml")
+    comp = Competition.load(competition)  # the same checked facts the server and gateway use
     settings_rel = f"configs/inference/{competition}.yaml"
     settings = _read_yaml(REPO / settings_rel)
     owner = owner or PLACEHOLDER_OWNER
@@ -90,18 +91,18 @@ def kernel_spec(competition: str, owner: str | None = None, model_source: str | 
         if model_source is None:
             raise ValueError(f"{settings_rel}: `model` is not a /kaggle/input/models/<owner>/<model>/<framework>/"
                              f"<variation>/<version> path; pass --model-source")
-    hardware = comp.get("hardware") or {}
+    hardware = comp.hardware
     gpu = str(hardware.get("gpu", "")).split()[0] if hardware.get("gpu") else ""
     key = (gpu, int(hardware.get("gpus", 1)))
     if key not in ACCELERATORS:
         raise ValueError(f"configs/competitions/{competition}.yaml: no Kaggle accelerator for hardware {key}; "
                          f"known: {sorted(ACCELERATORS)}")
-    name = re.fullmatch(r"([a-z]+)(\d+)", comp["name"])
+    name = re.fullmatch(r"([a-z]+)(\d+)", comp.name)
     return KernelSpec(
         competition=competition,
-        kaggle_slug=comp["kaggle_slug"],
+        kaggle_slug=comp.kaggle_slug,
         server_module=f"kaggle_evaluation.{name.group(1)}_{name.group(2)}_inference_server",
-        server_class=comp["gateway"]["server_class"],
+        server_class=comp.server_class,
         machine_shape=ACCELERATORS[key],
         owner=owner,
         code_dataset=code_dataset or f"{owner}/{CODE_DATASET_SLUG}",
