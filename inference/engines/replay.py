@@ -9,7 +9,7 @@ a cut sample's tokens and seconds shrink in proportion to the text kept. Problem
 the file never produce a sample: the policy must then fall back, as it would on a model that never answers.
 
 With a VirtualClock, waiting advances simulated time instead of sleeping, so a 5-hour run replays in seconds.
-`duration` lets the simulator replace recorded seconds with a speed model of other hardware.
+The simulator (inference/simulate.py) replaces recorded seconds with a speed model of other hardware in its own engine.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from inference.answers import find_stop
 from inference.clock import RealClock, VirtualClock
@@ -97,13 +97,10 @@ class ReplayEngine(Engine):
         self,
         traces: str | Path | Iterable[dict],
         clock: RealClock | VirtualClock | None = None,
-        duration: Callable[[dict, int, int], float] | None = None,
     ) -> None:
-        """`duration(trace, tokens, running)` → seconds a sample takes (default: its recorded seconds, scaled by
-        the fraction of text kept); `running` is the number of samples in flight when it was submitted."""
+        """A sample takes its recorded seconds, scaled by the fraction of its text kept."""
         super().__init__(clock)
         self.traces = load_traces(traces)
-        self.duration = duration
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._finish_heap: list[tuple[float, int, tuple[str, int]]] = []
         self._order = 0
@@ -120,10 +117,7 @@ class ReplayEngine(Engine):
                 if trace is None:
                     continue  # not recorded: this sample never finishes
                 text, tokens, reason, fraction = _cut(trace, req)
-                if self.duration is not None:
-                    seconds = self.duration(trace, tokens, len(self._pending) + 1)
-                else:
-                    seconds = float(trace["seconds"]) * fraction
+                seconds = float(trace["seconds"]) * fraction
                 key = (req.problem_id, req.sample)
                 self._pending[key] = _Pending(req, trace, text, tokens, reason, now, now + seconds)
                 self._order += 1
