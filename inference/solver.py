@@ -17,7 +17,7 @@ from inference.answers import extract_answer
 from inference.config import Settings
 from inference.engines.base import Engine, EngineError, Sample, SampleRequest
 from inference.prompts import build_messages, variant_schedule
-from inference.voting import Votes, stop_reason, vote_weight
+from inference.voting import Votes, selection_weight, stop_reason, uses_entropy, vote_weight
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class Solver:
                 min_p=s.min_p,
                 stop_rule=s.stop_rule,
                 variant=variant.name,
+                logprobs=self.settings.voting.entropy_top_k if uses_entropy(self.settings.voting) else 0,
+                entropy_tail_tokens=self.settings.voting.entropy_tail_tokens,
             )
             for i, variant in enumerate(schedule)
         ]
@@ -115,6 +117,7 @@ class Solver:
         start = clock.now()
         result = ProblemResult(id=problem_id, answer=settings.competition.fallback_answer, stop_reason="no_time")
         votes = Votes()
+        choice = Votes()  # the same votes weighted for picking the answer (differs with entropy weights)
         samples: list[Sample] = []
         lost = 0  # samples that died with a crashed or stalled engine
 
@@ -161,7 +164,9 @@ class Solver:
             for s in finished:
                 samples.append(s)
                 answer = extract_answer(s.text, spec)
-                votes.add(answer, vote_weight(rule, answer, s.tokens, settings.sampling.max_tokens))
+                weight = vote_weight(rule, answer, s.tokens, settings.sampling.max_tokens)
+                votes.add(answer, weight)
+                choice.add(answer, weight * selection_weight(rule, s.extra))
                 self._record(s, answer)
             reason = stop_reason(votes, len(samples), result.launched - lost, rule)
             if reason is None and progress is not None and not finished and progress.running == 0:
@@ -181,7 +186,7 @@ class Solver:
         for s in aborted:
             self._record(s, None)
 
-        leader = votes.leader()
+        leader = choice.leader()
         if leader is None:
             # No finished sample voted: rescue an answer an aborted sample had already boxed, else the fallback.
             leader = Votes.of(extract_answer(s.text, spec) for s in aborted).leader()

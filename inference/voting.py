@@ -12,6 +12,10 @@ rule)` whether the samples still running can be cancelled. The rules cover what 
     straggler_fraction: 0.8                 # NemoSkills: cancel the last pending samples once most have finished
 
 Weights (`length_weight`, `answer_prior_weight`) are off unless a caller passes them to `Votes.add`.
+
+The AIMO-3 winners' vote (`weights: [entropy]` or `[entropy_tail]`) picks the answer with the largest Σ 1/entropy
+over its samples (`selection_weight`, entropies from inference/entropy.py), while the stop rules keep counting
+plain votes ("stop at 4 identical answers, then pick by inverse entropy").
 """
 
 from __future__ import annotations
@@ -120,7 +124,11 @@ class StopRule:
     straggler_fraction: once this fraction of the launched samples has finished and there is a leader, cancel the
       rest (NemoSkills cancelled the last pending requests once the rest finished). None disables it.
     weights: weighted voting, a list of "length" (length_weight) and/or "prior" (answer_prior_weight); each vote
-      weighs the product. Empty (the default): plain majority.
+      weighs the product. Empty (the default): plain majority. "entropy" / "entropy_tail" (AIMO-3): the answer is
+      picked by Σ 1/(the sample's mean token entropy) (over all its tokens / its last `entropy_tail_tokens`),
+      times the other weights; stop rules still count votes. The engine then asks for `entropy_top_k` logprobs.
+    entropy_top_k: logprobs per token the entropy is computed over (the AIMO-3 notebooks: 5).
+    entropy_tail_tokens: the tail window of "entropy_tail" (AIMO-3 2nd place: 256 in the write-up, 96 in the code).
     """
 
     kind: str = "k_of_n"
@@ -133,6 +141,8 @@ class StopRule:
     min_votes: int = 1
     straggler_fraction: float | None = None
     weights: list[str] = field(default_factory=list)
+    entropy_top_k: int = 5
+    entropy_tail_tokens: int = 256
 
     def __post_init__(self) -> None:
         bad = [w for w in self.weights if w not in VOTE_WEIGHTS]
@@ -140,7 +150,7 @@ class StopRule:
             raise ValueError(f"voting.weights: unknown {', '.join(bad)}; choose from {', '.join(VOTE_WEIGHTS)}")
         if self.kind not in STOP_KINDS:
             raise ValueError(f"voting.kind: {self.kind!r} is not one of {', '.join(STOP_KINDS)}")
-        for name in ("k", "simulations", "min_votes"):
+        for name in ("k", "simulations", "min_votes", "entropy_top_k", "entropy_tail_tokens"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
         if self.n is not None:
@@ -261,11 +271,13 @@ def length_weight(tokens: int, max_tokens: int, floor: float = 0.5) -> float:
     return 1.0 - (1.0 - floor) * fraction
 
 
-VOTE_WEIGHTS = ("length", "prior")
+ENTROPY_WEIGHTS = ("entropy", "entropy_tail")  # choose the answer only; stop rules never see them
+VOTE_WEIGHTS = ("length", "prior") + ENTROPY_WEIGHTS
 
 
 def vote_weight(rule: StopRule, answer: int | None, tokens: int, max_tokens: int) -> float:
-    """The weight of one sample's vote under `rule.weights` (1.0 with none)."""
+    """The weight of one sample's vote under `rule.weights` (1.0 with none). Entropy weights are not vote weights:
+    see `selection_weight`."""
     w = 1.0
     if "length" in rule.weights:
         w *= length_weight(tokens, max_tokens)
@@ -284,3 +296,49 @@ def answer_prior_weight(answer: int | None, small: int = 20, round_multiple: int
     if abs(answer) <= small or (round_multiple and answer % round_multiple == 0):
         return weight
     return 1.0
+
+
+# -- the AIMO-3 inverse-entropy vote -----------------------------------------------------------------------------
+
+
+def uses_entropy(rule: StopRule) -> bool:
+    """Whether the rule needs per-token logprobs (engines request `entropy_top_k` of them only then)."""
+    return any(w in ENTROPY_WEIGHTS for w in rule.weights)
+
+
+def inverse_entropy_weight(entropy: float | None, floor: float = 1e-9) -> float:
+    """1 / max(entropy, floor) (the AIMO-3 notebooks' floor); 0 for a sample without tokens (entropy None)."""
+    if entropy is None:
+        return 0.0
+    return 1.0 / max(float(entropy), floor)
+
+
+def selection_weight(rule: StopRule, extra: dict) -> float:
+    """How much one sample's answer counts when the final answer is chosen, beyond its vote weight: the product of
+    its inverse entropies under rule.weights (1.0 with no entropy weight). `extra` is the sample's trace fields."""
+    w = 1.0
+    if "entropy" in rule.weights:
+        w *= inverse_entropy_weight(_trace_field(extra, "entropy"))
+    if "entropy_tail" in rule.weights:
+        window = _trace_field(extra, "entropy_tail_tokens")
+        if window != rule.entropy_tail_tokens:
+            raise ValueError(f"voting.entropy_tail_tokens is {rule.entropy_tail_tokens} but the sample's entropy_tail "
+                             f"was measured over the last {window} tokens")
+        w *= inverse_entropy_weight(_trace_field(extra, "entropy_tail"))
+    return w
+
+
+def _trace_field(extra: dict, name: str):
+    if name not in extra:
+        raise ValueError(f"voting.weights: the sample has no {name!r} (engines record it only when voting.weights "
+                         f"includes entropy or entropy_tail; traces recorded without it cannot be entropy-weighted)")
+    return extra[name]
+
+
+def entropy_vote(answers_and_entropies, floor: float = 1e-9) -> int | None:
+    """The AIMO-3 winners' answer: argmax over answers of Σ 1/max(entropy, floor) of the samples that gave it
+    (None: no valid answer). Ties as in `Votes` (more raw votes, then the answer that got there first)."""
+    votes = Votes()
+    for answer, entropy in answers_and_entropies:
+        votes.add(answer, inverse_entropy_weight(entropy, floor))
+    return votes.leader()

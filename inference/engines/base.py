@@ -35,6 +35,8 @@ class SampleRequest:
     min_p: float = 0.0
     stop_rule: str = "think"
     variant: str = ""  # name of the prompt variant, recorded in traces
+    logprobs: int = 0  # top-k logprobs per token for the entropy vote (inference/entropy.py); 0: none
+    entropy_tail_tokens: int = 256  # the tail window of the sample's `entropy_tail`
 
 
 @dataclass

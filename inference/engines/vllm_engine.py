@@ -28,6 +28,7 @@ from typing import Any, Coroutine, Sequence
 
 from inference.answers import find_stop
 from inference.clock import RealClock, VirtualClock
+from inference.entropy import EntropyMeter
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,13 @@ class _Stream:
     text: str = ""
     tokens: int = 0
     pieces: list[str] = field(default_factory=list)
+    entropy: EntropyMeter | None = None  # when the request asked for logprobs
 
     def sample(self, text: str, seconds: float, finish_reason: str) -> Sample:
         r = self.request
+        extra = {"prompt_tokens": self.prompt_tokens} | (self.entropy.trace() if self.entropy else {})
         return Sample(r.problem_id, r.sample, text, self.tokens, seconds, finish_reason, variant=r.variant,
-                      seed=r.seed, extra={"prompt_tokens": self.prompt_tokens})
+                      seed=r.seed, extra=extra)
 
 
 class VLLMEngine(Engine):
@@ -208,6 +211,7 @@ class VLLMEngine(Engine):
             params = SamplingParams(
                 n=1, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, min_p=req.min_p,
                 seed=req.seed, skip_special_tokens=True, output_kind=RequestOutputKind.DELTA,
+                logprobs=req.logprobs or None,
             )
             request_id = f"{req.problem_id}/{req.sample}/{next(self._ids)}"
             batch.append((req, request_id, rendered[key], params))
@@ -222,7 +226,8 @@ class VLLMEngine(Engine):
             for req, request_id, prompt_ids, params in batch:
                 collector = await self._llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
                 added.append(request_id)
-                stream = _Stream(req, request_id, len(prompt_ids), self.clock.now())
+                stream = _Stream(req, request_id, len(prompt_ids), self.clock.now(),
+                                 entropy=EntropyMeter(req.logprobs, req.entropy_tail_tokens) if req.logprobs else None)
                 with self._lock:
                     self._streams[request_id] = stream
                     self._last_activity = stream.submitted
@@ -246,6 +251,8 @@ class VLLMEngine(Engine):
             while True:
                 out = collector.get_nowait() or await collector.get()
                 completion = out.outputs[0]
+                if stream.entropy is not None and completion.logprobs:
+                    stream.entropy.add_positions(completion.logprobs)
                 reason = FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
                 if self._on_delta(stream, completion.text, len(completion.token_ids), reason) == "answer":
                     await llm.abort(stream.request_id)  # free its batch slot now

@@ -1,0 +1,106 @@
+"""The AIMO-3 winners' vote: token entropy from top-k logprobs, the per-sample meter (mean and tail window), the
+inverse-entropy weighted vote, and the solver picking by entropy while stopping on plain votes."""
+
+import json
+import math
+
+import pytest
+
+from inference.clock import VirtualClock
+from inference.config import load_settings
+from inference.engines.replay import ReplayEngine
+from inference.entropy import EntropyMeter, token_entropy, top_logprobs
+from inference.solver import Solver
+from inference.voting import StopRule, entropy_vote, inverse_entropy_weight, selection_weight, uses_entropy
+
+LN = math.log
+
+
+def test_token_entropy_in_bits_over_the_top_k_without_renormalizing():
+    assert token_entropy([LN(0.5), LN(0.25)]) == 1.0  # 0.5·1 + 0.25·2
+    assert token_entropy([LN(0.5), LN(0.25), LN(0.25)]) == 1.5
+    assert token_entropy([0.0]) == 0.0  # certain
+    assert token_entropy([-math.inf, LN(0.5)]) == 0.5  # p = 0 adds nothing
+
+
+def test_top_logprobs_keeps_the_k_largest_of_a_vllm_position():
+    from vllm.logprobs import Logprob
+
+    # vLLM returns the top k plus the sampled token when it ranked lower: k + 1 entries.
+    position = {11: Logprob(LN(0.5), rank=1), 12: Logprob(LN(0.25), rank=2), 99: Logprob(LN(0.01), rank=40)}
+    assert top_logprobs(position, 2) == [LN(0.5), LN(0.25)]
+    assert top_logprobs({1: LN(0.25), 2: LN(0.5)}, 5) == [LN(0.5), LN(0.25)]  # plain floats too
+
+
+def test_entropy_meter_mean_and_tail_window_over_vllm_flat_logprobs():
+    from vllm.logprobs import FlatLogprobs, Logprob
+
+    def position(*probs):
+        return {i: Logprob(LN(p), rank=i + 1) for i, p in enumerate(probs)}
+
+    flat = FlatLogprobs()  # what vLLM hands out per streamed delta with flat_logprobs on
+    for p in [position(0.5, 0.25), position(1.0), position(0.5, 0.25, 0.25)]:
+        flat.append(p)
+    meter = EntropyMeter(top_k=5, tail_tokens=2)
+    assert (meter.mean, meter.tail_mean) == (None, None)
+    meter.add_positions(flat)  # entropies 1.0, 0.0, 1.5
+    meter.add_positions([position(0.5), None])  # 0.5; a position without logprobs is skipped
+    assert meter.count == 4
+    assert meter.mean == 0.75  # (1 + 0 + 1.5 + 0.5) / 4
+    assert meter.tail_mean == 1.0  # the last 2: (1.5 + 0.5) / 2
+    assert meter.trace() == {"entropy": 0.75, "entropy_tail": 1.0, "entropy_tail_tokens": 2}
+    top1 = EntropyMeter(top_k=1, tail_tokens=8)
+    top1.add_positions([position(0.5, 0.25)])
+    assert top1.mean == 0.5  # only the top token counts
+
+
+def test_inverse_entropy_vote_beats_the_majority_exactly():
+    # 7: two samples, 1/0.5 + 1/1.0 = 3.0; 3: one confident sample, 1/0.25 = 4.0.
+    assert entropy_vote([(7, 0.5), (7, 1.0), (3, 0.25), (None, 0.01)]) == 3
+    assert entropy_vote([(7, 0.5), (7, 0.5), (3, 0.25)]) == 7  # 4.0 against 4.0: more raw votes wins the tie
+    assert entropy_vote([]) is None
+    assert inverse_entropy_weight(0.5) == 2.0
+    assert inverse_entropy_weight(0.0) == 1 / 1e-9  # the notebooks' floor
+    assert inverse_entropy_weight(None) == 0.0  # a sample without tokens
+
+
+def test_selection_weight_reads_the_trace_and_names_what_is_missing():
+    extra = {"entropy": 0.5, "entropy_tail": 0.25, "entropy_tail_tokens": 256}
+    assert selection_weight(StopRule(), extra) == 1.0
+    assert selection_weight(StopRule(weights=["entropy"]), extra) == 2.0
+    assert selection_weight(StopRule(weights=["entropy_tail"]), extra) == 4.0
+    assert uses_entropy(StopRule(weights=["entropy_tail"])) and not uses_entropy(StopRule(weights=["prior"]))
+    with pytest.raises(ValueError, match="'entropy'"):
+        selection_weight(StopRule(weights=["entropy"]), {"prompt_tokens": 3})
+    with pytest.raises(ValueError, match="entropy_tail_tokens is 96 but .* last 256 tokens"):
+        selection_weight(StopRule(weights=["entropy_tail"], entropy_tail_tokens=96), extra)
+    with pytest.raises(ValueError, match="voting.entropy_top_k"):
+        StopRule(weights=["entropy"], entropy_top_k=0)
+
+
+def _traces(path, samples):
+    """samples: (answer, seconds, entropy, entropy_tail) per sample of problem "p"."""
+    with path.open("w") as f:
+        for i, (answer, seconds, entropy, tail) in enumerate(samples):
+            f.write(json.dumps({"problem_id": "p", "sample": i, "text": f"\\boxed{{{answer}}}", "tokens": 50,
+                                "seconds": seconds, "entropy": entropy, "entropy_tail": tail,
+                                "entropy_tail_tokens": 256}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("weights", "answer"), [([], 7), (["entropy"], 3), (["entropy_tail"], 7)])
+def test_solver_stops_on_four_votes_and_picks_by_inverse_entropy(tmp_path, weights, answer):
+    # The first five finish before the 4th "7": 7 ×3 unsure (entropy 1.0), 3 ×2 sure (0.2); the stop rule fires
+    # on raw votes at the 4th "7" (t = 60), and the pick is 3 (2/0.2 = 10 > 4/1.0) with entropy weights. The tail
+    # entropies say the opposite (the "3" samples grew unsure at the end), so the tail variant keeps 7.
+    path = _traces(tmp_path / "t.jsonl", [(7, 10, 1.0, 0.1), (3, 20, 0.2, 2.0), (7, 30, 1.0, 0.1),
+                                          (3, 40, 0.2, 2.0), (7, 50, 1.0, 0.1), (7, 60, 1.0, 0.1),
+                                          (3, 70, 0.2, 2.0), (3, 80, 0.2, 2.0)])
+    overrides = {"voting.kind": "k_of_n", "voting.k": 4, "voting.straggler_fraction": None, "voting.weights": weights,
+                 "sampling.samples": 8, "sampling.stop_rule": "none"}
+    settings = load_settings(None, overrides, engine="replay", traces=str(path), virtual_clock=True)
+    solver = Solver(ReplayEngine(path, clock=VirtualClock()), settings)
+    requests = solver.requests("p", "q", 0, 2)
+    assert [r.logprobs for r in requests] == [5 if weights else 0] * 2  # logprobs only when the policy asks
+    r = solver.solve("p", "q", deadline=1000)
+    assert (r.answer, r.stop_reason, r.samples, r.votes) == (answer, "k_of_n", 6, {7: 4, 3: 2})
