@@ -28,7 +28,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from inference.formats import ChatFormat, ToolCall
+from inference.formats import FORMATS, ChatFormat, ToolCall
 
 REASONING_EFFORTS = ("low", "medium", "high")
 SYSTEM_PROMPT_PLACES = ("developer", "model_identity")
@@ -190,10 +190,12 @@ class HarmonyFormat(ChatFormat):
                    .with_recipient("assistant").with_channel(channel))
         return list(encoding().render(message)) + self.assistant_start
 
-    def continue_ids(self, prompt_ids: list[int], turn_token_ids: list[int], tool_output: str,
+    def continue_ids(self, prompt_ids: list[int], turn_token_ids: list[int], tool_output: str | None,
                      tokenizer=None) -> list[int]:
         """The next turn's prompt: the last prompt, the turn exactly as generated (ending in <|call|>), the tool's
-        output, and a new assistant start."""
+        output, and a new assistant start. `tool_output` None (a call the kit does not run): the model is told so."""
+        if tool_output is None:
+            tool_output = "Error: only the python tool is available."
         turn = list(turn_token_ids)
         if not turn or turn[-1] != self.call_id:  # engines may drop the stop token from the output ids
             turn.append(self.call_id)
@@ -226,3 +228,6 @@ class HarmonyFormat(ChatFormat):
 
 def _is_python(recipient: str) -> bool:
     return re.fullmatch(r"(functions\.)?python(\.\w+)?", recipient.strip()) is not None
+
+
+FORMATS["harmony"] = HarmonyFormat

@@ -134,3 +134,13 @@ def test_o200k_vocabulary_ships_offline_as_tiktoken_and_transformers_tokenizer(t
     sample = CALL + " über 日本語 12345678 \\boxed{1024}\n\n  x"
     assert tokenizer.encode(sample, add_special_tokens=False) == tokens(sample)
     assert tokenizer.decode(tokens(sample)) == sample
+
+
+def test_format_registry_builds_harmony_from_config_options():
+    from inference.formats import get_format
+
+    fmt = get_format("harmony", reasoning_effort="medium", tool=False)
+    assert isinstance(fmt, HarmonyFormat) and fmt.name == "harmony" and not fmt.skip_special_tokens
+    assert "Reasoning: medium" in text(fmt.prompt_ids(PROBLEM))
+    with pytest.raises(ValueError, match="format_options"):
+        get_format("harmony", enable_thinking=True)
