@@ -50,7 +50,7 @@ from inference.config import REPO, Competition, Settings, load_settings  # noqa:
 from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest  # noqa: E402
 from inference.engines.replay import REQUIRED, ReplayEngine, _cut, load_traces  # noqa: E402
 from inference.server import Predictor  # noqa: E402
-from inference.voting import Votes  # noqa: E402
+from inference.voting import ENTROPY_WEIGHTS, Votes, uses_entropy  # noqa: E402
 
 HARDWARE_FILE = REPO / "configs" / "simulate" / "hardware.yaml"
 POLICIES_FILE = REPO / "configs" / "simulate" / "policies.yaml"
@@ -477,14 +477,22 @@ def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | 
     fewest = min(len(v) for v in ts.samples.values())
     for p in policies:
         settings = policy_settings(base, p, comp, ts.path)
+        # Entropy-weighted policies need traces recorded with logprobs; without them they vote plainly, and say so.
+        plain = uses_entropy(settings.voting) and not all("entropy" in t for v in ts.samples.values() for t in v)
+        if plain:
+            settings.voting.weights = [w for w in settings.voting.weights if w not in ENTROPY_WEIGHTS]
         results[p.name] = simulate_policy(settings, ts, runs, speed)
         results[p.name]["overrides"] = p.overrides
         results[p.name]["note"] = p.note
+        if plain:
+            results[p.name]["warning"] = (f"policy {p.name}: the traces carry no `entropy` (recorded without logprobs): "
+                                          "it voted without entropy weights")
+            log.warning(results[p.name]["warning"])
         if settings.sampling.samples > fewest:
             # A launched sample that was never recorded never finishes: the problem waits for its deadline.
             warning = (f"policy {p.name} launches {settings.sampling.samples} samples but some problems have only "
                        f"{fewest} recorded: its results are pessimistic; record more samples (evaluate.py -k)")
-            results[p.name]["warning"] = warning
+            results[p.name]["warning"] = " ".join(filter(None, [results[p.name].get("warning"), warning]))
             log.warning(warning)
     thresholds = thresholds or default_thresholds([s for r in results.values() for s in r["scores"]])
     for r in results.values():

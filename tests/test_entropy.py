@@ -104,3 +104,34 @@ def test_solver_stops_on_four_votes_and_picks_by_inverse_entropy(tmp_path, weigh
     assert [r.logprobs for r in requests] == [5 if weights else 0] * 2  # logprobs only when the policy asks
     r = solver.solve("p", "q", deadline=1000)
     assert (r.answer, r.stop_reason, r.samples, r.votes) == (answer, "k_of_n", 6, {7: 4, 3: 2})
+
+
+def _problem_traces(pid, with_entropy=True):
+    """8 samples: 7 (wrong, unsure: entropy 2.0) and 5 (right, sure: 0.1) alternate; four 7s arrive first."""
+    records = []
+    for i in range(8):
+        answer, entropy = (7, 2.0) if i % 2 == 0 else (5, 0.1)
+        r = {"problem_id": pid, "sample": i, "text": f"\\boxed{{{answer}}}", "tokens": 100, "seconds": 10.0 * (i + 1),
+             "gold": "5"}
+        if with_entropy:
+            r.update(entropy=entropy, entropy_tail=entropy, entropy_tail_tokens=256)
+        records.append(r)
+    return records
+
+
+@pytest.mark.parametrize("with_entropy", [True, False])
+def test_simulator_runs_the_entropy_policies_on_traces_with_entropy(tmp_path, with_entropy):
+    from inference.simulate import POLICIES_FILE, compare, load_trace_set
+
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for pid in "abcd" for r in _problem_traces(pid, with_entropy)))
+    result = compare(load_trace_set(path), "aimo3", "recorded", POLICIES_FILE, orders=3, seed=0, problems=4,
+                     only=["aimo3_public", "aimo3_entropy", "aimo3_entropy_tail"], shuffle_samples=False)
+    scores = {name: r["score"]["mean"] for name, r in result["policies"].items()}
+    # Four 7s stop every problem after 7 samples: plain votes say 7 (4 against 3), entropy says 5 (30 against 2).
+    if with_entropy:
+        assert scores == {"aimo3_public": 0, "aimo3_entropy": 4, "aimo3_entropy_tail": 4}
+        assert not any("warning" in r for r in result["policies"].values())
+    else:
+        assert scores == {"aimo3_public": 0, "aimo3_entropy": 0, "aimo3_entropy_tail": 0}
+        assert "no `entropy`" in result["policies"]["aimo3_entropy"]["warning"]
