@@ -24,12 +24,18 @@ unless `TIKTOKEN_ENCODINGS_BASE` names a folder that holds it (train/toy/gpt_oss
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from inference.formats import FORMATS, ChatFormat, ToolCall
 
+# sha256 of https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken (tiktoken checks the same)
+O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+O200K_BASE_TOKENS = 199998  # its mergeable ranks; ids from 199998 up are special tokens
 REASONING_EFFORTS = ("low", "medium", "high")
 SYSTEM_PROMPT_PLACES = ("developer", "model_identity")
 TOOL_NAME = "python"
@@ -46,6 +52,21 @@ def encoding():
         raise RuntimeError(
             f"openai_harmony could not load the gpt-oss encoding ({e}). Offline, set TIKTOKEN_ENCODINGS_BASE to a "
             "folder holding o200k_base.tiktoken (python -m train.toy.gpt_oss_factory writes one)") from e
+
+
+def write_o200k_base(folder: str | Path) -> Path:
+    """Write o200k_base.tiktoken (base64 token bytes and rank per line) from the vocabulary of the loaded encoding,
+    for the upstream openai-harmony offline (TIKTOKEN_ENCODINGS_BASE=folder). Fails unless the bytes equal OpenAI's
+    published file."""
+    inner = encoding()._inner  # decode_bytes is only on the Rust object
+    data = b"".join(base64.b64encode(bytes(inner.decode_bytes([i]))) + b" %d\n" % i for i in range(O200K_BASE_TOKENS))
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != O200K_BASE_SHA256:
+        raise RuntimeError(f"o200k_base rebuilt from openai_harmony has sha256 {digest}, expected {O200K_BASE_SHA256}")
+    path = Path(folder) / "o200k_base.tiktoken"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
 
 
 def special_id(token: str) -> int:

@@ -4,10 +4,11 @@
     python -m kaggle_notebooks.build --competition aimo2 --owner me --model-source me/my-model/transformers/awq/2 \\
         --out outputs/kaggle/aimo2/kernel
     python -m kaggle_notebooks.build --competition aimo3 --check    # exit 1 if the committed files are stale
+    python -m kaggle_notebooks.build --competition aimo3 --settings aimo3-gpt-oss   # kaggle_notebooks/aimo3-gpt-oss/
 
 Everything competition-specific comes from configs/competitions/<name>.yaml (Kaggle slug, inference-server class,
-hardware → accelerator) and configs/inference/<name>.yaml (the serving settings; its `model` path names the Kaggle
-model). The notebook itself stays short: it puts the kit's code dataset on sys.path and calls
+hardware → accelerator) and configs/inference/<settings>.yaml (the serving settings, by default the competition's;
+its `model` path names the Kaggle model). A notebook is named after its settings (aimo3, aimo3-gpt-oss, ...). The notebook itself stays short: it puts the kit's code dataset on sys.path and calls
 inference.kaggle_paths, inference.config and inference.server. The committed notebooks use the placeholder owner
 "your-user"; `python -m kaggle_notebooks.push` regenerates them with your Kaggle user name.
 """
@@ -54,14 +55,20 @@ class KernelSpec:
     settings: str  # settings YAML, relative to the code dataset
     vllm_requirement: str  # vllm==X, the version the kit is tested with
     commit_run_problems: int = COMMIT_RUN_PROBLEMS
+    name: str | None = None  # the notebook's name, from its settings file (None: the competition's)
+    harmony: bool = False  # the settings use gpt-oss's Harmony format (prompts.format: harmony)
+
+    @property
+    def notebook_name(self) -> str:
+        return self.name or self.competition
 
     @property
     def kernel_slug(self) -> str:
-        return f"{self.competition}-kit-submission"
+        return f"{self.notebook_name}-kit-submission"
 
     @property
     def title(self) -> str:  # the kaggle CLI warns unless slugify(title) equals the kernel slug
-        return f"{self.competition.upper()} kit submission"
+        return f"{self.notebook_name.upper()} kit submission"
 
     @property
     def code_file(self) -> str:
@@ -81,10 +88,14 @@ def model_source_from_path(path: str) -> str | None:
 
 
 def kernel_spec(competition: str, owner: str | None = None, model_source: str | None = None,
-                code_dataset: str | None = None, wheels_dataset: str | None = None) -> KernelSpec:
+                code_dataset: str | None = None, wheels_dataset: str | None = None,
+                settings_name: str | None = None) -> KernelSpec:
     comp = Competition.load(competition)  # the same checked facts the server and gateway use
-    settings_rel = f"configs/inference/{competition}.yaml"
+    settings_name = settings_name or competition
+    settings_rel = f"configs/inference/{settings_name}.yaml"
     settings = _read_yaml(REPO / settings_rel)
+    if settings.get("competition", competition) != competition:
+        raise ValueError(f"{settings_rel}: competition is {settings['competition']!r}, not {competition!r}")
     owner = owner or PLACEHOLDER_OWNER
     if model_source is None:
         model_source = model_source_from_path(settings.get("model", ""))
@@ -110,6 +121,8 @@ def kernel_spec(competition: str, owner: str | None = None, model_source: str | 
         model_source=model_source,
         settings=settings_rel,
         vllm_requirement=vllm_pin(),
+        name=None if settings_name == competition else settings_name,
+        harmony=(settings.get("prompts") or {}).get("format") == "harmony",
     )
 
 
@@ -166,6 +179,14 @@ if settings.engine == "vllm":
 predictor = Predictor(settings)  # the run's clock starts here; the model loads on the first predict call
 print(f"{settings.engine} engine, model {MODEL_DIR}, {time.time() - NOTEBOOK_START:.0f}s since start")"""
 
+HARMONY = """\
+# gpt-oss: CUDA vLLM's openai-harmony loads the o200k vocabulary from TIKTOKEN_ENCODINGS_BASE or downloads it, and
+# internet is off. The code dataset carries the file (kaggle_notebooks.push writes tiktoken/o200k_base.tiktoken).
+TIKTOKEN_DIR = CODE_DIR / "tiktoken"
+if (TIKTOKEN_DIR / "o200k_base.tiktoken").exists():
+    os.environ.setdefault("TIKTOKEN_ENCODINGS_BASE", str(TIKTOKEN_DIR))
+print("TIKTOKEN_ENCODINGS_BASE:", os.environ.get("TIKTOKEN_ENCODINGS_BASE"))"""
+
 PREDICT = """\
 def predict(id_, problem):
     \"\"\"Kaggle's gateway calls this by name, one problem at a time, with one-row polars Series.\"\"\"
@@ -217,13 +238,14 @@ def build_notebook(spec: KernelSpec) -> nbformat.NotebookNode:
         v4.new_markdown_cell(INTRO.format(title=spec.title, **vars(spec))),
         v4.new_code_cell(_constants(spec)),
         v4.new_code_cell(BOOTSTRAP),
+        *([v4.new_code_cell(HARMONY)] if spec.harmony else []),
         v4.new_code_cell(SETUP),
         v4.new_code_cell(PREDICT),
         v4.new_code_cell(SERVE),
         v4.new_code_cell(SHOW),
     ]
     for i, cell in enumerate(cells):
-        cell.id = f"{spec.competition}-cell-{i}"  # fixed ids: a rebuild must give byte-identical files
+        cell.id = f"{spec.notebook_name}-cell-{i}"  # fixed ids: a rebuild must give byte-identical files
     accelerator = spec.machine_shape[0].lower() + spec.machine_shape[1:]  # NvidiaH100 → nvidiaH100
     metadata = {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
@@ -286,19 +308,23 @@ def main(argv: list[str] | None = None) -> int:
                                                "settings' /kaggle/input/models/... path)")
     parser.add_argument("--code-dataset", help=f"owner/slug (default: <owner>/{CODE_DATASET_SLUG})")
     parser.add_argument("--wheels-dataset", help=f"owner/slug (default: <owner>/{WHEELS_DATASET_SLUG})")
-    parser.add_argument("--out", help="output folder (default: kaggle_notebooks/<competition>)")
+    parser.add_argument("--settings", help="configs/inference/<settings>.yaml (default: the competition's), e.g. "
+                                           "aimo3-gpt-oss; the notebook is named after it")
+    parser.add_argument("--out", help="output folder (default: kaggle_notebooks/<settings>)")
     parser.add_argument("--check", action="store_true", help="only compare with the files in --out")
     args = parser.parse_args(argv)
     try:
-        spec = kernel_spec(args.competition, args.owner, args.model_source, args.code_dataset, args.wheels_dataset)
+        spec = kernel_spec(args.competition, args.owner, args.model_source, args.code_dataset, args.wheels_dataset,
+                           args.settings)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out) if args.out else NOTEBOOKS_DIR / args.competition
+    out_dir = Path(args.out) if args.out else NOTEBOOKS_DIR / spec.notebook_name
     if args.check:
         stale = stale_files(spec, out_dir)
         for name in stale:
-            print(f"{out_dir / name} is stale: run python -m kaggle_notebooks.build --competition {args.competition}")
+            print(f"{out_dir / name} is stale: run python -m kaggle_notebooks.build --competition {args.competition}"
+                  + (f" --settings {args.settings}" if args.settings else ""))
         return 1 if stale else 0
     write_kernel(spec, out_dir)
     print(f"wrote {out_dir / spec.code_file} and {out_dir / 'kernel-metadata.json'}")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaggle_notebooks.build import CODE_DATASET_SLUG, PLACEHOLDER_OWNER, WHEELS_DATASET_SLUG, kernel_spec, write_kernel
+from inference.harmony import write_o200k_base
 from kaggle_notebooks.wheels import WheelPlan, build_bundle, dataset_metadata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +137,7 @@ def build_code_dataset(dest: Path, dataset_id: str) -> Path:
         shutil.rmtree(dest)
     for rel in CODE_PATHS:
         shutil.copytree(REPO / rel, dest / rel, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    write_o200k_base(dest / "tiktoken")  # gpt-oss: CUDA vLLM's openai-harmony cannot download it offline (3.6 MB)
     (dest / "dataset-metadata.json").write_text(
         json.dumps(dataset_metadata(dataset_id, "aimo kit code", "other"), indent=2) + "\n")
     return dest

@@ -126,7 +126,8 @@ def test_parse_completion_keeps_channels_recipients_and_a_cut_message():
 
 @pytest.mark.slow
 def test_o200k_vocabulary_ships_offline_as_tiktoken_and_transformers_tokenizer(tmp_path):
-    from train.toy.gpt_oss_factory import O200K_BASE_SHA256, build_tokenizer
+    from inference.harmony import O200K_BASE_SHA256
+    from train.toy.gpt_oss_factory import build_tokenizer
 
     tokenizer = build_tokenizer(tmp_path)
     data = (tmp_path / "o200k_base.tiktoken").read_bytes()

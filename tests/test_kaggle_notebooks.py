@@ -90,6 +90,25 @@ def test_owner_and_model_source_flow_into_metadata(tmp_path):
     assert "MODEL = 'alice/m/transformers/v/3'" in (tmp_path / "aimo3-kit-submission.ipynb").read_text()
 
 
+def test_gpt_oss_notebook_is_generated_from_its_settings():
+    """kaggle_notebooks/aimo3-gpt-oss: the AIMO-3 winners' setup (configs/inference/aimo3-gpt-oss.yaml)."""
+    spec = build.kernel_spec("aimo3", settings_name="aimo3-gpt-oss")
+    folder = REPO / "kaggle_notebooks" / "aimo3-gpt-oss"
+    assert build.stale_files(spec, folder) == [], "run python -m kaggle_notebooks.build --competition aimo3 " \
+                                                  "--settings aimo3-gpt-oss"
+    assert build.main(["--competition", "aimo3", "--settings", "aimo3-gpt-oss", "--check"]) == 0
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    assert meta["id"] == "your-user/aimo3-gpt-oss-kit-submission" and meta["machine_shape"] == "NvidiaH100"
+    assert meta["model_sources"] == ["openai/gpt-oss-120b/transformers/default/1"]  # the public Kaggle model
+    code = "\n".join(c.source for c in nbformat.read(folder / spec.code_file, as_version=4).cells
+                     if c.cell_type == "code")
+    assert "SETTINGS = 'configs/inference/aimo3-gpt-oss.yaml'" in code
+    assert 'os.environ.setdefault("TIKTOKEN_ENCODINGS_BASE"' in code  # offline vocabulary for openai-harmony
+    assert "TIKTOKEN" not in (REPO / "kaggle_notebooks/aimo3/aimo3-kit-submission.ipynb").read_text()
+    with pytest.raises(ValueError, match="competition is 'aimo3', not 'aimo2'"):
+        build.kernel_spec("aimo2", settings_name="aimo3-gpt-oss")
+
+
 # -- the kaggle CLI's own validation, stopped at the network ---------------------------------------------------------
 def kaggle_push_offline(folder, home):
     """`kaggle kernels push` with fake credentials against http://localhost (KAGGLE_API_ENVIRONMENT=LOCALHOST): it

