@@ -126,3 +126,18 @@ def test_killed_engine_core_raises_engine_error_then_restart_works(engine):
     assert engine.progress().running == 0
     engine.submit(requests("restarted", [0], stop_rule="think"))
     assert collect(engine, 1)[0].text == SCRIPT
+
+
+def test_entropy_from_top_k_logprobs_only_when_the_request_asks(engine):
+    # The scripted model is sure of its 7 script tokens (entropy ≈ 0) and unsure of the random ones after them.
+    plain, script_only, long = requests("ent", [0, 1, 2], max_tokens=7)
+    long.max_tokens = 24
+    script_only.logprobs, script_only.entropy_tail_tokens = 5, 4
+    long.logprobs, long.entropy_tail_tokens = 5, 100  # a window longer than the sample: the tail is the whole
+    engine.submit([plain, script_only, long])
+    samples = collect(engine, 3)
+    assert "entropy" not in samples[0].extra  # no logprobs asked, none computed
+    sure, mixed = samples[1].extra, samples[2].extra
+    assert samples[1].tokens == 7 and sure["entropy"] < 1e-3 and sure["entropy_tail"] < 1e-3
+    assert samples[2].tokens == 24 and mixed["entropy_tail_tokens"] == 100
+    assert mixed["entropy"] > 1e-2 and mixed["entropy_tail"] == pytest.approx(mixed["entropy"])
