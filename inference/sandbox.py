@@ -223,6 +223,8 @@ class SandboxSession:
         self._worker: _Worker | None = None
         self._lock = threading.Lock()  # one call at a time
         self._killed = False  # kill() was called: the sample is gone, further calls do nothing
+        self._busy = False  # a call is running
+        self._signalled = False  # kill() killed the interpreter mid-call
         self.calls = 0
         self.seconds = 0.0  # total tool time of this session
 
@@ -249,7 +251,10 @@ class SandboxSession:
                 return ToolResult(f"Error: the Python sandbox is unavailable ({e}).", 0.0, error=True)
             restarted = self.calls > 0  # a replacement after a timeout or crash
         worker = self._worker
+        self._busy = True
         try:
+            if self._killed:  # kill() came while the interpreter was being fetched
+                raise EOFError
             reply = worker.request({"op": "run", "code": code, "timeout": timeout}, timeout)
         except TimeoutError:
             self._drop(worker)
@@ -264,6 +269,8 @@ class SandboxSession:
             self._drop(worker)
             return ToolResult(f"Error: the Python interpreter {why} while running this code. It was restarted: "
                               "variables from earlier calls are lost.", 0.0, error=True, restarted=True)
+        finally:
+            self._busy = False
         output = reply.get("output", "")
         if restarted:
             output = "[note: the interpreter was restarted after the last error; earlier variables are lost]\n" + output
@@ -277,15 +284,16 @@ class SandboxSession:
         """Stop a call in progress (from another thread) and retire the interpreter: the sample was aborted."""
         self._killed = True
         worker = self._worker
-        if worker is not None:
-            worker.signal_kill()  # a run() blocked on it returns at once; close() frees the rest
+        if worker is not None and self._busy:
+            self._signalled = True
+            worker.signal_kill()  # the run() blocked on it returns at once; close() frees the rest
 
     def close(self) -> None:
         """The sample is done: reset the interpreter and hand it back to the pool."""
         with self._lock:
             worker, self._worker = self._worker, None
         if worker is not None:
-            if self._killed:
+            if self._signalled:
                 self.pool._discard(worker)
             else:
                 self.pool._release(worker)
