@@ -204,3 +204,14 @@ def cut_turns(trace: dict, chars: int) -> dict:
             tool_seconds += turn.get("tool_seconds") or 0.0
         at += n + framed
     return {"turns": kept, "tool_calls": calls, "tool_seconds": round(tool_seconds, 4)}
+
+
+def cut_tool_trace(trace: dict, chars: int) -> tuple[int, float, dict]:
+    """A recorded tool-using sample cut at `chars` characters of its text (a stop rule or an abort in replay):
+    its generated tokens, its seconds (the recorded seconds scaled along the turns' timeline, tool calls included)
+    and its tool fields."""
+    fields = cut_turns(trace, chars)
+    full = replay_seconds(trace, len(trace["text"])) or 0.0
+    at = replay_seconds(trace, chars) or 0.0
+    seconds = float(trace["seconds"]) * (at / full) if full > 0 else 0.0
+    return sum(t["tokens"] for t in fields["turns"]), seconds, fields

@@ -195,3 +195,52 @@ def test_tool_disabled_means_the_model_guesses_the_output():
             assert "turns" not in s.extra and "```output" in s.text  # one turn; the model wrote the output itself
     finally:
         engine.shutdown()
+
+
+def tool_trace_record(problem_id="p", sample=0, answer=42, seconds=9.5) -> dict:
+    """A recorded tool-using sample as the engines write it (two turns around one call)."""
+    turns = [
+        {"text": "<think>\n```python\nprint(6 * 7)\n```\n", "tokens": 12, "seconds": 2.0, "call": "print(6 * 7)\n",
+         "output": f"{answer}\n", "framed": f"```output\n{answer}\n```\n", "tool_seconds": 3.0},
+        {"text": f"\\boxed{{{answer}}}\n</think>\nThe answer is \\boxed{{{answer}}}.", "tokens": 20, "seconds": 4.0,
+         "call": None, "output": None, "framed": "", "tool_seconds": 0.0},
+    ]
+    text = "".join(t["text"] + t["framed"] for t in turns)
+    return {"problem_id": problem_id, "sample": sample, "text": text, "tokens": 32, "seconds": seconds,
+            "finish_reason": "stop", "turns": turns, "tool_calls": 1, "tool_seconds": 3.0}
+
+
+def test_replay_engine_replays_tool_samples():
+    from inference.clock import VirtualClock
+    from inference.engines.replay import ReplayEngine
+
+    record = tool_trace_record()
+    engine = ReplayEngine([record], clock=VirtualClock())
+    request = SampleRequest("p", 0, [], seed=0, max_tokens=1000, stop_rule="none")
+    engine.submit([request])
+    (full,) = engine.poll(60)
+    assert full.text == record["text"] and full.tokens == 32 and full.seconds == pytest.approx(9.5)
+    assert full.extra["tool_calls"] == 1 and full.extra["turns"] == record["turns"]
+
+    # The "think" stop rule cuts the sample at </think>, inside its second turn: the call and its 3 tool seconds
+    # stay, the turn's generated part shrinks.
+    engine.submit([SampleRequest("p", 0, [], seed=0, max_tokens=1000, stop_rule="think")])
+    (cut,) = engine.poll(60)
+    kept = len("\\boxed{42}\n</think>") / len(record["turns"][1]["text"])
+    assert cut.finish_reason == "answer" and cut.text.endswith("</think>")
+    assert cut.extra["tool_calls"] == 1 and cut.extra["tool_seconds"] == 3.0
+    assert cut.tokens == 12 + round(20 * kept)
+    assert cut.seconds == pytest.approx(9.5 * (2.0 + 3.0 + 4.0 * kept) / 9.0)
+
+
+def test_solver_votes_on_replayed_tool_samples(tmp_path):
+    from inference.config import load_settings
+    from inference.server import Predictor
+
+    path = tmp_path / "tool-traces.jsonl"
+    path.write_text("".join(json.dumps(tool_trace_record("p", i)) + "\n" for i in range(8)))
+    settings = load_settings(REPO / "configs" / "inference" / "demo-tir.yaml", engine="replay", traces=str(path),
+                             virtual_clock=True)
+    predictor = Predictor(settings, total_seconds=600, problems=1)
+    assert predictor.predict("p", "What is 6 * 7?")["answer"].item() == 42
+    assert predictor.results["p"].valid >= 4
