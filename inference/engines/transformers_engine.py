@@ -12,6 +12,8 @@ applied while streaming, abort stops generation, progress shows tokens as they c
   its seed and prompt; batch composition changes it only through tiny float differences of padded matrix products.
 - A StoppingCriteria called after every step counts each row's tokens, applies the stop rule, ends rows that hit
   their own max_tokens, EOS or an abort, and hands finished samples to `poll` right away.
+- Tools (inference/tools.py): a row that ends at the chat format's tool-call stop string leaves its batch; a tool
+  thread runs the call in the sandbox and queues the sample's next turn (prompt + turn + framed output) as a new job.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import gc
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -41,6 +44,8 @@ from inference.answers import find_stop
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 from inference.engines.vllm_engine import answer_may_complete  # the same cheap trigger for find_stop (no vllm import)
+from inference.formats import get_format
+from inference.tools import Conversation, ToolSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +56,24 @@ class _Job:
 
     request: SampleRequest
     prompt_ids: list[int]
-    max_tokens: int  # the request's, capped to fit the model's context
-    submitted: float  # engine clock
+    max_tokens: int  # the request's, capped to fit the model's context (with tools: what is left for this turn)
+    submitted: float  # engine clock (of the sample, not of this turn)
     token_ids: list[int] = field(default_factory=list)
     done: bool = False  # finished or aborted: the worker ignores its row from then on
+    conversation: Conversation | None = None  # with tools: the sample's earlier turns
+    seed: int | None = None  # this turn's seed (the request's, shifted per turn)
 
-    def sample(self, text: str, seconds: float, finish_reason: str) -> Sample:
-        r = self.request
-        return Sample(r.problem_id, r.sample, text, len(self.token_ids), seconds, finish_reason, variant=r.variant,
-                      seed=r.seed, extra={"prompt_tokens": len(self.prompt_ids)})
+    def sample(self, text: str, seconds: float, finish_reason: str, now: float | None = None) -> Sample:
+        """`text` is this turn's text; with tools the sample's text is the whole conversation."""
+        r, conv = self.request, self.conversation
+        if conv is None:
+            return Sample(r.problem_id, r.sample, text, len(self.token_ids), seconds, finish_reason,
+                          variant=r.variant, seed=r.seed, extra={"prompt_tokens": len(self.prompt_ids)})
+        extra = {"prompt_tokens": conv.first_prompt_tokens,
+                 **conv.trace(text, len(self.token_ids), now if now is not None else self.submitted + seconds)}
+        return Sample(r.problem_id, r.sample, conv.format.answer_text(conv.text + text),
+                      conv.tokens + len(self.token_ids), seconds, finish_reason, variant=r.variant, seed=r.seed,
+                      extra=extra)
 
 
 class TransformersEngine(Engine):
@@ -72,9 +86,13 @@ class TransformersEngine(Engine):
         device: str = "auto",
         dtype: str = "auto",
         batch_size: int = 8,
+        chat_format: str = "r1",
+        format_options: dict | None = None,
+        tools: ToolSettings | None = None,
     ) -> None:
         """`device`: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...; `dtype`: "auto" (the
-        checkpoint's on GPU, float32 on CPU), "bfloat16", "float16" or "float32"; `batch_size`: rows per generate."""
+        checkpoint's on GPU, float32 on CPU), "bfloat16", "float16" or "float32"; `batch_size`: rows per generate;
+        `chat_format` + `format_options`: inference.formats; `tools`: the tool loop (off unless `tools.enabled`)."""
         super().__init__(clock)
         if getattr(self.clock, "virtual", False):
             raise ValueError("clock: the transformers engine runs in real time; a VirtualClock works only with replay")
@@ -86,6 +104,11 @@ class TransformersEngine(Engine):
         self.device = device
         self.dtype = dtype
         self.batch_size = int(batch_size)
+        self.format = get_format(chat_format, **(format_options or {}))
+        self.tools = tools if tools is not None and tools.enabled else None
+        self._pool = None  # sandbox interpreters, with tools
+        self._tool_threads: ThreadPoolExecutor | None = None
+        self._tooling: list[_Job] = []  # jobs whose turn ended at a tool call that is running
         self._model = None
         self._tokenizer = None
         self._context = 0  # max positions of the model
@@ -120,6 +143,9 @@ class TransformersEngine(Engine):
             raise EngineError(f"transformers engine failed to load {self.model_path}: {e!r}") from e
         self._context = getattr(self._model.config, "max_position_embeddings", None) or 1 << 30
         self._stopping, self._error = False, None
+        if self.tools is not None:
+            self._pool = self.tools.make_pool()
+            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         self._worker = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
         self._worker.start()
         log.info("transformers engine: loaded %s on %s in %.1fs", self.model_path, device, time.monotonic() - t0)
@@ -131,10 +157,19 @@ class TransformersEngine(Engine):
                 job.done = True  # ends the running generate at its next step
             self._queue.clear()
             self._finished.clear()
+            tooling, self._tooling = self._tooling, []
             self._wake.notify_all()
+        for job in tooling:
+            job.conversation.stop()
         if self._worker is not None:
             self._worker.join(timeout=60)
             self._worker = None
+        if self._tool_threads is not None:
+            self._tool_threads.shutdown(wait=False, cancel_futures=True)
+            self._tool_threads = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         self._model = self._tokenizer = None
         gc.collect()
         if torch.cuda.is_available():
@@ -157,15 +192,18 @@ class TransformersEngine(Engine):
         for req in requests:
             key = repr(req.messages)
             if key not in rendered:
-                prompt = self._tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
-                rendered[key] = self._tokenizer.encode(prompt, add_special_tokens=False)
+                rendered[key] = self.format.prompt_ids(req.messages, self._tokenizer)
             prompt_ids = rendered[key]
             if len(prompt_ids) >= self._context:
                 raise ValueError(f"problem {req.problem_id}: prompt of {len(prompt_ids)} tokens does not fit the "
                                  f"model's context of {self._context} tokens")
             # Like vLLM at max_model_len: a sample that reaches the end of the context ends with "length".
             max_tokens = min(req.max_tokens, self._context - len(prompt_ids))
-            jobs.append(_Job(req, prompt_ids, max_tokens, self.clock.now()))
+            now = self.clock.now()
+            conversation = None
+            if self.tools is not None:
+                conversation = Conversation(self.format, self.tools, self._pool, prompt_ids, now)
+            jobs.append(_Job(req, prompt_ids, max_tokens, now, conversation=conversation, seed=req.seed))
         with self._lock:
             self._queue.extend(jobs)
             if jobs:
@@ -194,23 +232,33 @@ class TransformersEngine(Engine):
             for job in jobs:
                 job.done = True  # the stopping criteria ends its row at the next step
             self._queue = [j for j in self._queue if not j.done]
+            tooling = [j for j in self._tooling if j.request.problem_id == problem_id]
+            self._tooling = [j for j in self._tooling if j.request.problem_id != problem_id]
             done = [s for s in self._finished if s.problem_id == problem_id]
             self._finished = [s for s in self._finished if s.problem_id != problem_id]
             token_lists = [list(j.token_ids) for j in jobs]
+        for job in tooling:
+            job.conversation.stop()  # a call in progress ends now; its thread drops the sample
         tokenizer = self._tokenizer
-        return done + [
-            job.sample(tokenizer.decode(ids, skip_special_tokens=True) if tokenizer else "", now - job.submitted,
-                       "aborted")
-            for job, ids in zip(jobs, token_lists)
+        aborted = [
+            job.sample(tokenizer.decode(ids, skip_special_tokens=self.format.skip_special_tokens) if tokenizer else "",
+                       now - job.submitted, "aborted", now)
+            for job, ids in zip(jobs + tooling, token_lists + [[] for _ in tooling])
         ]
+        for job in jobs + tooling:
+            self._release(job)
+        return done + aborted
 
     def progress(self) -> EngineProgress:
         now = self.clock.now()
         with self._lock:
             running = [j for j in self._queue + self._active if not j.done]
+            # A sample waiting for its tool call is running too; the time it waits is not a stall.
             since = now - self._last_activity if running else 0.0
-            return EngineProgress(running=len(running), tokens_in_flight=sum(len(j.token_ids) for j in running),
-                                  seconds_since_token=since)
+            return EngineProgress(running=len(running) + len(self._tooling),
+                                  tokens_in_flight=sum(len(j.token_ids) + (j.conversation.tokens if j.conversation
+                                                                           else 0) for j in running + self._tooling),
+                                  seconds_since_token=since if not self._tooling else 0.0)
 
     # -- the worker -------------------------------------------------------------------------------------------------
 
@@ -267,9 +315,11 @@ class TransformersEngine(Engine):
             )
 
     def _step(self, batch: list[_Job], new_tokens: list[int], eos: set[int]) -> list[bool]:
-        """Account one generated token per row; finish rows that ended. Returns which rows are done."""
+        """Account one generated token per row; finish rows that ended or hand them to a tool call. Returns which
+        rows are done."""
         now = self.clock.now()
-        finished = []
+        finished, calls = [], []
+        skip = self.format.skip_special_tokens
         with self._lock:
             for job, token in zip(batch, new_tokens):
                 if job.done:
@@ -281,19 +331,78 @@ class TransformersEngine(Engine):
                     reason = "stop"
                 elif len(job.token_ids) >= job.max_tokens:
                     reason = "length"
-                piece = self._tokenizer.decode([token], skip_special_tokens=True)
-                if reason or answer_may_complete(piece):
-                    text = self._tokenizer.decode(job.token_ids, skip_special_tokens=True)
-                    stop = find_stop(text, job.request.stop_rule)
+                piece = self._tokenizer.decode([token], skip_special_tokens=skip)
+                tool_stop = job.conversation is not None and reason != "stop" and (
+                    token in self.format.stop_token_ids
+                    or any(s[-1] in piece for s in self.format.stop_strings))
+                if reason or answer_may_complete(piece) or tool_stop:
+                    turn = self._tokenizer.decode(job.token_ids, skip_special_tokens=skip)
+                    before = job.conversation.text if job.conversation is not None else ""
+                    stop = find_stop(before + turn, job.request.stop_rule)
                     if stop is not None:
-                        text, reason = text[:stop], "answer"
+                        turn, reason = turn[: max(0, stop - len(before))], "answer"
+                    elif tool_stop and (token in self.format.stop_token_ids
+                                        or any(turn.endswith(s) for s in self.format.stop_strings)):
+                        job.done = True  # the row leaves this batch; the tool thread queues the next turn
+                        self._tooling.append(job)
+                        calls.append((job, turn))
+                        continue
                     if reason:
                         job.done = True
-                        finished.append(job.sample(text, now - job.submitted, reason))
+                        finished.append(job.sample(turn, now - job.submitted, reason, now))
+                        self._release(job)
             if finished:
                 self._finished.extend(finished)
                 self._wake.notify_all()
+            for job, turn in calls:
+                self._tool_threads.submit(self._tool_turn, job, turn, now)
             return [job.done or self._stopping for job in batch]
+
+    def _tool_turn(self, job: _Job, turn: str, ended: float) -> None:
+        """On a tool thread: close the turn, run its call, queue the sample's next turn (or finish it)."""
+        conv = job.conversation
+        try:
+            with self._lock:
+                if job not in self._tooling:
+                    return  # aborted
+                turn_ids, job.token_ids = job.token_ids, []
+                action = conv.end_turn(turn, turn_ids, ended, job.request.max_tokens)
+            if action == "tool":
+                conv.run_call()  # blocking, ≤ the tool timeout; abort() stops it early
+            now = self.clock.now()
+            with self._lock:
+                if job not in self._tooling:
+                    return  # aborted during the call
+                self._tooling.remove(job)
+                prompt_ids = conv.next_prompt_ids(self._tokenizer, now) if action != "done" else []
+                left = min(job.request.max_tokens - conv.tokens, self._context - len(prompt_ids))
+                if action == "done" or left <= 0:
+                    self._finished.append(job.sample("", now - job.submitted, conv.finish_reason or "length", now))
+                    self._release(job)
+                else:
+                    self._queue.append(_Job(job.request, prompt_ids, left, job.submitted, conversation=conv,
+                                            seed=job.request.seed + conv.turn))
+                self._last_activity = now
+                self._wake.notify_all()
+        except Exception as e:  # noqa: BLE001 - a failed tool turn fails this sample, not the engine
+            log.exception("transformers engine: tool turn of %s/%s failed", job.request.problem_id, job.request.sample)
+            with self._lock:
+                if job in self._tooling:
+                    self._tooling.remove(job)
+                    failed = job.sample("", self.clock.now() - job.submitted, "error")
+                    failed.extra["error"] = repr(e)
+                    self._finished.append(failed)
+                    self._wake.notify_all()
+            self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        """The sample is over: reset its interpreter and return it to the pool, on a tool thread."""
+        if job.conversation is None:
+            return
+        try:
+            self._tool_threads.submit(job.conversation.close)
+        except (RuntimeError, AttributeError):  # shut down meanwhile
+            job.conversation.close()
 
 
 class _SeededSampling(LogitsProcessor):
@@ -310,7 +419,7 @@ class _SeededSampling(LogitsProcessor):
                 self.warpers.append(TopPLogitsWarper(r.top_p))
             if r.min_p > 0.0:
                 self.warpers.append(MinPLogitsWarper(r.min_p))
-        self.generators = [torch.Generator(device=device).manual_seed(j.request.seed) for j in batch]
+        self.generators = [torch.Generator(device=device).manual_seed(j.seed) for j in batch]
 
     def __call__(self, input_ids, scores):
         if self.greedy:
