@@ -211,6 +211,12 @@ class HarmonyFormat(ChatFormat):
                    .with_recipient("assistant").with_channel(channel))
         return list(encoding().render(message)) + self.assistant_start
 
+    def frame_output(self, tool_output: str) -> str:
+        """The tool's answer as text in the sample's conversation (traces, replay): the rendered tool message and the
+        next assistant start, as `continue_ids` adds them in tokens (for a call on another channel than analysis the
+        tokens name that channel)."""
+        return encoding().decode(self.tool_output_ids(tool_output))
+
     def continue_ids(self, prompt_ids: list[int], turn_token_ids: list[int], tool_output: str | None,
                      tokenizer=None) -> list[int]:
         """The next turn's prompt: the last prompt, the turn exactly as generated (ending in <|call|>), the tool's

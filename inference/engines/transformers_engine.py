@@ -43,8 +43,9 @@ from transformers import (
 from inference.answers import find_stop
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
+from inference.entropy import EntropyMeter, token_entropy
 from inference.engines.vllm_engine import answer_may_complete  # the same cheap trigger for find_stop (no vllm import)
-from inference.formats import get_format
+from inference.formats import ChatFormat, get_format
 from inference.tools import Conversation, ToolSettings
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,18 @@ class _Job:
     done: bool = False  # finished or aborted: the worker ignores its row from then on
     conversation: Conversation | None = None  # with tools: the sample's earlier turns
     seed: int | None = None  # this turn's seed (the request's, shifted per turn)
+    format: ChatFormat | None = None  # its answer_text is what the vote reads (Harmony: the final channel)
+    entropy: EntropyMeter | None = None  # when the request asked for logprobs (kept across turns)
 
     def sample(self, text: str, seconds: float, finish_reason: str, now: float | None = None) -> Sample:
         """`text` is this turn's text; with tools the sample's text is the whole conversation."""
         r, conv = self.request, self.conversation
+        entropy = self.entropy.trace() if self.entropy is not None else {}
         if conv is None:
-            return Sample(r.problem_id, r.sample, text, len(self.token_ids), seconds, finish_reason,
-                          variant=r.variant, seed=r.seed, extra={"prompt_tokens": len(self.prompt_ids)})
-        extra = {"prompt_tokens": conv.first_prompt_tokens,
+            return Sample(r.problem_id, r.sample, self.format.answer_text(text) if self.format else text,
+                          len(self.token_ids), seconds, finish_reason, variant=r.variant, seed=r.seed,
+                          extra={"prompt_tokens": len(self.prompt_ids), **entropy})
+        extra = {"prompt_tokens": conv.first_prompt_tokens, **entropy,
                  **conv.trace(text, len(self.token_ids), now if now is not None else self.submitted + seconds)}
         return Sample(r.problem_id, r.sample, conv.format.answer_text(conv.text + text),
                       conv.tokens + len(self.token_ids), seconds, finish_reason, variant=r.variant, seed=r.seed,
@@ -203,7 +208,9 @@ class TransformersEngine(Engine):
             conversation = None
             if self.tools is not None:
                 conversation = Conversation(self.format, self.tools, self._pool, prompt_ids, now)
-            jobs.append(_Job(req, prompt_ids, max_tokens, now, conversation=conversation, seed=req.seed))
+            jobs.append(_Job(req, prompt_ids, max_tokens, now, conversation=conversation, seed=req.seed,
+                             format=self.format,
+                             entropy=EntropyMeter(req.logprobs, req.entropy_tail_tokens) if req.logprobs else None))
         with self._lock:
             self._queue.extend(jobs)
             if jobs:
@@ -327,7 +334,8 @@ class TransformersEngine(Engine):
                 job.token_ids.append(token)
                 self._last_activity = now
                 reason = None
-                if token in eos:
+                # gpt-oss lists its tool-call token <|call|> among its EOS ids: with tools it ends a turn, not the sample
+                if token in eos and not (job.conversation is not None and token in self.format.stop_token_ids):
                     reason = "stop"
                 elif len(job.token_ids) >= job.max_tokens:
                     reason = "length"
@@ -381,7 +389,8 @@ class TransformersEngine(Engine):
                     self._release(job)
                 else:
                     self._queue.append(_Job(job.request, prompt_ids, left, job.submitted, conversation=conv,
-                                            seed=job.request.seed + conv.turn))
+                                            seed=job.request.seed + conv.turn, format=job.format,
+                                            entropy=job.entropy))
                 self._last_activity = now
                 self._wake.notify_all()
         except Exception as e:  # noqa: BLE001 - a failed tool turn fails this sample, not the engine
@@ -420,8 +429,13 @@ class _SeededSampling(LogitsProcessor):
             if r.min_p > 0.0:
                 self.warpers.append(MinPLogitsWarper(r.min_p))
         self.generators = [torch.Generator(device=device).manual_seed(j.seed) for j in batch]
+        self.batch = batch
 
     def __call__(self, input_ids, scores):
+        for row, job in enumerate(self.batch):  # the entropy vote: top-k of the raw distribution, as vLLM's logprobs
+            if job.entropy is not None and not job.done:
+                top = torch.log_softmax(scores[row].float(), dim=-1).topk(job.entropy.top_k).values
+                job.entropy.add(token_entropy(top.tolist()))
         if self.greedy:
             return scores
         probs = torch.softmax(self.warpers(input_ids, scores), dim=-1)

@@ -86,12 +86,43 @@ def build_model(hidden_size: int = 64, num_layers: int = 2, experts: int = 4, se
     return GptOssForCausalLM(config).to(torch.bfloat16)
 
 
-def build(out: str | Path, **model_kwargs) -> Path:
+def script_model(model, script: str, after: str = "<|start|>assistant"):
+    """Wire the model to write the Harmony text `script` whenever its input ends with `after` (the end of every
+    Harmony prompt), then to babble. For tests: a gpt-oss that makes a tool call or gives a final answer.
+
+    Attention and expert outputs are zeroed, so the last hidden state is the current token's normalized embedding,
+    and the (untied) output head maps each script token onto the next with a logit of ~48 against ≤ ~6: the script
+    comes out with any seed at temperature 1. Its tokens must all differ (each has one successor)."""
+    import torch
+
+    ids = harmony_encoding().encode(after + script, allowed_special="all")[len(
+        harmony_encoding().encode(after, allowed_special="all")) - 1:]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"script: its tokens must all differ, got {ids}")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.self_attn.o_proj.bias.zero_()
+            layer.mlp.experts.down_proj.zero_()
+            layer.mlp.experts.down_proj_bias.zero_()
+        embeddings = model.model.embed_tokens.weight
+        head = torch.zeros_like(embeddings)
+        for current, following in zip(ids, ids[1:]):
+            head[following] = 6.0 * embeddings[current] / embeddings[current].float().norm()
+        model.lm_head.weight.copy_(head)
+    return model
+
+
+def build(out: str | Path, script: str | None = None, **model_kwargs) -> Path:
+    """Tokenizer and model in `out`; with `script`, the model writes it after every prompt (`script_model`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out / "tiktoken")
     tokenizer.save_pretrained(out)
-    build_model(**model_kwargs).save_pretrained(out)
+    model = build_model(**model_kwargs)
+    if script is not None:
+        script_model(model, script)
+    model.save_pretrained(out)
     return out
 
 
@@ -100,8 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--script", help="Harmony text the model writes after every prompt, e.g. "
+                                         "'<|channel|>final<|message|>\\boxed{42}<|return|>'")
     args = parser.parse_args(argv)
-    print(build(args.out, hidden_size=args.hidden_size, num_layers=args.layers))
+    print(build(args.out, script=args.script, hidden_size=args.hidden_size, num_layers=args.layers))
 
 
 if __name__ == "__main__":
