@@ -284,3 +284,42 @@ def test_aimo3_notebook_runs_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir
     report = json.loads((working / "report.json").read_text())
     assert report["totals"]["problems"] == 3
     assert report["totals"]["tokens"] > 0  # the tiny model really generated (a random model rarely boxes an answer)
+
+
+@pytest.mark.slow
+def test_gpt_oss_notebook_runs_end_to_end_on_a_tiny_gpt_oss(tmp_path, monkeypatch):
+    """The committed aimo3-gpt-oss notebook executed as above, on a 2-layer random gpt-oss with the real o200k_harmony
+    tokenizer, wired to answer \\boxed{42} on Harmony's final channel: the Harmony prompt, the python tool pool, the
+    entropy-weighted vote and the offline vocabulary for openai-harmony (TIKTOKEN_ENCODINGS_BASE) all run."""
+    from nbclient import NotebookClient
+    from test_harmony import FINAL_SCRIPT, scripted_gpt_oss
+
+    from train.toy.gpt_oss_factory import build_tokenizer
+
+    root, working = tmp_path / "input", tmp_path / "working"
+    working.mkdir()
+    spec = build.kernel_spec("aimo3", settings_name="aimo3-gpt-oss")
+    notebook = REPO / "kaggle_notebooks" / "aimo3-gpt-oss" / spec.code_file
+    comp = root / "competitions" / spec.kaggle_slug
+    comp.mkdir(parents=True)
+    problems = pl.DataFrame({"id": ["a1", "b2", "c3"], "problem": ["What is 6 * 7?", "What is 84 / 2?", "What is 7?"],
+                             "answer": [42, 42, 7]})
+    problems.write_csv(comp / "reference.csv")
+    code = push.build_code_dataset(root / "aimo-kit-code", spec.code_dataset)
+    scripted_gpt_oss(root / "models" / spec.model_source, build_tokenizer(tmp_path / "o200k"), FINAL_SCRIPT)
+
+    for name in [k for k in os.environ if k.startswith("KAGGLE_")] + ["PYTHONPATH", "TIKTOKEN_ENCODINGS_BASE"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AIMO_KIT_INPUT_ROOT", str(root))
+    monkeypatch.setenv("AIMO_KIT_SETTINGS_OVERRIDES", json.dumps({
+        "engine": "transformers", "engine_args": {}, "sampling.samples": 2, "sampling.max_tokens": 32,
+        "voting.k": 2, "tools.pool_size": 2}))
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(working)}}).execute()
+
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"TIKTOKEN_ENCODINGS_BASE: {code / 'tiktoken'}" in outputs
+    submission = pl.read_parquet(working / "submission.parquet").sort("id")
+    assert submission["answer"].to_list() == [42, 42, 42]
+    report = json.loads((working / "report.json").read_text())
+    assert (report["totals"]["problems"], report["totals"]["correct"]) == (3, 2)
