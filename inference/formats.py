@@ -11,7 +11,9 @@ cache reuses all of it. Without tools a sample is a single turn and only `prompt
     ids = fmt.continue_ids(ids, turn_ids, output, tokenizer)
 
 Formats here (chosen with `prompts.format` in the inference config):
-  r1            the tokenizer's chat template, no tools (the DeepSeek-R1 / Fast-Math-R1 models)
+  r1            the tokenizer's chat template, no tools (the DeepSeek-R1 / Fast-Math-R1 models); template arguments
+                from `chat_template_kwargs`
+  qwen3         r1 with Qwen3's `enable_thinking` template argument (default on)
   python_block  fenced ```python blocks; output fed back as ```output blocks (Numina, Qwen2.5-Math-TIR, the toy)
   tool_call     code inside <tool_call> ... </tool_call>, output as ```output blocks (OpenMath-Nemotron / NemoSkills)
   harmony       gpt-oss's Harmony format, in inference/harmony.py (imported on first use)
@@ -116,8 +118,19 @@ class ToolCallTagFormat(CodeBlockFormat):
         return f"{self.code_begin}{code.rstrip()}\n{self.code_end}"
 
 
+class Qwen3Format(ChatFormat):
+    """Qwen3's hybrid thinking models: the chat template with `enable_thinking` (on by default; off, the template
+    writes an empty <think></think> and the model answers at once). Other template arguments as for r1."""
+
+    name = "qwen3"
+
+    def __init__(self, enable_thinking: bool = True, chat_template_kwargs: dict | None = None) -> None:
+        super().__init__({"enable_thinking": bool(enable_thinking), **(chat_template_kwargs or {})})
+
+
 FORMATS: dict[str, Callable[..., ChatFormat]] = {
     "r1": ChatFormat,
+    "qwen3": Qwen3Format,
     "python_block": CodeBlockFormat,
     "tool_call": ToolCallTagFormat,
 }

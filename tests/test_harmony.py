@@ -243,3 +243,22 @@ def test_harmony_tool_loop_on_vllm_cpu(tmp_path, gpt_oss_tokenizer):
         assert all(s.extra["entropy"] < 1e-3 for s in samples)  # entropy over every turn's tokens
     finally:
         engine.shutdown()
+
+
+def test_aimo3_gpt_oss_settings_render_the_winners_prompt(repo_root):
+    from inference.config import load_settings
+    from inference.formats import get_format
+    from inference.prompts import build_messages
+    from inference.voting import uses_entropy
+
+    s = load_settings(repo_root / "configs/inference/aimo3-gpt-oss.yaml")
+    assert (s.engine, s.sampling.samples, s.voting.kind, s.voting.k, s.tools.enabled) == ("vllm", 8, "k_of_n", 4, True)
+    assert uses_entropy(s.voting) and s.voting.entropy_top_k == 5
+    assert s.engine_args["kv_cache_dtype"] == "fp8_e4m3" and s.engine_args["max_model_len"] >= 65536
+    assert s.engine_args["enable_prefix_caching"] and "quantization" not in s.engine_args  # MXFP4 from the checkpoint
+    fmt = get_format(s.prompts.format, **s.prompts.format_options)
+    messages = build_messages("What is 6 * 7?", s.prompts.variants[0], s.prompts, s.competition.answer)
+    prompt = text(fmt.prompt_ids(messages))
+    assert prompt.startswith("<|start|>system<|message|>You are a world-class International Mathematical Olympiad")
+    assert "Reasoning: high" in prompt and "## python" in prompt and "times out after 6 seconds" in prompt
+    assert prompt.endswith("What is 6 * 7?\n\nYou have access to math, numpy and sympy.<|end|><|start|>assistant")
