@@ -8,8 +8,9 @@
 
 Everything competition-specific comes from configs/competitions/<name>.yaml (Kaggle slug, inference-server class,
 hardware → accelerator) and configs/inference/<settings>.yaml (the serving settings, by default the competition's;
-its `model` path names the Kaggle model). A notebook is named after its settings (aimo3, aimo3-gpt-oss, ...). The notebook itself stays short: it puts the kit's code dataset on sys.path and calls
-inference.kaggle_paths, inference.config and inference.server. The committed notebooks use the placeholder owner
+its `model` path names the Kaggle model). A notebook is named after its settings (aimo3, aimo3-gpt-oss, ...). The
+notebook itself stays short: it puts the kit's code dataset on sys.path and calls inference.kaggle_paths,
+inference.config and inference.server. The committed notebooks use the placeholder owner
 "your-user"; `python -m kaggle_notebooks.push` regenerates them with your Kaggle user name.
 """
 

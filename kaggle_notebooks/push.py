@@ -3,6 +3,8 @@
     python -m kaggle_notebooks.push --competition aimo3 --model models/fast-math-14b-awq --dry-run   # show commands
     python -m kaggle_notebooks.push --competition aimo3 --model models/fast-math-14b-awq
     make kaggle-push COMPETITION=aimo3 MODEL=models/fast-math-14b-awq
+    python -m kaggle_notebooks.push --competition aimo3 --settings aimo3-gpt-oss --model-source \
+        openai/gpt-oss-120b/transformers/default/1            # a public Kaggle model: nothing to upload
 
 Steps, each a `kaggle` CLI call printed before it runs (the CLI is run as a subprocess: importing `kaggle`
 authenticates at import time):
@@ -11,7 +13,7 @@ authenticates at import time):
      <owner>/aimo-kit-wheels
      (skip with --skip-wheels once uploaded: it is large and changes only with the vLLM pin)
   3. the model folder → Kaggle model <owner>/<model-slug>/transformers/<variation>, a new version each push
-     (skip with --model-version N to reuse an uploaded version)
+     (skip with --model-version N to reuse an uploaded version, or --model-source for any Kaggle model)
   4. the notebook and kernel-metadata.json (kaggle_notebooks/build.py, with your user name and the model version)
      → `kaggle kernels push`, which starts a commit run: a one-problem smoke test on the competition's GPU
   5. `kaggle kernels status`
@@ -222,8 +224,12 @@ def push_model(runner: Runner, staged: Path, owner: str, model_slug: str, variat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--competition", required=True, choices=["aimo2", "aimo3"])
-    parser.add_argument("--model", required=True, help="trained model folder (save_pretrained: config.json, weights, "
-                                                       "tokenizer)")
+    parser.add_argument("--model", help="trained model folder (save_pretrained: config.json, weights, tokenizer)")
+    parser.add_argument("--model-source", help="use this Kaggle model instead of uploading one: "
+                                               "owner/model/framework/variation/version (e.g. the public "
+                                               "openai/gpt-oss-120b/transformers/default/1)")
+    parser.add_argument("--settings", help="configs/inference/<settings>.yaml (default: the competition's), e.g. "
+                                           "aimo3-gpt-oss")
     parser.add_argument("--owner", help="Kaggle user name (default: from the credentials)")
     parser.add_argument("--model-slug", help="Kaggle model slug (default: the model folder's name)")
     parser.add_argument("--variation", default="default", help="Kaggle model variation slug")
@@ -234,8 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run none of them")
     args = parser.parse_args(argv)
 
-    model = Path(args.model)
-    if not (model / "config.json").exists():
+    if (args.model is None) == (args.model_source is None):
+        print("error: give --model (a folder to upload) or --model-source (a Kaggle model), not both",
+              file=sys.stderr)
+        return 2
+    model = Path(args.model or ".")
+    if args.model is not None and not (model / "config.json").exists():
         print(f"error: --model {model}: no config.json there (expected a save_pretrained model folder)",
               file=sys.stderr)
         return 2
@@ -250,10 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         owner = PLACEHOLDER_OWNER
     model_slug = args.model_slug or model.resolve().name.lower().replace("_", "-").replace(".", "-")
-    work = Path(args.work_dir or REPO / "outputs" / "kaggle" / args.competition)
+    notebook = args.settings or args.competition
+    work = Path(args.work_dir or REPO / "outputs" / "kaggle" / notebook)
     runner = Runner(args.dry_run)
     code_dataset, wheels_dataset = f"{owner}/{CODE_DATASET_SLUG}", f"{owner}/{WHEELS_DATASET_SLUG}"
-    print(f"{'DRY RUN: ' if args.dry_run else ''}pushing {model} for {args.competition} as Kaggle user {owner} "
+    print(f"{'DRY RUN: ' if args.dry_run else ''}pushing {args.model_source or model} for {notebook} as Kaggle user "
+          f"{owner} "
           f"(credentials: {creds.source or 'none'}); staging in {work}", flush=True)
     try:
         print("\n# 1. the kit's code")
@@ -272,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n# 3. the model")
         instance = f"{owner}/{model_slug}/{FRAMEWORK}/{args.variation}"
-        if args.model_version is not None:
+        if args.model_source is not None:
+            instance, version = args.model_source.rsplit("/", 1)
+            print(f"skipped (--model-source): the notebook uses {args.model_source}")
+        elif args.model_version is not None:
             version = args.model_version
             print(f"skipped (--model-version {version}): the notebook uses {instance}/{version}")
         else:
@@ -281,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             version = latest_model_version(runner, instance)
 
         print("\n# 4. the notebook")
-        spec = kernel_spec(args.competition, owner, f"{instance}/{version}", code_dataset, wheels_dataset)
+        spec = kernel_spec(args.competition, owner, f"{instance}/{version}", code_dataset, wheels_dataset,
+                           args.settings)
         kernel_dir = write_kernel(spec, work / "kernel")
         print(f"wrote {kernel_dir / spec.code_file} and kernel-metadata.json (model {spec.model_source})")
         result = runner.run([kaggle_cli(), "kernels", "push", "-p", str(kernel_dir)], capture=True)

@@ -323,3 +323,20 @@ def test_gpt_oss_notebook_runs_end_to_end_on_a_tiny_gpt_oss(tmp_path, monkeypatc
     assert submission["answer"].to_list() == [42, 42, 42]
     report = json.loads((working / "report.json").read_text())
     assert (report["totals"]["problems"], report["totals"]["correct"]) == (3, 2)
+
+
+def test_push_dry_run_of_the_gpt_oss_notebook_uploads_no_model(tmp_path):
+    work = tmp_path / "w"
+    result = run_push(["--competition", "aimo3", "--settings", "aimo3-gpt-oss", "--model-source",
+                       "openai/gpt-oss-120b/transformers/default/1", "--owner", "alice", "--work-dir", str(work),
+                       "--skip-wheels", "--dry-run"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "kaggle models" not in result.stdout and "skipped (--model-source)" in result.stdout
+    meta = json.loads((work / "kernel/kernel-metadata.json").read_text())
+    assert meta["id"] == "alice/aimo3-gpt-oss-kit-submission"
+    assert meta["model_sources"] == ["openai/gpt-oss-120b/transformers/default/1"]
+    assert (work / "code/configs/inference/aimo3-gpt-oss.yaml").exists()
+    assert (work / "code/tiktoken/o200k_base.tiktoken").stat().st_size > 3_000_000  # offline openai-harmony
+    both = run_push(["--competition", "aimo3", "--model", str(tmp_path), "--model-source", "a/b/c/d/1", "--dry-run"],
+                    tmp_path)
+    assert both.returncode == 2 and "not both" in both.stderr

