@@ -236,8 +236,10 @@ class HarmonyFormat(ChatFormat):
         """The python call that ends this turn, if any: the turn's last message addressed to `python` (gpt-oss
         writes `to=python`, sometimes `to=python.exec` or `to=functions.python`). None for any other ending."""
         ids = list(turn_token_ids) if turn_token_ids else text_token_ids(turn_text)
-        if ids and ids[-1] != self.call_id and self.call_id not in ids[-2:]:
+        if not ids or (ids[-1] != self.call_id and not turn_text.endswith("<|call|>")):
             return None  # the turn ended some other way (<|return|>, max_tokens, an abort): no call to run
+        if ids[-1] != self.call_id:  # an engine that keeps the stop token in the text only
+            ids.append(self.call_id)
         messages = parse_completion(ids)
         if not messages:
             return None

@@ -69,6 +69,7 @@ def test_tool_call_ends_the_turn(turn):
     call = fmt.tool_call(turn, tokens(turn))
     assert call is not None and call.code == "print(2**10)"
     assert fmt.tool_call(turn, []).code == "print(2**10)"  # from the text when an engine gives no ids
+    assert fmt.tool_call(turn, tokens(turn)[:-1]).code == "print(2**10)"  # ids without the stop token
 
 
 @pytest.mark.parametrize("turn", [
