@@ -263,3 +263,17 @@ def test_aimo3_gpt_oss_settings_render_the_winners_prompt(repo_root):
     assert prompt.startswith("<|start|>system<|message|>You are a world-class International Mathematical Olympiad")
     assert "Reasoning: high" in prompt and "## python" in prompt and "times out after 6 seconds" in prompt
     assert prompt.endswith("What is 6 * 7?\n\nYou have access to math, numpy and sympy.<|end|><|start|>assistant")
+
+
+def test_aimo3_gpt_oss_engine_args_are_vllm_engine_args(repo_root):
+    pytest.importorskip("vllm")
+    import dataclasses
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from inference.config import load_settings
+
+    args = load_settings(repo_root / "configs/inference/aimo3-gpt-oss.yaml").engine_args
+    unknown = set(args) - {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    assert not unknown, f"not AsyncEngineArgs fields: {unknown}"
+    AsyncEngineArgs(model="gpt-oss", **args)  # the notebook builds exactly this on the H100
