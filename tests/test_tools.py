@@ -155,29 +155,68 @@ def check_tool_samples(samples, answers: dict[str, int]):
         json.dumps(s.to_trace())  # the trace record is plain JSON
 
 
+# Every print of the model's code waits a moment first, so a test can abort a sample in the middle of its call.
+SLOW_PRINT = "import time\n_print = print\ndef print(*args, **kwargs):\n    time.sleep(1.5)\n    _print(*args, **kwargs)\n"
+
+
+def wait_for(condition, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def calling(conversation) -> bool:
+    """Whether this sample's code is running in the sandbox right now."""
+    session = conversation._session if conversation is not None else None
+    return session is not None and session._busy
+
+
+def check_engine(engine, collect, in_tool_call):
+    problems = [("p1", "What is 347 * 29?"), ("p2", "What is 918 * 64?")]
+    answers = {"p1": 347 * 29, "p2": 918 * 64}
+    engine.submit(tir_requests(problems))
+    check_tool_samples(collect(engine, 4, timeout=300), answers)
+    # Abort in the middle of a tool call: the sample comes back at once as "aborted", with its turns so far.
+    engine.submit(tir_requests([("slow", "What is 123 * 45?")], samples=1))
+    wait_for(lambda: in_tool_call(engine))
+    (aborted,) = engine.abort("slow")
+    assert aborted.finish_reason == "aborted" and aborted.text.rstrip().endswith("```")
+    assert "```output" not in aborted.text and aborted.extra["turns"][0]["call"].startswith("print(")
+    assert engine.progress().running == 0
+    assert engine.poll(2.0) == []  # nothing of the aborted sample leaks out later
+
+
 @pytest.mark.slow
 def test_tool_loop_on_the_transformers_engine():
     from inference.engines.transformers_engine import TransformersEngine
     from tests.test_engine_transformers import collect
 
-    problems = [("p1", "What is 347 * 29?"), ("p2", "What is 918 * 64?")]
-    answers = {"p1": 347 * 29, "p2": 918 * 64}
-    engine = TransformersEngine(str(TIR_MODEL), batch_size=4, chat_format="python_block",
-                                tools=ToolSettings(enabled=True, pool_size=2, timeout_seconds=10))
+    tools = ToolSettings(enabled=True, pool_size=2, timeout_seconds=10, setup_code=SLOW_PRINT)
+    engine = TransformersEngine(str(TIR_MODEL), batch_size=4, chat_format="python_block", tools=tools)
     engine.start()
     try:
-        engine.submit(tir_requests(problems))
-        check_tool_samples(collect(engine, 4, timeout=300), answers)
-        # Abort in the middle of a tool call: the sample comes back at once as "aborted", with its turns so far.
-        engine.submit(tir_requests([("slow", "What is 123 * 45?")], samples=1))
-        import time
+        check_engine(engine, collect, lambda e: any(calling(j.conversation) for j in list(e._tooling)))
+    finally:
+        engine.shutdown()
 
-        deadline = time.monotonic() + 120
-        while not engine._tooling and time.monotonic() < deadline:
-            time.sleep(0.01)
-        (aborted,) = engine.abort("slow")
-        assert aborted.finish_reason == "aborted" and "```python" in aborted.text
-        assert engine.progress().running == 0
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_tool_loop_on_the_vllm_engine():
+    pytest.importorskip("vllm")
+    from inference.engines.vllm_engine import VLLMEngine
+    from tests.test_engine_transformers import collect
+
+    tools = ToolSettings(enabled=True, pool_size=2, timeout_seconds=10, setup_code=SLOW_PRINT)
+    engine = VLLMEngine(str(TIR_MODEL), engine_args={"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 8,
+                                                     "seed": 0, "enable_prefix_caching": True},
+                        stall_seconds=60, chat_format="python_block", tools=tools)
+    engine.start()
+    try:
+        check_engine(engine, collect, lambda e: any(calling(s.conversation) for s in list(e._streams.values())))
     finally:
         engine.shutdown()
 

@@ -128,6 +128,9 @@ class TransformersEngine(Engine):
         if self._model is not None:
             return
         t0 = time.monotonic()
+        if self.tools is not None and self._pool is None:  # interpreters start in the background while the model loads
+            self._pool = self.tools.make_pool()
+            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -143,9 +146,6 @@ class TransformersEngine(Engine):
             raise EngineError(f"transformers engine failed to load {self.model_path}: {e!r}") from e
         self._context = getattr(self._model.config, "max_position_embeddings", None) or 1 << 30
         self._stopping, self._error = False, None
-        if self.tools is not None:
-            self._pool = self.tools.make_pool()
-            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         self._worker = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
         self._worker.start()
         log.info("transformers engine: loaded %s on %s in %.1fs", self.model_path, device, time.monotonic() - t0)

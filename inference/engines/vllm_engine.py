@@ -148,6 +148,9 @@ class VLLMEngine(Engine):
             args = AsyncEngineArgs(model=self.model, **self.engine_args)
         except TypeError as e:  # an unknown key
             raise ValueError(f"engine_args: not an AsyncEngineArgs field ({e})") from None
+        if self.tools is not None and self._pool is None:  # interpreters start in the background while vLLM loads
+            self._pool = self.tools.make_pool()
+            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
@@ -162,9 +165,6 @@ class VLLMEngine(Engine):
             self._stop_loop()
             raise EngineError(f"vllm engine failed to start on {self.model}: {e!r}") from e
         self._tokenizer = self._llm.get_tokenizer()
-        if self.tools is not None:
-            self._pool = self.tools.make_pool()
-            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         self._error = None
         log.info("vllm engine: loaded %s in %.1fs", self.model, time.monotonic() - t0)
 
