@@ -8,12 +8,12 @@ background thread it owns, and its public methods are plain synchronous calls th
 Each sample is one vLLM request with its own seed (prefix caching shares the prompt's KV cache among the samples of a
 problem). A consumer task per request reads the streamed deltas, counts tokens, applies the request's stop rule
 (`inference.answers.find_stop`) and aborts the request in vLLM the moment the sample has committed to an answer.
-Finished samples go to a list that `poll` hands out.
+Finished samples go to a list that `poll` hands out. If vLLM dies (its engine core process crashed, or the loop
+stopped answering for `stall_seconds`), `submit` and `poll` raise `EngineError` and the watchdog restarts the engine.
 
 With tools (inference/tools.py) a sample is several vLLM requests in a row, one per turn: a turn that stops at the
 chat format's tool-call stop string or token goes to the sandbox on a worker thread (the event loop keeps streaming
-the other samples), and the next turn is a new request whose prompt extends the last one (prefix-cached). If vLLM dies (its engine core process crashed, or the loop
-stopped answering for `stall_seconds`), `submit` and `poll` raise `EngineError` and the watchdog restarts the engine.
+the other samples), and the next turn is a new request whose prompt extends the last one (prefix-cached).
 
 Scripts that build this engine need an `if __name__ == "__main__":` guard: vLLM starts its engine core in a new
 process that may re-import the main module.
@@ -238,8 +238,8 @@ class VLLMEngine(Engine):
                 rendered[key] = self._prompt_ids(req.messages)
             tool_stops = {}
             if self.tools is not None:  # a turn ends at a tool call; the stop string stays in the text
-                tool_stops = {"stop": list(self.format.stop_strings), "stop_token_ids": list(self.format.stop_token_ids),
-                              "include_stop_str_in_output": True}
+                tool_stops = {"stop": list(self.format.stop_strings), "include_stop_str_in_output": True,
+                              "stop_token_ids": list(self.format.stop_token_ids)}
             params = SamplingParams(
                 n=1, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, min_p=req.min_p,
                 seed=req.seed, skip_special_tokens=self.format.skip_special_tokens,
@@ -260,7 +260,8 @@ class VLLMEngine(Engine):
                 added.append(request_id)
                 stream = _Stream(req, request_id, len(prompt_ids), self.clock.now(), params=params)
                 if self.tools is not None:
-                    stream.conversation = Conversation(self.format, self.tools, self._pool, prompt_ids, stream.submitted)
+                    stream.conversation = Conversation(self.format, self.tools, self._pool, prompt_ids,
+                                                       stream.submitted)
                 with self._lock:
                     self._streams[request_id] = stream
                     self._last_activity = stream.submitted
@@ -288,13 +289,11 @@ class VLLMEngine(Engine):
                 # With tools, a stop string or stop token (vLLM's stop_reason; None at EOS) ends a turn, not the sample.
                 tool_stop = (stream.conversation is not None and reason == "stop"
                              and completion.stop_reason is not None)
+                if stream.conversation is not None:
+                    stream.turn_ids.extend(completion.token_ids)
+                    stream.turn_pieces.append(completion.text)
                 if tool_stop:
-                    stream.turn_ids.extend(completion.token_ids)
-                    stream.turn_pieces.append(completion.text)
                     reason = None
-                elif stream.conversation is not None:
-                    stream.turn_ids.extend(completion.token_ids)
-                    stream.turn_pieces.append(completion.text)
                 if self._on_delta(stream, completion.text, len(completion.token_ids), reason) == "answer":
                     await llm.abort(stream.request_id)  # free its batch slot now
                     return
