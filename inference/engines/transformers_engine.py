@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import (
@@ -62,11 +62,14 @@ class _Job:
     done: bool = False  # finished or aborted: the worker ignores its row from then on
     conversation: Conversation | None = None  # with tools: the sample's earlier turns
     seed: int | None = None  # this turn's seed (the request's, shifted per turn)
+    format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
 
     def sample(self, text: str, seconds: float, finish_reason: str, now: float | None = None) -> Sample:
         """`text` is this turn's text; with tools the sample's text is the whole conversation."""
         r, conv = self.request, self.conversation
         if conv is None:
+            if self.format is not None:
+                text = self.format.answer_text(text)
             return Sample(r.problem_id, r.sample, text, len(self.token_ids), seconds, finish_reason,
                           variant=r.variant, seed=r.seed, extra={"prompt_tokens": len(self.prompt_ids)})
         extra = {"prompt_tokens": conv.first_prompt_tokens,
@@ -203,7 +206,8 @@ class TransformersEngine(Engine):
             conversation = None
             if self.tools is not None:
                 conversation = Conversation(self.format, self.tools, self._pool, prompt_ids, now)
-            jobs.append(_Job(req, prompt_ids, max_tokens, now, conversation=conversation, seed=req.seed))
+            jobs.append(_Job(req, prompt_ids, max_tokens, now, conversation=conversation, seed=req.seed,
+                             format=self.format))
         with self._lock:
             self._queue.extend(jobs)
             if jobs:

@@ -63,6 +63,7 @@ class _Stream:
     tokens: int = 0
     pieces: list[str] = field(default_factory=list)
     conversation: Conversation | None = None  # with tools: the turns so far
+    format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
     params: Any = None  # this sample's SamplingParams (each turn copies them)
     turn_ids: list[int] = field(default_factory=list)  # token ids of the current turn
     turn_pieces: list[str] = field(default_factory=list)  # its text
@@ -72,7 +73,8 @@ class _Stream:
         extra = {"prompt_tokens": self.prompt_tokens}
         if conv is not None:
             extra.update(conv.trace(text[len(conv.text):], self.tokens - conv.tokens, self.submitted + seconds))
-            text = conv.format.answer_text(text)
+        if self.format is not None:
+            text = self.format.answer_text(text)
         return Sample(r.problem_id, r.sample, text, self.tokens, seconds, finish_reason, variant=r.variant,
                       seed=r.seed, extra=extra)
 
@@ -258,7 +260,8 @@ class VLLMEngine(Engine):
             for req, request_id, prompt_ids, params in batch:
                 collector = await self._llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
                 added.append(request_id)
-                stream = _Stream(req, request_id, len(prompt_ids), self.clock.now(), params=params)
+                stream = _Stream(req, request_id, len(prompt_ids), self.clock.now(), params=params,
+                                 format=self.format)
                 if self.tools is not None:
                     stream.conversation = Conversation(self.format, self.tools, self._pool, prompt_ids,
                                                        stream.submitted)
