@@ -215,3 +215,42 @@ def cut_tool_trace(trace: dict, chars: int) -> tuple[int, float, dict]:
     at = replay_seconds(trace, chars) or 0.0
     seconds = float(trace["seconds"]) * (at / full) if full > 0 else 0.0
     return sum(t["tokens"] for t in fields["turns"]), seconds, fields
+
+
+def summarize(traces_path: str) -> list[dict]:
+    """Per problem of a traces JSONL: samples, generated tokens, tool calls and tool seconds (sums over samples)."""
+    import json
+    from collections import defaultdict
+
+    rows: dict[str, dict] = defaultdict(lambda: {"samples": 0, "tokens": 0, "tool_calls": 0, "tool_seconds": 0.0})
+    with open(traces_path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                row = rows[str(r["problem_id"])]
+                row["samples"] += 1
+                row["tokens"] += r["tokens"]
+                row["tool_calls"] += r.get("tool_calls", 0)
+                row["tool_seconds"] += r.get("tool_seconds", 0.0)
+    return [{"problem_id": pid, **row, "tool_seconds": round(row["tool_seconds"], 3)} for pid, row in sorted(rows.items())]
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Tool use per problem in a traces JSONL (samples, tokens, calls, "
+                                                 "tool seconds).")
+    parser.add_argument("traces", help="traces JSONL (local_gateway.py --record-traces, evaluate.py --traces)")
+    args = parser.parse_args()
+    rows = summarize(args.traces)
+    print(f"{'problem':<14} {'samples':>7} {'tokens':>7} {'calls':>6} {'tool s':>7}")
+    for r in rows:
+        print(f"{r['problem_id'][:14]:<14} {r['samples']:>7} {r['tokens']:>7} {r['tool_calls']:>6} "
+              f"{r['tool_seconds']:>7.2f}")
+    n = max(1, len(rows))
+    print(f"{'mean':<14} {sum(r['samples'] for r in rows) / n:>7.1f} {sum(r['tokens'] for r in rows) / n:>7.1f} "
+          f"{sum(r['tool_calls'] for r in rows) / n:>6.1f} {sum(r['tool_seconds'] for r in rows) / n:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import (
@@ -45,7 +45,7 @@ from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 from inference.entropy import EntropyMeter, token_entropy
 from inference.engines.vllm_engine import answer_may_complete  # the same cheap trigger for find_stop (no vllm import)
-from inference.formats import ChatFormat, get_format
+from inference.formats import get_format
 from inference.tools import Conversation, ToolSettings
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class _Job:
     done: bool = False  # finished or aborted: the worker ignores its row from then on
     conversation: Conversation | None = None  # with tools: the sample's earlier turns
     seed: int | None = None  # this turn's seed (the request's, shifted per turn)
-    format: ChatFormat | None = None  # its answer_text is what the vote reads (Harmony: the final channel)
+    format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
     entropy: EntropyMeter | None = None  # when the request asked for logprobs (kept across turns)
 
     def sample(self, text: str, seconds: float, finish_reason: str, now: float | None = None) -> Sample:
@@ -71,9 +71,10 @@ class _Job:
         r, conv = self.request, self.conversation
         entropy = self.entropy.trace() if self.entropy is not None else {}
         if conv is None:
-            return Sample(r.problem_id, r.sample, self.format.answer_text(text) if self.format else text,
-                          len(self.token_ids), seconds, finish_reason, variant=r.variant, seed=r.seed,
-                          extra={"prompt_tokens": len(self.prompt_ids), **entropy})
+            if self.format is not None:
+                text = self.format.answer_text(text)
+            return Sample(r.problem_id, r.sample, text, len(self.token_ids), seconds, finish_reason,
+                          variant=r.variant, seed=r.seed, extra={"prompt_tokens": len(self.prompt_ids), **entropy})
         extra = {"prompt_tokens": conv.first_prompt_tokens, **entropy,
                  **conv.trace(text, len(self.token_ids), now if now is not None else self.submitted + seconds)}
         return Sample(r.problem_id, r.sample, conv.format.answer_text(conv.text + text),
@@ -133,6 +134,9 @@ class TransformersEngine(Engine):
         if self._model is not None:
             return
         t0 = time.monotonic()
+        if self.tools is not None and self._pool is None:  # interpreters start in the background while the model loads
+            self._pool = self.tools.make_pool()
+            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -148,9 +152,6 @@ class TransformersEngine(Engine):
             raise EngineError(f"transformers engine failed to load {self.model_path}: {e!r}") from e
         self._context = getattr(self._model.config, "max_position_embeddings", None) or 1 << 30
         self._stopping, self._error = False, None
-        if self.tools is not None:
-            self._pool = self.tools.make_pool()
-            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         self._worker = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
         self._worker.start()
         log.info("transformers engine: loaded %s on %s in %.1fs", self.model_path, device, time.monotonic() - t0)

@@ -8,12 +8,12 @@ background thread it owns, and its public methods are plain synchronous calls th
 Each sample is one vLLM request with its own seed (prefix caching shares the prompt's KV cache among the samples of a
 problem). A consumer task per request reads the streamed deltas, counts tokens, applies the request's stop rule
 (`inference.answers.find_stop`) and aborts the request in vLLM the moment the sample has committed to an answer.
-Finished samples go to a list that `poll` hands out.
+Finished samples go to a list that `poll` hands out. If vLLM dies (its engine core process crashed, or the loop
+stopped answering for `stall_seconds`), `submit` and `poll` raise `EngineError` and the watchdog restarts the engine.
 
 With tools (inference/tools.py) a sample is several vLLM requests in a row, one per turn: a turn that stops at the
 chat format's tool-call stop string or token goes to the sandbox on a worker thread (the event loop keeps streaming
-the other samples), and the next turn is a new request whose prompt extends the last one (prefix-cached). If vLLM dies (its engine core process crashed, or the loop
-stopped answering for `stall_seconds`), `submit` and `poll` raise `EngineError` and the watchdog restarts the engine.
+the other samples), and the next turn is a new request whose prompt extends the last one (prefix-cached).
 
 Scripts that build this engine need an `if __name__ == "__main__":` guard: vLLM starts its engine core in a new
 process that may re-import the main module.
@@ -64,8 +64,8 @@ class _Stream:
     tokens: int = 0
     pieces: list[str] = field(default_factory=list)
     entropy: EntropyMeter | None = None  # when the request asked for logprobs
-    format: Any = None  # the chat format: its answer_text is what the vote reads (Harmony: the final channel)
     conversation: Conversation | None = None  # with tools: the turns so far
+    format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
     params: Any = None  # this sample's SamplingParams (each turn copies them)
     turn_ids: list[int] = field(default_factory=list)  # token ids of the current turn
     turn_pieces: list[str] = field(default_factory=list)  # its text
@@ -152,6 +152,9 @@ class VLLMEngine(Engine):
             args = AsyncEngineArgs(model=self.model, **self.engine_args)
         except TypeError as e:  # an unknown key
             raise ValueError(f"engine_args: not an AsyncEngineArgs field ({e})") from None
+        if self.tools is not None and self._pool is None:  # interpreters start in the background while vLLM loads
+            self._pool = self.tools.make_pool()
+            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
@@ -166,9 +169,6 @@ class VLLMEngine(Engine):
             self._stop_loop()
             raise EngineError(f"vllm engine failed to start on {self.model}: {e!r}") from e
         self._tokenizer = self._llm.get_tokenizer()
-        if self.tools is not None:
-            self._pool = self.tools.make_pool()
-            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         self._error = None
         log.info("vllm engine: loaded %s in %.1fs", self.model, time.monotonic() - t0)
 
@@ -242,8 +242,8 @@ class VLLMEngine(Engine):
                 rendered[key] = self._prompt_ids(req.messages)
             tool_stops = {}
             if self.tools is not None:  # a turn ends at a tool call; the stop string stays in the text
-                tool_stops = {"stop": list(self.format.stop_strings), "stop_token_ids": list(self.format.stop_token_ids),
-                              "include_stop_str_in_output": True}
+                tool_stops = {"stop": list(self.format.stop_strings), "include_stop_str_in_output": True,
+                              "stop_token_ids": list(self.format.stop_token_ids)}
             params = SamplingParams(
                 n=1, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, min_p=req.min_p,
                 seed=req.seed, skip_special_tokens=self.format.skip_special_tokens,
@@ -262,10 +262,12 @@ class VLLMEngine(Engine):
             for req, request_id, prompt_ids, params in batch:
                 collector = await self._llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
                 added.append(request_id)
-                stream = _Stream(req, request_id, len(prompt_ids), self.clock.now(), params=params, format=self.format,
+                stream = _Stream(req, request_id, len(prompt_ids), self.clock.now(), params=params,
+                                 format=self.format,
                                  entropy=EntropyMeter(req.logprobs, req.entropy_tail_tokens) if req.logprobs else None)
                 if self.tools is not None:
-                    stream.conversation = Conversation(self.format, self.tools, self._pool, prompt_ids, stream.submitted)
+                    stream.conversation = Conversation(self.format, self.tools, self._pool, prompt_ids,
+                                                       stream.submitted)
                 with self._lock:
                     self._streams[request_id] = stream
                     self._last_activity = stream.submitted
@@ -295,13 +297,11 @@ class VLLMEngine(Engine):
                 # With tools, a stop string or stop token (vLLM's stop_reason; None at EOS) ends a turn, not the sample.
                 tool_stop = (stream.conversation is not None and reason == "stop"
                              and completion.stop_reason is not None)
+                if stream.conversation is not None:
+                    stream.turn_ids.extend(completion.token_ids)
+                    stream.turn_pieces.append(completion.text)
                 if tool_stop:
-                    stream.turn_ids.extend(completion.token_ids)
-                    stream.turn_pieces.append(completion.text)
                     reason = None
-                elif stream.conversation is not None:
-                    stream.turn_ids.extend(completion.token_ids)
-                    stream.turn_pieces.append(completion.text)
                 if self._on_delta(stream, completion.text, len(completion.token_ids), reason) == "answer":
                     await llm.abort(stream.request_id)  # free its batch slot now
                     return

@@ -20,6 +20,11 @@ from the sandbox. Served with the tool (configs/inference/demo-tir.yaml) the ```
 the tool disabled the model writes that block itself, i.e. guesses the product. A 3-digit by 2-digit product stays
 inside AIMO-3's answer range (0-99999).
 
+It starts from the arithmetic toy model (models/toy-math, `init_model`): that model already copies digits (its
+column working does) and knows the chat format, so learning the tool format takes a couple of hundred steps on 2 CPU
+cores; its byte-level tokenizer spells the new words (python, print, output) in a few tokens each. With
+`init_model: null` a fresh tiny model and tokenizer are built instead (it needs many more steps to learn copying).
+
 SFT runs through train/sft.py with configs/toy/sft-tir.yaml (the same code path as the real recipes). The loss
 covers the whole completion, the ```output block included: the model learns to expect a number there, and the
 tool supplies the right one.
@@ -99,6 +104,7 @@ class TirRecipe:
     problems_csv_rows: int = 12
     seed: int = 0
     splits: dict[str, int] = field(default_factory=lambda: {"sft": 3000, "test": 200})
+    init_model: str | None = "models/toy-math"  # fine-tune this model; None: build a fresh tiny model
     model: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 4, "intermediate_size": 512})
 
     @classmethod
@@ -132,7 +138,10 @@ def main() -> None:
             writer.writerow(["id", "problem", "answer"])
             for i, p in enumerate(splits["test"][: recipe.problems_csv_rows]):
                 writer.writerow([f"tir-{i:05d}", p.problem, p.answer])
-    init = make_tiny_model(root / "init", seed=recipe.seed, corpus=tokenizer_corpus(splits["sft"]), **recipe.model)
+    if recipe.init_model:
+        init = Path(recipe.init_model)
+    else:
+        init = make_tiny_model(root / "init", seed=recipe.seed, corpus=tokenizer_corpus(splits["sft"]), **recipe.model)
 
     sft_args = ["--config", recipe.sft_config, "--model_name_or_path", str(init), "--output_dir", str(root / "sft"),
                 "--seed", str(recipe.seed)]
