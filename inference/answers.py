@@ -1,11 +1,14 @@
 """Find, normalize and grade final answers. One module shared by voting, rewards and evaluation, so training
 grades exactly as the server votes.
 
-- `last_boxed`, `find_stop`: where the answer is in a completion, and where a streaming sample may be cut.
+- `last_boxed`: where the answer is in a completion.
+- `StopDetector`, `find_stop`: where a streaming sample may be cut (the stop rules), fed delta by delta in time linear
+  in the new text; `find_stop(text, rule)` is one detector fed the whole text, so both always agree.
 - `AnswerSpec`: the competition's answer range and modulus (the `answer:` section of configs/competitions/*.yaml).
-- `parse_integer`: an answer string → int, or None when it is not exactly an integer. Plain regular expressions,
-  no sympy: voting calls it on every sample.
-- `extract_answer`: a completion → its vote (an int in the spec's range) or None (an invalid vote).
+- `parse_integer`: an answer string → int, or None when it is not exactly an integer. Plain regular expressions and
+  a bounded integer-arithmetic reader (`2^{10}`), no sympy: voting calls it on every sample.
+- `extract_answer`: a completion → its vote (an int in the spec's range) or None (an invalid vote); the final
+  answer after `</think>` wins over boxes inside the thinking.
 - `is_equivalent`: an answer string against a gold string: integers compared as integers, word answers literally,
   everything else with math-verify (thread-safe settings).
 - `grade`: a completion against a gold string, for GRPO rewards and evaluation; None = "the gold gives no signal".

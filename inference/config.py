@@ -79,7 +79,7 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     min_p: float = 0.0
-    stop_rule: str = "think"  # see inference.engines.base.STOP_RULES
+    stop_rule: str = "boxed_after_think"  # see inference.engines.base.STOP_RULES
     seed: int = 0
 
     def __post_init__(self) -> None:

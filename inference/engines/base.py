@@ -34,7 +34,7 @@ class SampleRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     min_p: float = 0.0
-    stop_rule: str = "think"
+    stop_rule: str = "boxed_after_think"
     variant: str = ""  # name of the prompt variant, recorded in traces
 
 
