@@ -82,7 +82,7 @@ class StopDetector:
     whole text so far) once the sample has committed to an answer, else None. Each delta costs time in its own
     length only: the brace stack, whether `</think>` was seen and whether a box was completed before it are kept
     between deltas, and a token split across deltas (`\\bo` + `xed{`) is carried over. Rescanning the whole text
-    on every `}` cost 9.6 s of CPU per 16k-token sample once a box existed.
+    on every `}` instead cost seconds of CPU per 16k-token LaTeX-heavy sample once a box existed (benchmark.py).
 
     Rules (inference.engines.base.STOP_RULES):
       "boxed_after_think" - right after the first complete \\boxed{} that opens after the first `</think>`: the final
@@ -371,7 +371,9 @@ _PLACEHOLDER_RE = re.compile(r"(?:(?:final|your|the)\s+)?answer(?:\s+here)?", re
 
 def _holds_no_answer(content: str) -> bool:
     rest = _COMMAND_RE.sub("", content)
-    return not any(c.isalnum() for c in rest) or bool(_PLACEHOLDER_RE.fullmatch(re.sub(r"[^A-Za-z ]", "", rest).strip()))
+    if not any(c.isalnum() for c in rest):
+        return True
+    return bool(_PLACEHOLDER_RE.fullmatch(re.sub(r"[^A-Za-z ]", "", rest).strip()))
 
 
 def extract_answer(text: str, spec: AnswerSpec | None = None) -> int | None:

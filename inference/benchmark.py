@@ -115,8 +115,8 @@ def run_early_stop(engine: VLLMEngine, samples: int, max_tokens: int) -> tuple[i
 
 # -- stop detection on long samples ---------------------------------------------------------------------------------
 
-PROSE = ["Let", " us", " consider", " the", " case", " where", " n", " is", " odd", ".", " Then", " we", " have", " that",
-         " the", " sum", " of", " all", " terms", " equals", " 2", "3", "7", ",", " so", " wait", " check", "\n"]
+PROSE = ["Let", " us", " consider", " the", " case", " where", " n", " is", " odd", ".", " Then", " we", " have",
+         " that",         " the", " sum", " of", " all", " terms", " equals", " 2", "3", "7", ",", " so", " wait", " check", "\n"]
 LATEX = ["$", "\\frac", "{", "a", "}{", "b", "}", "^{", "2", "}", "\\sqrt", "{", "n", "+", "1", "}", "_{", "k", "=",
          "0", "}", "\\sum", "\\left(", "x", "\\right)", " ", "=", "$"]
 
@@ -192,7 +192,8 @@ def stream_kit(engine: VLLMEngine, deltas: list[str], rule: str, sample: int) ->
 
 def shipped_stop_rules() -> list[str]:
     """The stop rules of configs/inference/*.yaml (plus "think", the early cut kept as an option)."""
-    rules = {yaml.safe_load(p.read_text())["sampling"]["stop_rule"] for p in (REPO / "configs" / "inference").glob("*.yaml")}
+    configs = (REPO / "configs" / "inference").glob("*.yaml")
+    rules = {yaml.safe_load(p.read_text())["sampling"]["stop_rule"] for p in configs}
     return sorted(rules | {"think"})
 
 
@@ -247,8 +248,9 @@ def changed_mind_traces(changed: float, problems: int = 40, samples: int = 8, se
             words = " w" * (thinking // 2) + f" so \\boxed{{{tentative}}}" + " w" * (thinking // 2)
             summary = rng.randint(100, 400)
             text = f"<think>{words}\n</think>\n" + " s" * summary + f" Final: \\boxed{{{final}}}."
-            records.append({"problem_id": f"synthetic-{p}", "sample": i, "text": text, "tokens": thinking + summary + 8,
-                            "seconds": 1.0, "finish_reason": "stop", "gold": str(gold)})
+            records.append({"problem_id": f"synthetic-{p}", "sample": i, "text": text,
+                            "tokens": thinking + summary + 8, "seconds": 1.0, "finish_reason": "stop",
+                            "gold": str(gold)})
     return records
 
 

@@ -7,7 +7,8 @@ background thread it owns, and its public methods are plain synchronous calls th
 
 Each sample is one vLLM request with its own seed (prefix caching shares the prompt's KV cache among the samples of a
 problem). A consumer task per request reads the streamed deltas, counts tokens, feeds the request's stop rule
-(`inference.answers.StopDetector`, whose cost is linear in the new text) and aborts the request in vLLM the moment the sample has committed to an answer.
+(`inference.answers.StopDetector`, whose cost is linear in the new text) and aborts the request in vLLM the moment
+the sample has committed to an answer.
 Finished samples go to a list that `poll` hands out. If vLLM dies (its engine core process crashed, or the loop
 stopped answering for `stall_seconds`), `submit` and `poll` raise `EngineError` and the watchdog restarts the engine.
 
