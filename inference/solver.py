@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 class ProblemResult:
     id: str
     answer: int
-    stop_reason: str  # a voting rule, "all_finished", "deadline", "engine_error", "no_time", "engine_idle", ...
+    # a voting rule, "all_finished", "deadline", "engine_error", "no_time", "engine_idle", "submit_failed", and from
+    # the server's guard "deadline_guard", "engine_busy", "engine_dead", "global_cutoff"
+    stop_reason: str
     launched: int = 0
     samples: int = 0  # finished samples
     valid: int = 0  # finished samples with a valid answer
@@ -207,8 +209,8 @@ class Solver:
         result.fallback = True  # until a sample votes
         if early:  # finished samples of this problem that an earlier, abandoned solve polled
             tally(early)
-        if clock.now() < deadline and launch(settings.sampling.samples):
-            reason = None
+        if clock.now() < deadline:
+            reason = None if launch(settings.sampling.samples) else "submit_failed"
         while reason is None:
             now = clock.now()
             if cancel.is_set():
