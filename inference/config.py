@@ -116,6 +116,8 @@ class Watchdog:
     stall_seconds: float = 120.0  # no new token for this long while samples run → restart the engine
     max_restarts: int = 2  # per run
     poll_seconds: float = 1.0  # how often the solver wakes up to check deadlines and the engine
+    # predict answers at the problem's deadline plus at most this, whatever the engine is doing (server.py)
+    answer_grace_seconds: float = 0.5
 
 
 @dataclass
