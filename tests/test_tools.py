@@ -295,3 +295,17 @@ def test_solver_votes_on_replayed_tool_samples(tmp_path):
     predictor = Predictor(settings, total_seconds=600, problems=1)
     assert predictor.predict("p", "What is 6 * 7?")["answer"].item() == 42
     assert predictor.results["p"].valid >= 4
+
+
+def test_simulator_scores_tool_traces(tmp_path):
+    from inference.simulate import compare, load_trace_set
+
+    path = tmp_path / "tool-traces.jsonl"
+    with path.open("w") as f:
+        for pid, answer in (("a", 42), ("b", 17)):
+            for i in range(8):
+                f.write(json.dumps({**tool_trace_record(pid, i, answer), "gold": str(answer)}) + "\n")
+    result = compare(load_trace_set(path), "aimo3", "recorded", REPO / "configs" / "simulate" / "policies.yaml",
+                     orders=3, seed=0, problems=2, only=["default"])
+    default = result["policies"]["default"]
+    assert default["p_correct"] == {"a": 1.0, "b": 1.0} and default["score"]["mean"] == 2

@@ -10,8 +10,10 @@ applied while streaming, abort stops generation, progress shows tokens as they c
   processor instead — transformers' own temperature / top-p / min-p warpers, then one draw per row from that
   sample's own `torch.Generator` — and `generate` runs greedy over the result. A sample's text then depends only on
   its seed and prompt; batch composition changes it only through tiny float differences of padded matrix products.
-- A StoppingCriteria called after every step counts each row's tokens, applies the stop rule, ends rows that hit
-  their own max_tokens, EOS or an abort, and hands finished samples to `poll` right away.
+- A StoppingCriteria called after every step counts each row's tokens, decodes the new token's text incrementally
+  (a window of the last tokens, as vLLM's detokenizer does, so a step costs the same at token 10 and 10,000), feeds
+  it to the row's stop rule (`inference.answers.StopDetector`), ends rows that hit their own max_tokens, EOS or an
+  abort, and hands finished samples to `poll` right away.
 - Tools (inference/tools.py): a row that ends at the chat format's tool-call stop string leaves its batch; a tool
   thread runs the call in the sandbox and queues the sample's next turn (prompt + turn + framed output) as a new job.
 """
@@ -40,11 +42,10 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from inference.answers import find_stop
+from inference.answers import StopDetector
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 from inference.entropy import EntropyMeter, token_entropy
-from inference.engines.vllm_engine import answer_may_complete  # the same cheap trigger for find_stop (no vllm import)
 from inference.formats import get_format
 from inference.tools import Conversation, ToolSettings
 
@@ -61,10 +62,17 @@ class _Job:
     submitted: float  # engine clock (of the sample, not of this turn)
     token_ids: list[int] = field(default_factory=list)
     done: bool = False  # finished or aborted: the worker ignores its row from then on
+    text: str = ""  # decoded incrementally: token_ids[:read_offset]
+    prefix_offset: int = 0  # token_ids[prefix_offset:read_offset] is the context the next token is decoded in
+    read_offset: int = 0
+    detector: StopDetector = field(init=False)  # the request's stop rule, fed every new piece of text
     conversation: Conversation | None = None  # with tools: the sample's earlier turns
     seed: int | None = None  # this turn's seed (the request's, shifted per turn)
     format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
     entropy: EntropyMeter | None = None  # when the request asked for logprobs (kept across turns)
+
+    def __post_init__(self) -> None:
+        self.detector = StopDetector(self.request.stop_rule)
 
     def sample(self, text: str, seconds: float, finish_reason: str, now: float | None = None) -> Sample:
         """`text` is this turn's text; with tools the sample's text is the whole conversation."""
@@ -340,26 +348,24 @@ class TransformersEngine(Engine):
                     reason = "stop"
                 elif len(job.token_ids) >= job.max_tokens:
                     reason = "length"
-                piece = self._tokenizer.decode([token], skip_special_tokens=skip)
+                new = self._decode_new(job)
+                stop = job.detector.feed(new)  # with tools: an index into the whole conversation's text
+                before = len(job.conversation.text) if job.conversation is not None else 0
                 tool_stop = job.conversation is not None and reason != "stop" and (
-                    token in self.format.stop_token_ids
-                    or any(s[-1] in piece for s in self.format.stop_strings))
-                if reason or answer_may_complete(piece) or tool_stop:
-                    turn = self._tokenizer.decode(job.token_ids, skip_special_tokens=skip)
-                    before = job.conversation.text if job.conversation is not None else ""
-                    stop = find_stop(before + turn, job.request.stop_rule)
-                    if stop is not None:
-                        turn, reason = turn[: max(0, stop - len(before))], "answer"
-                    elif tool_stop and (token in self.format.stop_token_ids
-                                        or any(turn.endswith(s) for s in self.format.stop_strings)):
-                        job.done = True  # the row leaves this batch; the tool thread queues the next turn
-                        self._tooling.append(job)
-                        calls.append((job, turn))
-                        continue
-                    if reason:
-                        job.done = True
-                        finished.append(job.sample(turn, now - job.submitted, reason, now))
-                        self._release(job)
+                    token in self.format.stop_token_ids or any(job.text.endswith(s) for s in self.format.stop_strings))
+                if stop is not None:
+                    text, reason = job.text[: max(0, stop - before)], "answer"
+                elif tool_stop:
+                    job.done = True  # the row leaves this batch; the tool thread queues the next turn
+                    self._tooling.append(job)
+                    calls.append((job, self._tokenizer.decode(job.token_ids, skip_special_tokens=skip)))
+                    continue
+                elif reason:
+                    text = self._tokenizer.decode(job.token_ids, skip_special_tokens=skip)
+                if reason:
+                    job.done = True
+                    finished.append(job.sample(text, now - job.submitted, reason, now))
+                    self._release(job)
             if finished:
                 self._finished.extend(finished)
                 self._wake.notify_all()
@@ -377,7 +383,8 @@ class TransformersEngine(Engine):
                 turn_ids, job.token_ids = job.token_ids, []
                 action = conv.end_turn(turn, turn_ids, ended, job.request.max_tokens)
             if action == "tool":
-                conv.run_call()  # blocking, ≤ the tool timeout; abort() stops it early
+                framed = conv.run_call()  # blocking, ≤ the tool timeout; abort() stops it early
+                job.detector.feed(framed)  # the stop rule reads the whole conversation
             now = self.clock.now()
             with self._lock:
                 if job not in self._tooling:
@@ -389,9 +396,10 @@ class TransformersEngine(Engine):
                     self._finished.append(job.sample("", now - job.submitted, conv.finish_reason or "length", now))
                     self._release(job)
                 else:
-                    self._queue.append(_Job(job.request, prompt_ids, left, job.submitted, conversation=conv,
-                                            seed=job.request.seed + conv.turn, format=job.format,
-                                            entropy=job.entropy))
+                    turn = _Job(job.request, prompt_ids, left, job.submitted, conversation=conv,
+                                seed=job.request.seed + conv.turn, format=job.format, entropy=job.entropy)
+                    turn.detector = job.detector
+                    self._queue.append(turn)
                 self._last_activity = now
                 self._wake.notify_all()
         except Exception as e:  # noqa: BLE001 - a failed tool turn fails this sample, not the engine
@@ -413,6 +421,22 @@ class TransformersEngine(Engine):
             self._tool_threads.submit(job.conversation.close)
         except (RuntimeError, AttributeError):  # shut down meanwhile
             job.conversation.close()
+
+
+    def _decode_new(self, job: _Job) -> str:
+        """The text the newest token(s) added. Decoding them alone loses the leading space some tokenizers strip and
+        splits multi-byte characters, so they are decoded after a few tokens of context and the context's own text
+        is subtracted; an unfinished character ("\ufffd") waits for the next token."""
+        ids = job.token_ids
+        skip = self.format.skip_special_tokens
+        context = self._tokenizer.decode(ids[job.prefix_offset:job.read_offset], skip_special_tokens=skip)
+        both = self._tokenizer.decode(ids[job.prefix_offset:], skip_special_tokens=skip)
+        if len(both) <= len(context) or both.endswith("\ufffd"):
+            return ""
+        new = both[len(context):]
+        job.text += new
+        job.prefix_offset, job.read_offset = job.read_offset, len(ids)
+        return new
 
 
 class _SeededSampling(LogitsProcessor):
