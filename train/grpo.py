@@ -23,15 +23,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from train.configs import GRPOConfig, GRPOScriptArguments
-from train.rewards import get_reward_funcs
-from train.sft import (
-    eval_callback,
+from train.common import (
+    add_eval_callback,
+    check_memory,
     load_tokenizer,
     model_init_kwargs,
+    peft_config,
     save_data_report,
     train_resumably,
 )
+from train.configs import GRPOConfig, GRPOScriptArguments
+from train.rewards import get_reward_funcs
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +60,10 @@ def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) 
 
     set_seed(training_args.seed)
     check_groups_stay_whole(training_args)
+    check_memory(data_args, training_args, model_args)
     tokenizer = load_tokenizer(model_args, chat_template_path=None)  # the SFT checkpoint's own template
     with PartialState().main_process_first():
-        dataset, report = build_grpo_dataset(data_args.dataset_sources, tokenizer, training_args.system_prompt,
+        dataset, report = build_grpo_dataset(data_args.sources(), tokenizer, training_args.system_prompt,
                                              data_args.max_prompt_length, data_args.dataset_seed)
     save_data_report(report, training_args)
 
@@ -71,11 +74,9 @@ def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) 
         args=training_args,
         train_dataset=dataset,
         processing_class=tokenizer,
+        peft_config=peft_config(model_args),  # with LoRA the adapter-free model is the KL reference
     )
-    callback = eval_callback(data_args, training_args, tokenizer)
-    if callback is not None:
-        trainer.add_callback(callback)
-
+    callback = add_eval_callback(trainer, data_args, training_args, tokenizer)
     return train_resumably(trainer, callback)
 
 
