@@ -293,7 +293,8 @@ def load_tokenizer(model_args, chat_template_path: str | None):
 def model_init_kwargs(model_args, training_args) -> dict:
     """from_pretrained keyword arguments: revision, attention, dtype, and a bitsandbytes quantization config for
     QLoRA (load_in_4bit / load_in_8bit; these need use_peft, bitsandbytes and a CUDA GPU)."""
-    from trl import get_kbit_device_map, get_quantization_config
+    from accelerate import PartialState
+    from trl import get_quantization_config
 
     kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
               "dtype": model_args.dtype}
@@ -307,7 +308,9 @@ def model_init_kwargs(model_args, training_args) -> dict:
             raise ValueError(f"{flag} needs bitsandbytes (requirements-gpu.txt)") from e
         if not torch.cuda.is_available():
             raise ValueError(f"{flag} needs a CUDA GPU (bitsandbytes' 4/8-bit layers)")
-        kwargs |= {"quantization_config": get_quantization_config(model_args), "device_map": get_kbit_device_map()}
+        # Quantized weights cannot be moved after loading: each process loads them onto its own GPU.
+        kwargs |= {"quantization_config": get_quantization_config(model_args),
+                   "device_map": {"": PartialState().local_process_index}}
     kwargs.update(training_args.model_init_kwargs or {})
     return kwargs
 

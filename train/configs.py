@@ -69,7 +69,7 @@ class HardwareArguments:
 
 @dataclass
 class AccuracyEvalArguments:
-    """How checkpoints are evaluated (greedy generation graded by inference.answers) and which one is kept."""
+    """How checkpoints are evaluated (greedy or sampled answers graded by inference.answers) and which one is kept."""
 
     system_prompt: str | None = field(
         default=DEFAULT_SYSTEM_PROMPT,
@@ -132,7 +132,12 @@ class GRPOConfig(trl.GRPOConfig, AccuracyEvalArguments, HardwareArguments):
         metadata={"help": "Rewards, by name in train.rewards.REWARDS (summed with reward_weights)."},
     )
     cosine_max_len: int | None = field(
-        default=None, metadata={"help": "Token length where the cosine reward bottoms out (None: max_completion_length)."}
+        default=None, metadata={"help": "Token length where the cosine reward bottoms out (None: from cosine_max_chars, "
+                                "else max_completion_length)."}
+    )
+    cosine_max_chars: int | None = field(
+        default=None, metadata={"help": "The same in characters (the seed's unit: 30000), converted to tokens with the "
+                                "chars_per_token of the SFT traces in <model_name_or_path>/data_report.json."}
     )
     cosine_min_value_wrong: float = -1.0
     cosine_max_value_wrong: float = -0.1
