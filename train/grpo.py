@@ -78,8 +78,8 @@ def cosine_length_in_tokens(args: GRPOConfig, model_dir: str) -> int:
     return tokens
 
 
-def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) -> Path:
-    """Train and return the directory of the final (selected) model."""
+def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args):
+    """(GRPOTrainer, held-out evaluation callback or None), after the checks, with the data built."""
     from accelerate import PartialState
     from transformers import set_seed
     from trl import GRPOTrainer
@@ -105,8 +105,12 @@ def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) 
         processing_class=tokenizer,
         peft_config=peft_config(model_args),  # with LoRA the adapter-free model is the KL reference
     )
-    callback = add_eval_callback(trainer, data_args, training_args, tokenizer)
-    return train_resumably(trainer, callback)
+    return trainer, add_eval_callback(trainer, data_args, training_args, tokenizer)
+
+
+def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) -> Path:
+    """Train and return the directory of the final (selected) model."""
+    return train_resumably(*build_trainer(data_args, training_args, model_args))
 
 
 def make_parser():

@@ -47,8 +47,8 @@ logger = logging.getLogger(__name__)
 # --- main -----------------------------------------------------------------------------------------------------------
 
 
-def main(data_args: DataArguments, training_args: SFTConfig, model_args) -> Path:
-    """Train and return the directory of the final model."""
+def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args):
+    """(SFTTrainer, held-out evaluation callback or None), after the memory check, with the data built."""
     from accelerate import PartialState
     from transformers import set_seed
     from trl import SFTTrainer
@@ -66,8 +66,12 @@ def main(data_args: DataArguments, training_args: SFTConfig, model_args) -> Path
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     trainer = SFTTrainer(model=model_args.model_name_or_path, args=training_args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=peft_config(model_args))
-    callback = add_eval_callback(trainer, data_args, training_args, tokenizer)
-    return train_resumably(trainer, callback)
+    return trainer, add_eval_callback(trainer, data_args, training_args, tokenizer)
+
+
+def main(data_args: DataArguments, training_args: SFTConfig, model_args) -> Path:
+    """Train and return the directory of the final model."""
+    return train_resumably(*build_trainer(data_args, training_args, model_args))
 
 
 def make_parser():
