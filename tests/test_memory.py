@@ -80,6 +80,16 @@ def test_checkpointing_lora_and_batch_move_the_right_components():
     assert qlora.fits and qlora.components["weights"] == pytest.approx(lora.components["weights"] / 4)  # ... QLoRA does
 
 
+def test_the_training_scripts_parsed_arguments_give_the_same_plan():
+    """What train/grpo.py hands the check (its three parsed dataclasses) plans like the recipe file."""
+    from train import grpo
+
+    parsed = grpo.make_parser().parse_args_and_config(["--config", GRPO_14B, "--use_cpu", "true", "--bf16", "false"])
+    from_script = memory.plan({k: v for args in parsed for k, v in vars(args).items()}, 8, 140, zero_stage=2)
+    from_file = memory.plan(memory.recipe_settings(GRPO_14B), 8, 140, zero_stage=2)
+    assert from_script.components == from_file.components and from_script.fits
+
+
 def test_a_local_model_directory_is_planned_from_its_config(tiny_model_dir):
     settings = memory.recipe_settings("configs/toy/sft.yaml") | {"model_name_or_path": str(tiny_model_dir)}
     result = memory.plan(settings, 1, 1.0)

@@ -17,6 +17,7 @@ from train.common import (
     AccuracyEvalCallback,
     finish_with_selected_checkpoint,
     paired_difference,
+    per_problem_accuracy,
     select_best,
     selection_table,
     standard_error,
@@ -56,7 +57,7 @@ def test_summaries_and_paired_differences_carry_exact_standard_errors():
     results = [{"problem": p, "correct": c, "tokens": 10, "truncated": False}
                for p, c in [(0, True), (0, True), (1, True), (1, False), (2, False), (2, False), (3, None), (3, None)]]
     summary = summarize(results)
-    assert summary["per_problem"] == [1.0, 0.5, 0.0, None]
+    assert per_problem_accuracy(results) == [1.0, 0.5, 0.0, None]
     assert (summary["accuracy"], summary["n"], summary["problems"]) == (0.5, 6, 3)
     assert summary["stderr"] == pytest.approx(0.5 / math.sqrt(3))  # sd of (1, .5, 0) is 0.5
     base = {"accuracy": 0.5, "per_problem": [1.0, 1.0, 0.0, 0.0]}

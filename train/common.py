@@ -89,7 +89,7 @@ def standard_error(values: list[float]) -> float:
 
 def summarize(results: list[dict]) -> dict:
     """accuracy (ungradable golds left out) with its standard error over problems, mean_tokens, truncated
-    fraction, n (graded samples), problems, and per_problem accuracy (for paired comparisons)."""
+    fraction, n (graded samples) and problems (graded problems)."""
     graded = [r for r in results if r["correct"] is not None]
     per_problem = per_problem_accuracy(results)
     known = [a for a in per_problem if a is not None]
@@ -100,7 +100,6 @@ def summarize(results: list[dict]) -> dict:
         "truncated": sum(r["truncated"] for r in results) / max(len(results), 1),
         "n": len(graded),
         "problems": len(known),
-        "per_problem": per_problem,
     }
 
 
@@ -187,7 +186,9 @@ class AccuracyEvalCallback(TrainerCallback):
             return
         self._last_step = state.global_step
         results = self._generate_on_all_processes(model)
-        record = {"step": state.global_step, "epoch": state.epoch or 0.0, **summarize(results), "checkpoint": checkpoint}
+        record = {"step": state.global_step, "epoch": state.epoch or 0.0, **summarize(results),
+                  "per_problem": per_problem_accuracy(results, len(self.problems)),  # for paired comparisons
+                  "checkpoint": checkpoint}
         self.history.append(record)
         state.log_history.append({"step": state.global_step, "accuracy_eval": record})
         best = select_best(self.history, self.settings.select_checkpoint, self.settings.selection_tolerance)

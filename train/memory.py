@@ -219,7 +219,7 @@ def plan(settings: dict, gpus: int, gpu_memory_gb: float, zero_stage: int = 0, o
     shape = model_shape(settings.get("hardware_model") or settings["model_name_or_path"],
                         (settings.get("lora_r", 16), tuple(targets or ())) if lora else None)
     P, T, n = shape.params, shape.trainable, max(gpus, 1)
-    optim = settings.get("optim", "adamw_torch")
+    optim = getattr(settings.get("optim", "adamw_torch"), "value", settings.get("optim"))  # TrainingArguments: an enum
     if optim not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"optim: {optim!r} has no memory figure here; known: {sorted(OPTIMIZER_STATE_BYTES)}")
     weight_bytes = 0.5 if settings.get("load_in_4bit") else 1 if settings.get("load_in_8bit") else 2
