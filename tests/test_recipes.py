@@ -43,12 +43,13 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
 
 
 def tiny_overrides(stage: str, model_dir, out_dir, eval_file: str) -> list[str]:
-    """What the test swaps in: the tiny model and data, one step, CPU, float32, small lengths, no vLLM."""
+    """What the test swaps in: the tiny model and data, one step, CPU, float32, small lengths, no vLLM, torch's AdamW."""
     args = {
         "model_name_or_path": model_dir, "output_dir": out_dir, "max_steps": 1, "use_cpu": True, "bf16": False,
         "dtype": "float32", "attn_implementation": "sdpa", "gradient_accumulation_steps": 1, "report_to": "none",
         "save_strategy": "steps", "save_steps": 1, "logging_steps": 1, "eval_file": eval_file, "eval_limit": 2,
         "accuracy_eval_max_new_tokens": 8, "accuracy_eval_batch_size": 2, "per_device_train_batch_size": 2,
+        "optim": "adamw_torch",  # bitsandbytes' paged 8-bit AdamW (the 14B GRPO recipe) needs CUDA
     }
     if stage == "sft":
         args |= {"max_length": 512, "dataset_num_proc": 1}
@@ -207,7 +208,8 @@ def test_training_serving_and_calibration_build_the_same_prompt(tiny_model_dir, 
         "sft": sft_record(row, load("configs/toy/sft.yaml")["system_prompt"])["prompt"],
         "grpo": grpo_record(row, load("configs/toy/grpo.yaml")["system_prompt"])["prompt"],
         "eval": load_eval_problems(str(tmp_path / "eval.jsonl"), system_prompt=system)[0]["prompt"],
-        "calibration": read_calibration_rows(tmp_path / "rows.jsonl", load("configs/quantize/toy.yaml")["calibration"]["system_prompt"])[0][0],
+        "calibration": read_calibration_rows(
+            tmp_path / "rows.jsonl", load("configs/quantize/toy.yaml")["calibration"]["system_prompt"])[0][0],
     }
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     render = lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)  # noqa: E731

@@ -271,8 +271,9 @@ def plan(settings: dict, gpus: int, gpu_memory_gb: float, zero_stage: int = 0, o
     evaluation = 0.0
     if settings.get("eval_file"):
         prompt = settings.get("max_prompt_length") or 512
-        evaluation = (settings.get("accuracy_eval_batch_size", 16) * (prompt + settings.get("accuracy_eval_max_new_tokens", 1024))
-                      * shape.kv_bytes_per_token / GIB)
+        tokens_in_flight = settings.get("accuracy_eval_batch_size", 16) * (
+            prompt + settings.get("accuracy_eval_max_new_tokens", 1024))
+        evaluation = tokens_in_flight * shape.kv_bytes_per_token / GIB
         if stage == 3:  # trl's unwrap_model_for_generation gathers the whole model for generate
             evaluation += weight_bytes * P / GIB - c["weights"]
     result = Plan("GRPO" if grpo else "SFT", n, gpu_memory_gb, stage, optim, c, generation, evaluation, training_vllm,

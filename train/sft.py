@@ -1,4 +1,4 @@
-"""Stage 1 of the recipe: full-parameter SFT for many epochs with TRL's SFTTrainer.
+"""Stage 1 of the recipe: SFT for many epochs with TRL's SFTTrainer (full-parameter as in the paper, or LoRA).
 
 Real scale (8 GPUs, DeepSpeed ZeRO-3; multi-node: see configs/accelerate/zero3.yaml):
     accelerate launch --config_file configs/accelerate/zero3.yaml -m train.sft \
@@ -40,8 +40,6 @@ from train.common import (
     train_resumably,
 )
 from train.configs import DataArguments, SFTConfig
-
-logger = logging.getLogger(__name__)
 
 
 # --- main -----------------------------------------------------------------------------------------------------------
