@@ -53,7 +53,7 @@ def test_fp32_adamw_14b_grpo_is_refused_on_80gb_and_8bit_states_are_a_quarter():
 def test_model_states_follow_zero_stage_and_parameter_count():
     settings = memory.recipe_settings("configs/sft/r1-distill-qwen-14b.yaml")
     shape = memory.model_shape("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B")
-    assert shape.params == 14_770_033_664  # the published 14.8B, counted by accelerate on the empty model
+    assert shape.params == pytest.approx(14.77e9, rel=1e-4)  # the published 14.8B, counted by accelerate (meta model)
     zero2 = memory.plan(settings, 8, 140, zero_stage=2)
     zero3 = memory.plan(settings, 8, 140, zero_stage=3)
     zero3_16 = memory.plan(settings, 16, 140, zero_stage=3)
@@ -92,8 +92,8 @@ def test_the_training_scripts_parsed_arguments_give_the_same_plan():
 
 def test_a_local_model_directory_is_planned_from_its_config(tiny_model_dir):
     settings = memory.recipe_settings("configs/toy/sft.yaml") | {"model_name_or_path": str(tiny_model_dir)}
-    result = memory.plan(settings, 1, 1.0)
-    assert result.fits and result.components["weights"] > 0
+    result = memory.plan(settings, 1, 4.0)
+    assert result.fits and 0 < result.components["weights"] < 0.01  # ~1 M parameters
 
 
 def test_toy_recipes_name_no_hardware_and_unknown_settings_are_errors(capsys):
