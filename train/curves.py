@@ -39,28 +39,28 @@ def plot(sft: str | Path | None, grpo: str | Path | None, out: str | Path) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels: list[tuple[str, dict, list[str]]] = []
+    panels: list[tuple[str, dict, str]] = []  # (stage, its scalars, tag): one plot each, 4 to a row
     if sft:
-        panels.append(("SFT", read_scalars(sft), list(SFT_TAGS)))
+        scalars = read_scalars(sft)
+        panels += [("SFT", scalars, tag) for tag in SFT_TAGS if tag in scalars]
     if grpo:
         scalars = read_scalars(grpo)
         rewards = sorted(t for t in scalars if t.startswith(REWARD_PREFIX) and t.endswith("/mean"))
-        panels.append(("GRPO", scalars, [GRPO_TAGS[0], GRPO_TAGS[1], *rewards, *GRPO_TAGS[2:]]))
+        tags = [GRPO_TAGS[0], GRPO_TAGS[1], *rewards, *GRPO_TAGS[2:]]
+        panels += [("GRPO", scalars, tag) for tag in tags if tag in scalars]
     if not panels:
-        raise ValueError("give --sft and/or --grpo")
-    columns = max(len(tags) for _, _, tags in panels)
-    fig, axes = plt.subplots(len(panels), columns, figsize=(3.2 * columns, 2.6 * len(panels)), squeeze=False)
-    for row, (stage, scalars, tags) in enumerate(panels):
-        for col in range(columns):
-            ax = axes[row][col]
-            if col >= len(tags) or tags[col] not in scalars:
-                ax.axis("off")
-                continue
-            steps, values = zip(*scalars[tags[col]], strict=True)
-            ax.plot(steps, values, marker=".", linewidth=1)
-            ax.set_title(f"{stage}: {tags[col].removeprefix('train/')}", fontsize=9)
-            ax.set_xlabel("step", fontsize=8)
-            ax.tick_params(labelsize=7)
+        raise ValueError("give --sft and/or --grpo (runs with TensorBoard scalars)")
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (stage, scalars, tag) in zip(axes.flat, panels):
+        steps, values = zip(*scalars[tag], strict=True)
+        ax.plot(steps, values, marker=".", linewidth=1)
+        ax.set_title(f"{stage}: {tag.removeprefix('train/').removesuffix('/mean')}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
