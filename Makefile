@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR)
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-quantize demo test toy quantize kaggle-push clean
+.PHONY: setup setup-quantize demo test toy quantize kaggle-push reference-data clean
 
 setup: $(VENV)/.ready
 $(VENV)/.ready: requirements.txt
@@ -48,6 +48,10 @@ quantize: setup setup-quantize
 COMPETITION ?= aimo3
 kaggle-push: setup
 	$(PYTHON) -m kaggle_notebooks.push --competition $(COMPETITION) --model $(MODEL)
+
+# The competition's reference problems are Kaggle competition data (not redistributable): fetched, not shipped.
+reference-data: setup
+	$(PYTHON) -m kaggle_notebooks.reference_data --competition $(COMPETITION)
 
 clean:
 	rm -rf $(VENV) $(QVENV) runs outputs submission.parquet report.json

@@ -1,7 +1,7 @@
 """A local mock of Kaggle's AIMO evaluation gateway that rehearses a whole competition run.
 
     python inference/local_gateway.py                                   # the demo: toy model, toy problems
-    python inference/local_gateway.py --problems ../shared/data/aimo3_reference.jsonl --competition aimo3 \\
+    python inference/local_gateway.py --problems configs/data/aime2025.jsonl --competition aimo3 \\
         --engine vllm --model models/toy-math --budget-seconds 1200
     python inference/local_gateway.py --engine replay --traces runs/traces.jsonl --virtual-clock   # 5 h in seconds
 

@@ -3,7 +3,7 @@ replay simulator and the tests run exactly the same decisions.
 
 The solver adds each finished sample's answer (`Votes.add`), then asks `stop_reason(votes, finished, launched,
 rule)` whether the samples still running can be cancelled. The rules cover what the winning AIMO solutions shipped
-(/work/shared/reference/peers.md), as configs (the `voting:` section of configs/inference/*.yaml):
+(their write-ups and code: NVIDIA/NeMo-Skills, imagination-research/aimo2, AIMO-3 notebooks), as configs (the `voting:` section of configs/inference/*.yaml):
 
     kind: k_of_n, k: 4                      # AIMO-3 winners: stop at 4 identical answers (of 8)
     kind: k_of_n, k: 4, n: 5                # NemoSkills: "the first 4-5 completions agreed" (4 of the first 5)

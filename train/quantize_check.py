@@ -41,7 +41,7 @@ CHECK_REPORT_NAME = "quantize_check.json"
 class CheckSettings:
     """The `check:` section of a quantization recipe."""
 
-    eval_file: str | None = None  # JSONL/CSV with id, problem, answer (e.g. ../shared/data/aime2025.jsonl)
+    eval_file: str | None = None  # JSONL/CSV with id, problem, answer (e.g. configs/data/aime2025.jsonl)
     toy_problems: int | None = None  # instead of a file: this many toy addition problems (seeded)
     limit: int | None = None  # use the first N problems of eval_file
     seed: int = 0  # toy problem draw; sampling seeds are 0..samples_per_problem-1
