@@ -67,7 +67,7 @@ def test_messages_have_reminder_and_clipped_problem():
     ({"time.base_seconds": "x"}, "demo.yaml: time.base_seconds: expected a number or nothing \\(null\\), got 'x'"),
     ({"voting.weights": ["length", 3]}, r"demo.yaml: voting.weights\[1\]: expected text, got 3"),
     ({"engine_args": 3}, "demo.yaml: engine_args: expected a mapping, got 3"),
-    ({"model": 5}, "demo.yaml: model: expected text, got 5"),
+    ({"model": 5}, r"demo.yaml: model: expected text or nothing \(null\), got 5"),
 ])
 def test_a_value_of_the_wrong_type_names_the_field(repo_root, override, message):
     with pytest.raises(ValueError, match=message):
