@@ -11,7 +11,7 @@ rule)` whether the samples still running can be cancelled. The rules cover what 
     kind: calibrated, confidence: 0.95      # stop when the leader will still lead with probability ≥ 95 %
     straggler_fraction: 0.8                 # NemoSkills: cancel the last pending samples once most have finished
 
-Weights (`length_weight`, `answer_prior_weight`) are off unless a caller passes them to `Votes.add`.
+Weights (`length_weight`, `answer_prior_weight`) are off unless the `voting.weights` setting names them.
 """
 
 from __future__ import annotations

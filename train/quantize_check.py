@@ -196,7 +196,9 @@ def check_thresholds(report: dict, min_agreement: float, max_accuracy_drop: floa
     return failures
 
 
-def run_check(settings: CheckSettings, model: str, quantized: str) -> dict:
+def run_check(settings: CheckSettings, model: str, quantized: str, note=None) -> dict:
+    """The report of both models on the check's problems; `note(line)` hears which engine runs and why."""
+    note = note or (lambda line: print(line, file=sys.stderr, flush=True))
     from inference.config import Competition
 
     for name, d in (("model", model), ("quantized", quantized)):
@@ -207,8 +209,8 @@ def run_check(settings: CheckSettings, model: str, quantized: str) -> dict:
     requests = build_requests(problems, settings)
     engine, why = choose_engine(settings)
     if engine == "transformers" and settings.engine == "auto":
-        print(f"note: {why}; checking both models with the transformers engine instead (slower, same prompts and "
-              "seeds)", file=sys.stderr, flush=True)
+        note(f"note: {why}; checking both models with the transformers engine instead (slower, same prompts and "
+             "seeds)")
     full_samples, full_seconds = generate(model, requests, settings, engine)
     quant_samples, quant_seconds = generate(quantized, requests, settings, engine)
     report = {
@@ -237,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="full-precision model directory (default: the recipe's `model`)")
     parser.add_argument("--quantized", help="quantized model directory (default: the recipe's `output_dir`)")
     parser.add_argument("--report", help=f"where to write the JSON report (default: QUANTIZED/{CHECK_REPORT_NAME})")
+    parser.add_argument("--log", default="runs/quantize_check.log", help="the engines' logs go here")
+    parser.add_argument("--verbose", action="store_true", help="show the engines' logs instead")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from inference.local_gateway import engine_logs_to
 
     try:
         recipe = load_recipe(args.config)
@@ -246,7 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         model, quantized = args.model or recipe.model, args.quantized or recipe.output_dir
         if not model or not quantized:
             raise ValueError("pass --model and --quantized, or set model and output_dir in the recipe")
-        report = run_check(settings, model, quantized)
+        log_path = None if args.verbose else Path(args.log)
+        print(f"checking {quantized} against {model}" + (f"; engine logs: {log_path}" if log_path else ""),
+              flush=True)
+        t0 = time.monotonic()
+        with engine_logs_to(log_path) as (_, err):
+            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            try:
+                report = run_check(settings, model, quantized, note=lambda line: print(line, file=err, flush=True))
+            except Exception as e:  # noqa: BLE001 - the log has the engine's side; say where it is
+                if log_path is not None and not isinstance(e, (OSError, ValueError)):
+                    print(f"error: {e!r}; the engine's log is {log_path}", file=err, flush=True)
+                raise
+        print(f"both models answered in {time.monotonic() - t0:.0f}s", flush=True)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
