@@ -183,8 +183,13 @@ class ProgressDisplay:
         from tqdm import tqdm
 
         self.budget, self.tokens, self.correct, self.scored = budget, 0, 0, 0
-        self.bar = tqdm(total=total, file=stream, unit="problem", dynamic_ncols=True, mininterval=0.5,
-                        bar_format="{desc}{bar:24} {n_fmt}/{total_fmt} problems {postfix}")
+        try:  # a pseudo-terminal without a size (`script`, some CI) reports 0 columns: tqdm would draw nothing
+            width = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            width = 0
+        size = {"dynamic_ncols": True} if width > 0 else {"ncols": 120, "nrows": 20}
+        self.bar = tqdm(total=total, file=stream, unit="problem", mininterval=0.5, **size,
+                        bar_format="{desc}{bar:24} {n_fmt}/{total_fmt} problems{postfix}")
         self.bar.set_description_str("gateway ")
 
     def refresh(self, elapsed: float) -> None:
