@@ -146,6 +146,14 @@ class Settings:
             raise ValueError(f"{self.source}: engine 'replay' needs `traces` (a traces JSONL file)")
         if self.engine in ("vllm", "transformers") and not self.model:
             raise ValueError(f"{self.source}: engine {self.engine!r} needs `model` (a model directory)")
+        spec = self.engine_args.get("speculative_config")
+        if spec is not None:  # vLLM's own message for a bad one comes from deep inside its engine core
+            if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
+                raise ValueError(f"{self.source}: engine_args.speculative_config: expected a mapping with a `method` "
+                                 f"(ngram, eagle, eagle3, …), got {spec!r}")
+            if spec["method"].startswith("eagle") and not spec.get("model"):
+                raise ValueError(f"{self.source}: engine_args.speculative_config: method {spec['method']!r} needs "
+                                 "`model`, a draft model trained for the served one (ngram needs none)")
         if self.virtual_clock and self.engine != "replay":
             raise ValueError(f"{self.source}: virtual_clock works only with the replay engine")
 

@@ -79,3 +79,14 @@ def test_numbers_widen_where_a_float_is_expected(repo_root):
                       {"sampling.temperature": 1, "time.max_seconds": "1e3", "time.base_seconds": None})
     assert s.sampling.temperature == 1.0 and isinstance(s.sampling.temperature, float)
     assert s.time.max_seconds == 1000.0 and s.time.base_seconds is None  # YAML reads 1e3 (no dot) as text
+
+
+def test_speculative_decoding_is_a_checked_engine_args_switch(repo_root):
+    demo = repo_root / "configs/inference/demo.yaml"
+    ngram = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
+    s = load_settings(demo, {"engine_args.speculative_config": ngram})
+    assert s.engine_args["speculative_config"] == ngram  # handed to vllm.AsyncEngineArgs as it is
+    with pytest.raises(ValueError, match="method 'eagle3' needs `model`, a draft model"):
+        load_settings(demo, {"engine_args.speculative_config": {"method": "eagle3", "num_speculative_tokens": 3}})
+    with pytest.raises(ValueError, match="speculative_config: expected a mapping with a `method`"):
+        load_settings(demo, {"engine_args.speculative_config": "ngram"})
