@@ -345,3 +345,14 @@ def test_engine_logs_of_subprocesses_go_to_the_log_file(tmp_path):
     assert result.stdout.splitlines() == ["for the user", "after"] and result.stderr == ""
     log = (tmp_path / "engine.log").read_text()
     assert "child says INFO" in log and "child WARNING" in log and "python INFO line" in log
+
+
+def test_cli_4bit_model_on_a_cpu_whose_vllm_cannot_serve_it_names_the_way_out(tmp_path, capsys, monkeypatch):
+    model = tmp_path / "awq"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"num_bits": 4}}}}}))
+    monkeypatch.setenv("AIMO_KIT_CPU_ISA", "avx2")  # the AVX2-only path, on any CPU
+    assert main(["--engine", "vllm", "--model", str(model), "--report", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"model: {model} has 4-bit weights" in err and "cpu_gemm_wna16" in err and "--engine transformers" in err
