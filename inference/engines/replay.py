@@ -163,10 +163,18 @@ class ReplayEngine(Engine):
         return self._sample(p, p.text[: int(len(p.text) * frac)], int(p.tokens * frac), now - p.start, "aborted")
 
     def abort(self, problem_id: str) -> list[Sample]:
+        """Unfinished samples as "aborted" partials; samples already due but not yet polled keep their own finish
+        reason (they finished, so they vote)."""
         now = self.clock.now()
         with self._lock:
             keys = [k for k in self._pending if k[0] == problem_id]
-            return [self._partial(self._pending.pop(k), now) for k in keys]
+            out = []
+            for k in keys:
+                p = self._pending.pop(k)
+                done = p.end <= now
+                out.append(self._sample(p, p.text, p.tokens, p.end - p.start, p.finish_reason) if done
+                           else self._partial(p, now))
+            return out
 
     def progress(self) -> EngineProgress:
         now = self.clock.now()
