@@ -25,6 +25,8 @@ def tracked_text_files() -> list[Path]:
 def test_no_tracked_file_refers_outside_the_repo():
     offenders = []
     for path in tracked_text_files():
+        if path == Path(__file__).resolve():  # this file names the patterns it looks for
+            continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if OUTSIDE.search(line):
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}")
