@@ -2,7 +2,7 @@
 
     python inference/local_gateway.py                                   # the demo: toy model, toy problems
     python inference/local_gateway.py --problems configs/data/aime2025.jsonl --competition aimo3 \\
-        --engine vllm --model models/toy-math --budget-seconds 1200
+        --config configs/inference/demo.yaml --model models/toy-math --budget-seconds 1200
     python inference/local_gateway.py --problems configs/toy/eval_mixed.csv --engine replay \\
         --traces runs/toy-traces.jsonl --virtual-clock                  # 5 h in seconds, on traces evaluate.py wrote
 
