@@ -183,6 +183,7 @@ class ProgressDisplay:
         from tqdm import tqdm
 
         self.budget, self.tokens, self.correct, self.scored = budget, 0, 0, 0
+        self.serving_since = 0.0  # elapsed seconds when the first problem was served (after the engine start)
         try:  # a pseudo-terminal without a size (`script`, some CI) reports 0 columns: tqdm would draw nothing
             width = os.get_terminal_size(stream.fileno()).columns
         except (AttributeError, OSError, ValueError):
@@ -194,7 +195,8 @@ class ProgressDisplay:
 
     def refresh(self, elapsed: float) -> None:
         score = f"score {self.correct}/{self.scored}" if self.scored else "score –"
-        rate = f"{self.tokens / elapsed:,.0f} tok/s" if elapsed > 0 and self.tokens else "– tok/s"
+        serving = elapsed - self.serving_since
+        rate = f"{self.tokens / serving:,.0f} tok/s" if serving > 0 and self.tokens else "– tok/s"
         left = max(0.0, self.budget - elapsed)
         self.bar.set_postfix_str(f"{score} · {rate} · {_clock(elapsed)} elapsed · {_clock(left)} left", refresh=True)
 
@@ -281,6 +283,8 @@ def run_gateway(
             except Exception as e:  # noqa: BLE001
                 raise GatewayError("SERVER_NEVER_STARTED", repr(e)) from None
         _check_endpoint(predict, comp)
+        if display is not None:
+            display.serving_since = clock.now() - run_start
         total = served.height
         for i, row in enumerate(served.iter_slices(n_rows=1)):
             pid = row["id"].item(0)
