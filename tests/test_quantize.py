@@ -206,10 +206,15 @@ def test_check_compares_answers_accuracy_tokens_and_size(scripted_pair, tmp_path
 @pytest.mark.slow
 @pytest.mark.vllm
 @needs_quantize_env
-def test_quantized_model_answers_through_the_local_gateway(scripted_pair):
-    """The whole serving path (gateway → Predictor → solver → vLLM engine) on the 4-bit model: the model's own
-    answer, not the fallback, for every problem."""
+@pytest.mark.parametrize("cpu", ["this CPU", "forced AVX2"])
+def test_quantized_model_answers_through_the_local_gateway(scripted_pair, monkeypatch, cpu):
+    """The whole serving path (gateway → Predictor → solver → engine) on the 4-bit model: the model's own answer, not
+    the fallback, for every problem; on the vLLM engine where it serves 4-bit weights, else on transformers."""
     pytest.importorskip("vllm")
+    if cpu == "forced AVX2":
+        monkeypatch.setenv(FORCE_ISA_ENV, "avx2")
+    else:
+        monkeypatch.delenv(FORCE_ISA_ENV, raising=False)
     import polars as pl
 
     from inference.config import load_settings
@@ -219,7 +224,7 @@ def test_quantized_model_answers_through_the_local_gateway(scripted_pair):
     _, quantized = scripted_pair
     serves, why = vllm_serves_4bit()
     engine = "vllm" if serves else "transformers"  # what the gateway itself advises on an AVX2-only CPU
-    print(f"serving the 4-bit model on {engine}" + (f" ({why})" if why else ""))
+    print(f"{cpu}: serving the 4-bit model on {engine}" + (f" ({why})" if why else ""))
     settings = load_settings(REPO / "configs" / "inference" / "demo.yaml", overrides={"sampling.samples": 4},
                              model=str(quantized), engine=engine)
     problems = pl.DataFrame({"id": ["q1", "q2", "q3"], "problem": ["What is 3 + 4?", "What is 2 + 5?", "What is 1?"],
