@@ -31,7 +31,8 @@ costs on long samples.
 
 Speculative decoding, on its own (`compare_speculative`):
 
-    python inference/benchmark.py --model models/toy-math --speculative '{"method": "ngram", "num_speculative_tokens": 4}'
+    python inference/benchmark.py --model models/toy-math \\
+        --speculative '{"method": "ngram", "num_speculative_tokens": 4}'
 
 Two engines of the same model in this process, one plain and one with that `speculative_config` (what
 `engine_args.speculative_config` in configs/inference/*.yaml switches on), get the same toy problems and seeds in

@@ -198,7 +198,8 @@ class ProgressDisplay:
         serving = elapsed - self.serving_since
         rate = f"{self.tokens / serving:,.0f} tok/s" if serving > 0 and self.tokens else "– tok/s"
         left = max(0.0, self.budget - elapsed)
-        self.bar.set_postfix_str(f"{score} · {rate} · {_clock(elapsed)} elapsed · {_clock(left)} left", refresh=True)
+        self.bar.set_postfix_str(f"{score} · {rate} · {_clock(elapsed)} elapsed · {_clock(left)} left",
+                                 refresh=True)
 
     def problem_done(self, record: dict, elapsed: float) -> None:
         self.tokens += int(record.get("tokens") or 0)
@@ -435,7 +436,8 @@ def check_inputs(settings: Settings, problem_ids: list[str] | None = None) -> li
             if len(missing) == len(problem_ids):
                 raise ValueError(
                     f"traces: {settings.traces} hold none of the {len(problem_ids)} problems served (traces have "
-                    f"{', '.join(sorted(recorded)[:3])}…; problems {', '.join(problem_ids[:3])}…): pass --problems "
+                    f"{', '.join(sorted(recorded)[:3])}…; problems {', '.join(problem_ids[:3])}…): "
+                    "pass --problems "
                     "with the file the traces were recorded on")
             if missing:
                 warnings.append(f"traces: {settings.traces} hold no samples of {len(missing)} of the "
@@ -494,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="inference settings YAML (default: configs/inference/<competition>.yaml "
                         "with --competition, else configs/inference/demo.yaml)")
     parser.add_argument("--problems", help="CSV/JSONL with id, problem[, answer] (default: the config's)")
-    parser.add_argument("--competition", choices=sorted(p.stem for p in (REPO / "configs" / "competitions").glob("*.yaml")),
+    competitions = sorted(p.stem for p in (REPO / "configs" / "competitions").glob("*.yaml"))
+    parser.add_argument("--competition", choices=competitions,
                         help="competition rules and, without --config, its settings")
     parser.add_argument("--engine", choices=["vllm", "transformers", "replay"])
     parser.add_argument("--model", help="model directory")
