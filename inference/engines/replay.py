@@ -8,6 +8,9 @@ without early stopping (inference/evaluate.py records full samples) replay what 
 a cut sample's tokens and seconds shrink in proportion to the text kept. Problems or sample indices that are not in
 the file never produce a sample: the policy must then fall back, as it would on a model that never answers.
 
+Tool-using samples (inference/tools.py) carry their `turns`: cut short, such a sample keeps the turns, tokens and
+tool seconds up to the cut, and its seconds follow the turns' timeline (a tool call's seconds pass whole).
+
 With a VirtualClock, waiting advances simulated time instead of sleeping, so a 5-hour run replays in seconds.
 The simulator (inference/simulate.py) replaces recorded seconds with a speed model of other hardware in its own engine.
 """
@@ -25,6 +28,7 @@ from typing import Iterable, Sequence
 from inference.answers import find_stop
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest
+from inference.tools import cut_tool_trace
 
 REQUIRED = {"problem_id": str, "sample": int, "text": str, "tokens": int, "seconds": (int, float)}
 
@@ -118,6 +122,8 @@ class ReplayEngine(Engine):
                     continue  # not recorded: this sample never finishes
                 text, tokens, reason, fraction = _cut(trace, req)
                 seconds = float(trace["seconds"]) * fraction
+                if trace.get("turns") and len(text) < len(trace["text"]):
+                    tokens, seconds, _ = cut_tool_trace(trace, len(text))
                 key = (req.problem_id, req.sample)
                 self._pending[key] = _Pending(req, trace, text, tokens, reason, now, now + seconds)
                 self._order += 1
@@ -135,6 +141,8 @@ class ReplayEngine(Engine):
 
     def _sample(self, p: _Pending, text: str, tokens: int, seconds: float, reason: str) -> Sample:
         extra = {k: v for k, v in p.trace.items() if k not in REQUIRED and k not in ("finish_reason", "variant", "seed")}
+        if p.trace.get("turns") and len(text) < len(p.trace["text"]):
+            extra.update(cut_tool_trace(p.trace, len(text))[2])
         return Sample(p.request.problem_id, p.request.sample, text, tokens, seconds, reason,
                       variant=p.request.variant, seed=p.request.seed, extra=extra)
 
