@@ -3,7 +3,7 @@ replay simulator and the tests run exactly the same decisions.
 
 The solver adds each finished sample's answer (`Votes.add`), then asks `stop_reason(votes, finished, launched,
 rule)` whether the samples still running can be cancelled. The rules cover what the winning AIMO solutions shipped
-(/work/shared/reference/peers.md), as configs (the `voting:` section of configs/inference/*.yaml):
+(their write-ups and code: NVIDIA/NeMo-Skills, imagination-research/aimo2, AIMO-3 notebooks), as configs (the `voting:` section of configs/inference/*.yaml):
 
     kind: k_of_n, k: 4                      # AIMO-3 winners: stop at 4 identical answers (of 8)
     kind: k_of_n, k: 4, n: 5                # NemoSkills: "the first 4-5 completions agreed" (4 of the first 5)
@@ -11,7 +11,7 @@ rule)` whether the samples still running can be cancelled. The rules cover what 
     kind: calibrated, confidence: 0.95      # stop when the leader will still lead with probability ≥ 95 %
     straggler_fraction: 0.8                 # NemoSkills: cancel the last pending samples once most have finished
 
-Weights (`length_weight`, `answer_prior_weight`) are off unless a caller passes them to `Votes.add`.
+Weights (`length_weight`, `answer_prior_weight`) are off unless the `voting.weights` setting names them.
 
 The AIMO-3 winners' vote (`weights: [entropy]` or `[entropy_tail]`) picks the answer with the largest Σ 1/entropy
 over its samples (`selection_weight`, entropies from inference/entropy.py), while the stop rules keep counting
