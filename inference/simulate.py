@@ -19,7 +19,10 @@ Time comes from one of two places:
 - `--hardware recorded`: each sample takes its recorded seconds (the kit's ReplayEngine, as the local gateway's
   `--engine replay --virtual-clock` does);
 - a profile of configs/simulate/hardware.yaml: an aggregate tokens/s for each number of samples running at once;
-  the running samples share it equally and speed up as others finish or are aborted (ThroughputReplayEngine).
+  the running samples share it equally and speed up as others finish or are aborted (the same ReplayEngine with
+  a `speed` profile).
+Each recorded text is cut (stop rule, max_tokens) once per policy, not once per order: the trace set holds the
+cuts every simulated engine shares.
 """
 
 from __future__ import annotations
@@ -44,11 +47,10 @@ from typing import Sequence  # noqa: E402
 
 import yaml  # noqa: E402
 
-from inference.answers import AnswerSpec, extract_answer, is_equivalent, parse_integer  # noqa: E402
+from inference.answers import AnswerSpec, extract_answer, grade  # noqa: E402
 from inference.clock import VirtualClock  # noqa: E402
 from inference.config import REPO, Competition, Settings, load_settings  # noqa: E402
-from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest  # noqa: E402
-from inference.engines.replay import REQUIRED, ReplayEngine, _cut, load_traces  # noqa: E402
+from inference.engines.replay import ReplayCuts, ReplayEngine, load_traces  # noqa: E402
 from inference.server import Predictor  # noqa: E402
 from inference.voting import Votes  # noqa: E402
 
@@ -114,125 +116,6 @@ def load_hardware(name: str, path: str | Path = HARDWARE_FILE) -> SpeedProfile |
         raise ValueError(f"{path}: profile {name!r} has no {e.args[0]!r}") from None
 
 
-@dataclass
-class _Running:
-    request: SampleRequest
-    trace: dict
-    text: str  # what the request produces (after the stop rule / max_tokens)
-    tokens: int
-    reason: str
-    start: float
-    done: float = 0.0  # tokens generated so far
-
-
-class ThroughputReplayEngine(Engine):
-    """Replays recorded samples at the speed of a hardware profile instead of their recorded seconds.
-
-    The running samples share the profile's aggregate tokens/s equally (continuous batching); when one finishes or
-    is aborted the others speed up. Text, tokens and stop rules are those of the kit's ReplayEngine. Virtual clock
-    only: nothing here ever sleeps.
-    """
-
-    name = "replay"
-
-    def __init__(self, traces: dict[tuple[str, int], dict], speed: SpeedProfile, clock: VirtualClock,
-                 cut_cache: dict | None = None) -> None:
-        if not getattr(clock, "virtual", False):
-            raise ValueError("ThroughputReplayEngine needs a VirtualClock")
-        super().__init__(clock)
-        self.traces = traces
-        self.speed = speed
-        self._cut_cache = {} if cut_cache is None else cut_cache  # keyed by the recorded (problem_id, sample)
-        self._running: dict[tuple[str, int], _Running] = {}
-        self._finished: list[Sample] = []
-        self._t = clock.now()  # time up to which the running samples' progress is accounted
-        self._loaded = False
-
-    def start(self) -> None:
-        if not self._loaded:  # the model load the profile says the first call pays for
-            self.clock.sleep(self.speed.load_seconds)
-            self._loaded = True
-        self._t = max(self._t, self.clock.now())
-
-    def _cut(self, trace: dict, req: SampleRequest) -> tuple[str, int, str]:
-        key = (trace["problem_id"], trace["sample"], req.stop_rule, req.max_tokens)
-        if key not in self._cut_cache:
-            text, tokens, reason, _fraction = _cut(trace, req)
-            self._cut_cache[key] = (text, max(1, tokens), reason)
-        return self._cut_cache[key]
-
-    def submit(self, requests: Sequence[SampleRequest]) -> None:
-        self._advance(self.clock.now())
-        for req in requests:
-            trace = self.traces.get((req.problem_id, req.sample))
-            if trace is None:
-                continue  # not recorded: never finishes, as in ReplayEngine
-            text, tokens, reason = self._cut(trace, req)
-            self._running[(req.problem_id, req.sample)] = _Running(req, trace, text, tokens, reason, self._t)
-
-    def _next_finish(self) -> float | None:
-        if not self._running:
-            return None
-        left = min(r.tokens - r.done for r in self._running.values())
-        return self._t + max(0.0, left) / self.speed.per_sample(len(self._running))
-
-    def _advance(self, now: float) -> None:
-        """Generate up to `now`: finish samples in order, re-sharing the throughput each time the batch shrinks."""
-        running = self._running
-        while running:
-            rate = self.speed.per_sample(len(running))
-            first, left = None, math.inf
-            for r in running.values():
-                if r.tokens - r.done < left:
-                    first, left = r, r.tokens - r.done
-            nxt = self._t + max(0.0, left) / rate
-            step = rate * (min(now, nxt) - self._t)
-            for r in running.values():
-                r.done += step
-            if nxt > now:
-                break
-            self._t = nxt
-            first.done = first.tokens  # exact, whatever the rounding
-            for key in [k for k, r in running.items() if r.tokens - r.done <= 1e-9 * r.tokens]:
-                r = running.pop(key)
-                self._finished.append(self._sample(r, r.text, r.tokens, r.reason))
-        self._t = max(self._t, now)
-
-    def _sample(self, r: _Running, text: str, tokens: int, reason: str) -> Sample:
-        skip = ("finish_reason", "variant", "seed")  # as ReplayEngine: the request's own values are used
-        extra = {k: v for k, v in r.trace.items() if k not in REQUIRED and k not in skip}
-        return Sample(r.request.problem_id, r.request.sample, text, tokens, self._t - r.start, reason,
-                      variant=r.request.variant, seed=r.request.seed, extra=extra)
-
-    def poll(self, timeout: float) -> list[Sample]:
-        now = self.clock.now()
-        self._advance(now)
-        if not self._finished:
-            nxt = self._next_finish()
-            target = now + max(0.0, timeout) if nxt is None else min(now + max(0.0, timeout), nxt)
-            self.clock.advance_to(target)
-            self._advance(self.clock.now())
-        done, self._finished = self._finished, []
-        return done
-
-    def abort(self, problem_id: str) -> list[Sample]:
-        self._advance(self.clock.now())
-        aborted = []
-        for key in [k for k in self._running if k[0] == problem_id]:
-            r = self._running.pop(key)
-            frac = min(1.0, r.done / r.tokens)
-            aborted.append(self._sample(r, r.text[: int(len(r.text) * frac)], int(r.tokens * frac), "aborted"))
-        return aborted
-
-    def progress(self) -> EngineProgress:
-        in_flight = int(sum(r.done for r in self._running.values()))
-        return EngineProgress(running=len(self._running), tokens_in_flight=in_flight, seconds_since_token=0.0)
-
-    def shutdown(self) -> None:
-        self._running.clear()
-        self._finished.clear()
-
-
 # -- traces and gold answers ---------------------------------------------------------------------------------------
 @dataclass
 class TraceSet:
@@ -242,7 +125,7 @@ class TraceSet:
     samples: dict[str, list[dict]]  # problem_id → its traces, by sample index
     gold: dict[str, str]
     problems: dict[str, str] = field(default_factory=dict)  # problem text where known (prompts only)
-    cut_cache: dict = field(default_factory=dict, repr=False)  # shared by every simulated engine on these traces
+    cuts: ReplayCuts = field(default_factory=ReplayCuts, repr=False)  # shared by every simulated engine on these traces
 
     @property
     def ids(self) -> list[str]:
@@ -276,11 +159,9 @@ def load_trace_set(path: str | Path, problems: str | Path | None = None) -> Trac
 
 
 def is_correct(answer: int | None, gold: str, spec: AnswerSpec) -> bool:
-    """An integer answer against the gold, the gold reduced by the competition's modulus as grade() does."""
-    if answer is None:
-        return False
-    g = parse_integer(gold)
-    return answer == spec.apply(g) if g is not None else bool(is_equivalent(str(answer), gold))
+    """Whether a voted answer scores against the gold, by the kit's one scorer (answers.grade, which evaluate.py and
+    the GRPO rewards use too): the vote is graded as the text a sample boxing it would be."""
+    return answer is not None and bool(grade(f"\\boxed{{{answer}}}", gold, spec))
 
 
 def trace_accuracy(ts: TraceSet, spec: AnswerSpec) -> dict:
@@ -347,12 +228,8 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
         watchdog = dataclasses.replace(settings.watchdog, poll_seconds=settings.competition.total_seconds)
         settings = dataclasses.replace(settings, watchdog=watchdog)
     clock = VirtualClock()
-    index = {(s.id, i): t for s in slots for i, t in enumerate(s.traces)}
-    if speed is None:
-        engine: Engine = ReplayEngine([], clock=clock)
-        engine.traces = index  # already checked when the trace set was loaded
-    else:
-        engine = ThroughputReplayEngine(index, speed, clock, cut_cache=ts.cut_cache)
+    index = {(s.id, i): t for s in slots for i, t in enumerate(s.traces)}  # checked when the trace set was loaded
+    engine = ReplayEngine(index, clock=clock, speed=speed, cuts=ts.cuts)
     predictor = Predictor(settings, engine=engine, problems=len(slots))
     # Start the engine now rather than inside the first call (the same moment on the clock: before the first
     # problem's deadline is set).

@@ -7,11 +7,11 @@ import pytest
 from inference.clock import VirtualClock
 from inference.config import Competition, load_settings
 from inference.engines.base import SampleRequest
+from inference.engines.replay import ReplayEngine
 from inference.local_gateway import main as gateway_main
 from inference.simulate import (
     POLICIES_FILE,
     SpeedProfile,
-    ThroughputReplayEngine,
     compare,
     load_hardware,
     load_policies,
@@ -63,7 +63,7 @@ def test_running_samples_share_throughput_and_speed_up_when_one_ends():
               ("p", 1): {"problem_id": "p", "sample": 1, "text": "b" * 300, "tokens": 300, "seconds": 1.0},
               ("q", 0): {"problem_id": "q", "sample": 0, "text": "c" * 100, "tokens": 100, "seconds": 1.0}}
     clock = VirtualClock()
-    engine = ThroughputReplayEngine(traces, SpeedProfile("x", {1: 10.0, 2: 10.0}), clock)
+    engine = ReplayEngine(traces, clock, speed=SpeedProfile("x", {1: 10.0, 2: 10.0}))
     engine.start()
     engine.submit([request("p", 0), request("p", 1)])
     # Two running share 10 tokens/s: sample 0 ends at 100 / 5 = 20 s; sample 1 has 200 left at 10/s → 40 s.
@@ -82,7 +82,7 @@ def test_running_samples_share_throughput_and_speed_up_when_one_ends():
 def test_stop_rule_and_max_tokens_cut_the_recorded_sample():
     text = "<think>\n\\boxed{7}\n</think>" + "x" * 74  # 26 + 74 characters
     traces = {("p", 0): {"problem_id": "p", "sample": 0, "text": text, "tokens": 100, "seconds": 1.0}}
-    engine = ThroughputReplayEngine(traces, SpeedProfile("x", {1: 10.0}), VirtualClock())
+    engine = ReplayEngine(traces, VirtualClock(), speed=SpeedProfile("x", {1: 10.0}))
     engine.submit([request("p", 0, stop_rule="think")])
     [s] = engine.poll(1000)
     assert s.text.endswith("</think>") and s.finish_reason == "answer" and s.tokens == 26
