@@ -160,7 +160,9 @@ class Solver:
                     break
             for s in finished:
                 samples.append(s)
-                answer = extract_answer(s.text, spec)
+                # [sim] an engine that knows a sample's vote already (the replay engine parses each text once) says so
+                answer = (self.engine.answer_of(s, spec) if hasattr(self.engine, "answer_of")
+                          else extract_answer(s.text, spec))
                 votes.add(answer, vote_weight(rule, answer, s.tokens, settings.sampling.max_tokens))
                 self._record(s, answer)
             reason = stop_reason(votes, len(samples), result.launched - lost, rule)

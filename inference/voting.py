@@ -232,10 +232,23 @@ def leader_keeps_lead_probability(votes: Votes, remaining: int, rule: StopRule) 
         return 0.0
     if remaining <= 0 or not _can_be_caught(votes, remaining):
         return 1.0
+    answers = votes.ranking()  # leader first
+    weights = tuple(votes.weights[a] for a in answers) + (float(votes.invalid), 0.0)  # + invalid, + one new answer
+    key = (weights, remaining, rule.prior, rule.simulations, rule.seed)
+    if key not in _KEEP_LEAD_MEMO:  # the same tally always gives the same estimate: compute each once
+        if len(_KEEP_LEAD_MEMO) >= 100_000:
+            _KEEP_LEAD_MEMO.clear()
+        _KEEP_LEAD_MEMO[key] = _keep_lead_estimate(weights, remaining, rule)
+    return _KEEP_LEAD_MEMO[key]
+
+
+_KEEP_LEAD_MEMO: dict[tuple, float] = {}
+
+
+def _keep_lead_estimate(weights: tuple[float, ...], remaining: int, rule: StopRule) -> float:
     import numpy as np
 
-    answers = votes.ranking()  # leader first
-    tally = np.array([votes.weights[a] for a in answers] + [votes.invalid, 0.0])  # + invalid, + one new answer
+    tally = np.array(weights)
     rng = np.random.default_rng(rule.seed)
     probabilities = rng.dirichlet(tally + rule.prior, size=rule.simulations)
     future = rng.multinomial(remaining, probabilities)  # (simulations, buckets) future votes per bucket

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from inference.answers import find_stop
+from inference.answers import AnswerSpec, extract_answer, find_stop
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest
 
@@ -104,14 +104,29 @@ class ReplayCuts:
     """Cuts shared by many replay engines over the same recorded samples: each is computed once per
     (recorded sample, stop rule, max_tokens). Keyed by the record object itself, which the cache keeps alive."""
 
-    def __init__(self) -> None:
+    def __init__(self, parse_once: bool = True) -> None:
+        self.parse_once = parse_once  # False: cut and parse again on every call (the simulator benchmark's baseline)
         self._cuts: dict[tuple[int, str, int], tuple[dict, Cut]] = {}
+        self._answers: dict[tuple[int, AnswerSpec | None], tuple[str, int | None]] = {}
 
     def get(self, trace: dict, stop_rule: str, max_tokens: int) -> Cut:
+        if not self.parse_once:
+            return cut_sample(trace, stop_rule, max_tokens)
         key = (id(trace), stop_rule, max_tokens)
         hit = self._cuts.get(key)
         if hit is None:
             hit = self._cuts[key] = (trace, cut_sample(trace, stop_rule, max_tokens))
+        return hit[1]
+
+    def answer(self, text: str, spec: AnswerSpec | None) -> int | None:
+        """extract_answer(text, spec), computed once per text object (a cut's text is one object however often
+        it is replayed; the cache keeps it alive, so its id is never reused)."""
+        if not self.parse_once:
+            return extract_answer(text, spec)
+        key = (id(text), spec)
+        hit = self._answers.get(key)
+        if hit is None or hit[0] is not text:
+            hit = self._answers[key] = (text, extract_answer(text, spec))
         return hit[1]
 
     def __len__(self) -> int:
@@ -131,9 +146,9 @@ class SpeedModel(Protocol):
 class _Running:
     request: SampleRequest
     cut: Cut
-    start: float
-    end: float = math.inf  # recorded timing: when it finishes
-    done: float = 0.0  # speed-profile timing: tokens generated so far
+    start: float  # clock time it was submitted
+    begin: float  # position at submission: clock time (recorded timing) or per-sample work (speed profile)
+    end: float  # position at which it finishes
 
 
 class ReplayEngine(Engine):
@@ -156,10 +171,15 @@ class ReplayEngine(Engine):
         self.speed = speed
         self.cuts = cuts if cuts is not None else ReplayCuts()
         self._running: dict[tuple[str, int], _Running] = {}
-        self._finished: list[Sample] = []  # speed-profile timing: finished, not yet polled
-        self._finish_heap: list[tuple[float, int, tuple[str, int]]] = []  # recorded timing: (end, order, key)
+        self._finished: list[Sample] = []  # finished, not yet polled
+        # Samples in finishing order: (end position, submission order, key). Aborted ones are skipped when popped.
+        self._heap: list[tuple[float, int, tuple[str, int]]] = []
         self._order = 0
-        self._t = self.clock.now()  # speed-profile timing: the time up to which progress is accounted
+        # Speed-profile timing. Every running sample gets the same share of the throughput, so one number tracks
+        # them all: `_work`, the tokens each running sample has generated since the engine started. A sample
+        # submitted at work w with n tokens finishes when _work reaches w + n.
+        self._t = self.clock.now()  # the time up to which _work is accounted
+        self._work = 0.0
         self._loaded = False
         self._lock = threading.Lock()
 
@@ -180,59 +200,56 @@ class ReplayEngine(Engine):
                 cut = self.cuts.get(trace, req.stop_rule, req.max_tokens)
                 key = (req.problem_id, req.sample)
                 if self.speed is None:
-                    end = now + float(trace["seconds"]) * cut.fraction
-                    self._running[key] = _Running(req, cut, now, end=end)
-                    self._order += 1
-                    heapq.heappush(self._finish_heap, (end, self._order, key))
+                    r = _Running(req, cut, now, now, now + float(trace["seconds"]) * cut.fraction)
                 else:
-                    self._running[key] = _Running(req, cut, self._t)
+                    r = _Running(req, cut, now, self._work, self._work + max(1, cut.tokens))
+                self._running[key] = r
+                self._order += 1
+                heapq.heappush(self._heap, (r.end, self._order, key))
 
     # -- timing -------------------------------------------------------------------------------------------------
+    def _first(self) -> _Running | None:
+        """The running sample that finishes first."""
+        while self._heap:
+            r = self._running.get(self._heap[0][2])
+            if r is not None and r.end == self._heap[0][0]:
+                return r
+            heapq.heappop(self._heap)  # aborted (or a stale entry of a resubmitted key)
+        return None
+
+    def _finish_first(self, at: float) -> None:
+        _, _, key = heapq.heappop(self._heap)
+        r = self._running.pop(key)
+        self._finished.append(self._sample(r, r.cut.text, r.cut.tokens, at - r.start, r.cut.finish_reason))
+
     def _advance(self, now: float) -> None:
         """Finish, in order, every sample due by `now` (into self._finished)."""
         if self.speed is None:
-            while self._finish_heap and self._finish_heap[0][0] <= now:
-                _, _, key = heapq.heappop(self._finish_heap)
-                r = self._running.pop(key, None)
-                if r is not None:  # else aborted
-                    self._finished.append(self._sample(r, r.cut.text, r.cut.tokens, r.end - r.start,
-                                                       r.cut.finish_reason))
+            while (r := self._first()) is not None and r.end <= now:
+                self._finish_first(r.end)
             return
-        running = self._running
-        while running:  # re-share the throughput each time the batch shrinks
-            rate = self.speed.per_sample(len(running))
-            first, left = None, math.inf
-            for r in running.values():
-                if max(1, r.cut.tokens) - r.done < left:
-                    first, left = r, max(1, r.cut.tokens) - r.done
-            nxt = self._t + max(0.0, left) / rate
-            step = rate * (min(now, nxt) - self._t)
-            for r in running.values():
-                r.done += step
-            if nxt > now:
+        while (r := self._first()) is not None:  # the throughput is re-shared each time the batch shrinks
+            rate = self.speed.per_sample(len(self._running))
+            due = self._t + (r.end - self._work) / rate
+            if due > now:
                 break
-            self._t = nxt
-            first.done = max(1, first.cut.tokens)  # exact, whatever the rounding
-            for key in [k for k, r in running.items() if max(1, r.cut.tokens) - r.done <= 1e-9 * r.cut.tokens]:
-                r = running.pop(key)
-                self._finished.append(self._sample(r, r.cut.text, r.cut.tokens, self._t - r.start,
-                                                   r.cut.finish_reason))
+            self._t, self._work = due, r.end
+            self._finish_first(due)
+        if self._running:
+            self._work += self.speed.per_sample(len(self._running)) * (now - self._t)
         self._t = max(self._t, now)
 
     def _next_finish(self) -> float | None:
-        if self.speed is None:
-            while self._finish_heap and self._finish_heap[0][2] not in self._running:
-                heapq.heappop(self._finish_heap)
-            return self._finish_heap[0][0] if self._finish_heap else None
-        if not self._running:
+        r = self._first()
+        if r is None:
             return None
-        left = min(max(1, r.cut.tokens) - r.done for r in self._running.values())
-        return self._t + max(0.0, left) / self.speed.per_sample(len(self._running))
+        if self.speed is None:
+            return r.end
+        return self._t + max(0.0, r.end - self._work) / self.speed.per_sample(len(self._running))
 
     def _fraction_done(self, r: _Running, now: float) -> float:
-        if self.speed is None:
-            return min(1.0, max(0.0, (now - r.start) / max(r.end - r.start, 1e-9)))
-        return min(1.0, r.done / max(1, r.cut.tokens))
+        position = now if self.speed is None else self._work
+        return min(1.0, max(0.0, (position - r.begin) / max(r.end - r.begin, 1e-9)))
 
     def _sample(self, r: _Running, text: str, tokens: int, seconds: float, reason: str) -> Sample:
         return Sample(r.request.problem_id, r.request.sample, text, tokens, seconds, reason,
@@ -244,6 +261,10 @@ class ReplayEngine(Engine):
                             "aborted")
 
     # -- the Engine interface ------------------------------------------------------------------------------------
+    def answer_of(self, sample: Sample, spec: AnswerSpec | None) -> int | None:
+        """The sample's vote, as extract_answer gives it; each replayed text is parsed once (the solver asks)."""
+        return self.cuts.answer(sample.text, spec)
+
     def poll(self, timeout: float) -> list[Sample]:
         until = self.clock.now() + max(0.0, timeout)
         while True:
@@ -264,18 +285,20 @@ class ReplayEngine(Engine):
         with self._lock:
             self._advance(now)
             keys = [k for k in self._running if k[0] == problem_id]
-            return [self._partial(self._running.pop(k), now) for k in keys]
+            return [self._partial(self._running.pop(k), now) for k in keys]  # their heap entries go stale
 
     def progress(self) -> EngineProgress:
-        now = self.clock.now()
         with self._lock:
-            tokens = sum(int(r.cut.tokens * self._fraction_done(r, now)) for r in self._running.values())
+            position = self.clock.now() if self.speed is None else self._work
+            tokens = 0.0
+            for r in self._running.values():
+                tokens += r.cut.tokens * min(1.0, max(0.0, (position - r.begin) / max(r.end - r.begin, 1e-9)))
             running = len(self._running)
         # Recorded samples stream steadily, so a replay never looks stalled.
-        return EngineProgress(running=running, tokens_in_flight=tokens, seconds_since_token=0.0)
+        return EngineProgress(running=running, tokens_in_flight=int(tokens), seconds_since_token=0.0)
 
     def shutdown(self) -> None:
         with self._lock:
             self._running.clear()
             self._finished.clear()
-            self._finish_heap.clear()
+            self._heap.clear()
