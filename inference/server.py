@@ -32,6 +32,7 @@ from inference.config import Settings
 from inference.engines import Engine, make_engine
 from inference.solver import ProblemResult, Solver
 from inference.time_budget import TimeBudget
+from inference.voting import contention  # [sim]
 
 log = logging.getLogger("inference.server")
 
@@ -71,8 +72,10 @@ class Predictor:
         engine: Engine | None = None,
         total_seconds: float | None = None,
         problems: int | None = None,
+        run_started_at: float | None = None,
     ) -> None:
-        """`total_seconds` and `problems` override the competition's (e.g. a rehearsal on 10 problems in 20 min)."""
+        """`total_seconds` and `problems` override the competition's (e.g. a rehearsal on 10 problems in 20 min).
+        `run_started_at` ([sim]): time.time() when the notebook started; the time since counts against the run."""
         self.settings = settings
         comp = settings.competition
         if engine is not None:
@@ -81,13 +84,16 @@ class Predictor:
             self.clock = VirtualClock() if settings.virtual_clock else RealClock()
         self._engine = engine
         self._solver: Solver | None = None
+        total = total_seconds if total_seconds is not None else comp.total_seconds
         self.budget = TimeBudget(
             settings.time,
-            total_seconds=total_seconds if total_seconds is not None else comp.total_seconds,
+            total_seconds=total,
             problems=problems if problems is not None else comp.problems,
             clock=self.clock,
-            safety_margin_seconds=comp.safety_margin_seconds if total_seconds is None else 0.0,
+            # [sim] a shorter run keeps the competition's margin in proportion (it used to drop it silently)
+            safety_margin_seconds=comp.safety_margin_seconds * min(1.0, total / comp.total_seconds),
             per_call_seconds=comp.per_call_seconds,
+            elapsed_seconds=0.0 if run_started_at is None else max(0.0, time.time() - run_started_at),  # [sim]
         )
         self.results: dict[str, ProblemResult] = {}
         self._lock = threading.Lock()
@@ -132,7 +138,10 @@ class Predictor:
                                  errors=[f"engine start failed: {e!r}"])
         deadline = self.budget.start_problem()
         try:
-            return solver.solve(problem_id, problem, deadline)
+            extend = None  # [sim] contested problems may stretch their deadline (time.stretch > 1)
+            if self.settings.time.stretch > 1:
+                extend = lambda votes, finished, launched: self.budget.extend(contention(votes, finished, launched))  # noqa: E731
+            return solver.solve(problem_id, problem, deadline, extend)
         finally:
             self.budget.finish_problem()
 

@@ -109,7 +109,10 @@ class Solver:
             record["answer"] = answer
             self.trace_sink(record)
 
-    def solve(self, problem_id: str, problem: str, deadline: float) -> ProblemResult:
+    def solve(self, problem_id: str, problem: str, deadline: float,
+              extend: Callable[[Votes, int, int], float] | None = None) -> ProblemResult:
+        """`extend(votes, finished, launched)`, if given, re-sets the deadline after each poll ([sim]: the time
+        budget stretches contested problems; see TimeBudget.extend)."""
         settings, clock = self.settings, self.clock
         spec, rule = settings.competition.answer, settings.voting
         start = clock.now()
@@ -166,6 +169,8 @@ class Solver:
                 votes.add(answer, vote_weight(rule, answer, s.tokens, settings.sampling.max_tokens))
                 self._record(s, answer)
             reason = stop_reason(votes, len(samples), result.launched - lost, rule)
+            if extend is not None:  # [sim] a difficulty-aware deadline
+                deadline = extend(votes, len(samples), result.launched - lost)
             if reason is None and progress is not None and not finished and progress.running == 0:
                 reason = "engine_idle"  # nothing in flight and nothing coming (e.g. a replay without this problem)
             if reason is None and progress is not None and progress.running:

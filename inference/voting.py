@@ -121,6 +121,9 @@ class StopRule:
       rest (NemoSkills cancelled the last pending requests once the rest finished). None disables it.
     weights: weighted voting, a list of "length" (length_weight) and/or "prior" (answer_prior_weight); each vote
       weighs the product. Empty (the default): plain majority.
+    hopeless_after: give up once this many samples finished and no two of them agree (reason "hopeless"): the
+      model is guessing, the remaining samples rarely change that, and the time goes to the problems left (the
+      time budget re-plans). None disables it.
     """
 
     kind: str = "k_of_n"
@@ -133,6 +136,7 @@ class StopRule:
     min_votes: int = 1
     straggler_fraction: float | None = None
     weights: list[str] = field(default_factory=list)
+    hopeless_after: int | None = None
 
     def __post_init__(self) -> None:
         bad = [w for w in self.weights if w not in VOTE_WEIGHTS]
@@ -143,6 +147,8 @@ class StopRule:
         for name in ("k", "simulations", "min_votes"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        if self.hopeless_after is not None:
+            _check_int("hopeless_after", self.hopeless_after, minimum=2)
         if self.n is not None:
             _check_int("n", self.n, minimum=1)
             if self.n < self.k:
@@ -182,7 +188,8 @@ def stop_reason(votes: Votes, finished: int, launched: int, rule: StopRule) -> s
       the rule's kind - "k_of_n" whenever k agree (also when the k-th vote came last); "leader_safe" and
                         "calibrated" only while samples are running (with none left they would hold trivially);
       "all_finished"  - nothing left running;
-      "stragglers"    - straggler_fraction of the launched samples finished and there is a leader.
+      "stragglers"    - straggler_fraction of the launched samples finished and there is a leader;
+      "hopeless"      - hopeless_after samples finished and no two agree.
     No early stop (rule or stragglers) before `min_votes` valid votes.
     """
     remaining = launched - finished
@@ -198,6 +205,8 @@ def stop_reason(votes: Votes, finished: int, launched: int, rule: StopRule) -> s
                 return "calibrated"
     if remaining <= 0:
         return "all_finished"
+    if rule.hopeless_after is not None and finished >= rule.hopeless_after and max(votes.counts.values(), default=0) < 2:
+        return "hopeless"
     if votes.valid >= rule.min_votes and rule.straggler_fraction is not None:
         if finished >= math.ceil(rule.straggler_fraction * launched - 1e-9):
             return "stragglers"
@@ -297,3 +306,22 @@ def answer_prior_weight(answer: int | None, small: int = 20, round_multiple: int
     if abs(answer) <= small or (round_multiple and answer % round_multiple == 0):
         return weight
     return 1.0
+
+
+# -- how contested a problem is (the time budget stretches contested problems) -------------------------------------
+
+
+def contention(votes: Votes, finished: int, launched: int) -> float:
+    """How contested a problem looks from its finished samples, 0 (settled or nothing to go on) … 1 (a real split),
+    for the time budget (TimeBudget.extend: a contested problem may run longer, the others keep their share).
+
+    The runner-up's votes over the leader's: 1-1 and 3-3 are 1, 2-1 is 0.5, 4-1 is 0.25. A lone answer (however
+    many votes) is 0, and so is a problem with no valid vote yet: more time there mostly buys the long samples,
+    which are the wrong ones more often (peers.md §8.2). Nothing running (finished ≥ launched): 0.
+    """
+    if finished >= launched or votes.valid == 0:
+        return 0.0
+    ranking = votes.ranking()
+    if len(ranking) < 2:
+        return 0.0
+    return votes.counts[ranking[1]] / votes.counts[ranking[0]]
