@@ -163,3 +163,22 @@ def test_a_safety_margin_larger_than_the_run_is_an_error():
         TimeBudget(TimePolicy(), 300, 5, VirtualClock(), safety_margin_seconds=420)
     with pytest.raises(ValueError, match="time.stretch"):
         TimePolicy(stretch=0.5)
+
+
+def test_the_notebook_start_and_a_shorter_runs_margin_reach_the_predictors_budget(tmp_path, repo_root):
+    import json
+    import time
+
+    from inference.config import load_settings
+    from inference.engines.replay import ReplayEngine
+    from inference.server import Predictor
+
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(json.dumps({"problem_id": "p", "sample": 0, "text": "\\boxed{1}", "tokens": 5, "seconds": 1.0}))
+    settings = load_settings(repo_root / "configs/inference/aimo3.yaml")
+    clock = VirtualClock()
+    predictor = Predictor(settings, engine=ReplayEngine(traces, clock), total_seconds=1800, problems=10,
+                          run_started_at=time.time() - 120)
+    assert predictor.budget.start == pytest.approx(-120, abs=5)  # the notebook ran 120 s before the Predictor
+    margin = settings.competition.safety_margin_seconds * 1800 / settings.competition.total_seconds
+    assert predictor.budget.cutoff == pytest.approx(predictor.budget.start + 1800 - margin)  # the margin, scaled
