@@ -138,12 +138,14 @@ class Predictor:
                                  errors=[f"engine start failed: {e!r}"])
         deadline = self.budget.start_problem()
         try:
-            extend = None  # [sim] contested problems may stretch their deadline (time.stretch > 1)
-            if self.settings.time.stretch > 1:
-                extend = lambda votes, finished, launched: self.budget.extend(contention(votes, finished, launched))  # noqa: E731
+            extend = self._contested_deadline if self.settings.time.stretch > 1 else None  # [sim]
             return solver.solve(problem_id, problem, deadline, extend)
         finally:
             self.budget.finish_problem()
+
+    def _contested_deadline(self, votes, finished: int, launched: int) -> float:
+        """[sim] The deadline of the problem being solved, stretched while its votes are split."""
+        return self.budget.extend(contention(votes, finished, launched))
 
     def predict(self, id_: Any, problem: Any) -> pl.DataFrame:
         """Kaggle's endpoint: one-row pl.Series in, one-row DataFrame (id, answer:int) out. Never raises."""

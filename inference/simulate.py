@@ -47,7 +47,6 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Sequence  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -129,7 +128,7 @@ class TraceSet:
     samples: dict[str, list[dict]]  # problem_id → its traces, by sample index
     gold: dict[str, str]
     problems: dict[str, str] = field(default_factory=dict)  # problem text where known (prompts only)
-    cuts: ReplayCuts = field(default_factory=ReplayCuts, repr=False)  # shared by every simulated engine on these traces
+    cuts: ReplayCuts = field(default_factory=ReplayCuts, repr=False)  # shared by every engine replaying these
     graded: dict = field(default_factory=dict, repr=False)  # (problem, answer, spec) → correct, graded once
 
     def correct(self, problem_id: str, answer: int | None, spec: AnswerSpec) -> bool:
@@ -579,7 +578,7 @@ def format_benchmark(b: dict) -> str:
         f"  parse once, {b['workers']} worker(s): {b['seconds']:.1f} s for {b['orders']} orders "
         f"({'meets' if b['seconds'] <= 60 else 'misses'} the 60 s target); {b['cpu_seconds']:.1f} CPU-seconds in all, "
         f"{b['cpu_seconds'] / max(1, b['workers']):.1f} s per worker on idle cores",
-        f"  old / new, CPU per order: {b['baseline_cpu_per_order'] * b['orders'] / max(b['cpu_seconds'], 1e-9):.0f}×"])
+        f"  old / new, CPU: {b['baseline_cpu_per_order'] * b['orders'] / max(b['cpu_seconds'], 1e-9):.0f}×"])
 
 
 # -- command line --------------------------------------------------------------------------------------------------

@@ -205,7 +205,8 @@ def stop_reason(votes: Votes, finished: int, launched: int, rule: StopRule) -> s
                 return "calibrated"
     if remaining <= 0:
         return "all_finished"
-    if rule.hopeless_after is not None and finished >= rule.hopeless_after and max(votes.counts.values(), default=0) < 2:
+    no_two_agree = max(votes.counts.values(), default=0) < 2
+    if rule.hopeless_after is not None and finished >= rule.hopeless_after and no_two_agree:
         return "hopeless"
     if votes.valid >= rule.min_votes and rule.straggler_fraction is not None:
         if finished >= math.ceil(rule.straggler_fraction * launched - 1e-9):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 import threading
 import time
 from dataclasses import dataclass
