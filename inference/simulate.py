@@ -567,6 +567,7 @@ def _children_cpu() -> float:
 
 def format_benchmark(b: dict) -> str:
     projected = b["baseline_seconds_per_order"] * b["orders"]
+    ratio = b["baseline_cpu_per_order"] * b["orders"] / max(b["cpu_seconds"], 1e-9)
     return "\n".join([
         f"simulator benchmark: {b['orders']} orders × {b['policies']} policies, {b['samples']} samples of ≥ "
         f"{b['min_text_chars']} characters (5 problems × 16), hardware {b['hardware']}",
@@ -578,7 +579,7 @@ def format_benchmark(b: dict) -> str:
         f"  parse once, {b['workers']} worker(s): {b['seconds']:.1f} s for {b['orders']} orders "
         f"({'meets' if b['seconds'] <= 60 else 'misses'} the 60 s target); {b['cpu_seconds']:.1f} CPU-seconds in all, "
         f"{b['cpu_seconds'] / max(1, b['workers']):.1f} s per worker on idle cores",
-        f"  old / new, CPU: {b['baseline_cpu_per_order'] * b['orders'] / max(b['cpu_seconds'], 1e-9):.0f}×"])
+        f"  old / new, CPU per order: {ratio:.0f}×"])
 
 
 # -- command line --------------------------------------------------------------------------------------------------

@@ -3,13 +3,15 @@ replay simulator and the tests run exactly the same decisions.
 
 The solver adds each finished sample's answer (`Votes.add`), then asks `stop_reason(votes, finished, launched,
 rule)` whether the samples still running can be cancelled. The rules cover what the winning AIMO solutions shipped
-(/work/shared/reference/peers.md), as configs (the `voting:` section of configs/inference/*.yaml):
+(their write-ups: NemoSkills, imagination-research, the AIMO-3 winners), as configs (the `voting:` section of
+configs/inference/*.yaml):
 
     kind: k_of_n, k: 4                      # AIMO-3 winners: stop at 4 identical answers (of 8)
     kind: k_of_n, k: 4, n: 5                # NemoSkills: "the first 4-5 completions agreed" (4 of the first 5)
     kind: leader_safe                       # AIMO-3 2nd place: stop when second + remaining ≤ leader
     kind: calibrated, confidence: 0.95      # stop when the leader will still lead with probability ≥ 95 %
     straggler_fraction: 0.8                 # NemoSkills: cancel the last pending samples once most have finished
+    hopeless_after: 4                       # give up once 4 finished and no two agree (the kit's default)
 
 Weights (`length_weight`, `answer_prior_weight`) are off unless a caller passes them to `Votes.add`.
 """
@@ -318,7 +320,7 @@ def contention(votes: Votes, finished: int, launched: int) -> float:
 
     The runner-up's votes over the leader's: 1-1 and 3-3 are 1, 2-1 is 0.5, 4-1 is 0.25. A lone answer (however
     many votes) is 0, and so is a problem with no valid vote yet: more time there mostly buys the long samples,
-    which are the wrong ones more often (peers.md §8.2). Nothing running (finished ≥ launched): 0.
+    which are the wrong ones more often (imagination-research's length figure). Nothing running (finished ≥ launched): 0.
     """
     if finished >= launched or votes.valid == 0:
         return 0.0
