@@ -320,7 +320,8 @@ def contention(votes: Votes, finished: int, launched: int) -> float:
 
     The runner-up's votes over the leader's: 1-1 and 3-3 are 1, 2-1 is 0.5, 4-1 is 0.25. A lone answer (however
     many votes) is 0, and so is a problem with no valid vote yet: more time there mostly buys the long samples,
-    which are the wrong ones more often (imagination-research's length figure). Nothing running (finished ≥ launched): 0.
+    which are the wrong ones more often (imagination-research's length figure). Nothing running
+    (finished ≥ launched): 0.
     """
     if finished >= launched or votes.valid == 0:
         return 0.0
