@@ -1,11 +1,14 @@
 """Find, normalize and grade final answers. One module shared by voting, rewards and evaluation, so training
 grades exactly as the server votes.
 
-- `last_boxed`, `find_stop`: where the answer is in a completion, and where a streaming sample may be cut.
+- `last_boxed`: where the answer is in a completion.
+- `StopDetector`, `find_stop`: where a streaming sample may be cut (the stop rules), fed delta by delta in time linear
+  in the new text; `find_stop(text, rule)` is one detector fed the whole text, so both always agree.
 - `AnswerSpec`: the competition's answer range and modulus (the `answer:` section of configs/competitions/*.yaml).
-- `parse_integer`: an answer string → int, or None when it is not exactly an integer. Plain regular expressions,
-  no sympy: voting calls it on every sample.
-- `extract_answer`: a completion → its vote (an int in the spec's range) or None (an invalid vote).
+- `parse_integer`: an answer string → int, or None when it is not exactly an integer. Plain regular expressions and
+  a bounded integer-arithmetic reader (`2^{10}`), no sympy: voting calls it on every sample.
+- `extract_answer`: a completion → its vote (an int in the spec's range) or None (an invalid vote); the final
+  answer after `</think>` wins over boxes inside the thinking.
 - `is_equivalent`: an answer string against a gold string: integers compared as integers, word answers literally,
   everything else with math-verify (thread-safe settings).
 - `grade`: a completion against a gold string, for GRPO rewards and evaluation; None = "the gold gives no signal".
@@ -13,6 +16,7 @@ grades exactly as the server votes.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
@@ -60,29 +64,106 @@ def last_boxed(text: str) -> str | None:
     return spans[-1][2] if spans else None
 
 
-def find_stop(text: str, rule: str) -> int | None:
-    """Where to cut a streaming sample that has committed to an answer, or None to keep generating.
+# -- stop detection while streaming ------------------------------------------------------------------------------
+
+# How a sample ends early once it has committed to an answer (StopDetector says where). The engines list these too.
+STOP_RULES = ("boxed_after_think", "think", "first_boxed", "none")
+
+# What a stop rule reacts to: a box opening (`\boxed{`, `\fbox {`), any other brace, and `</think>`. A `\boxed` at the
+# very end of the text so far may still get its `{` (group "pending").
+_STOP_TOKEN_RE = re.compile(r"\\(?:boxed|fbox)\s*(?:(\{)|(?P<pending>\Z))|[{}]|</think>")
+_STOP_TRIGGER_RE = re.compile(r"[{}\\<]")  # a delta without these characters cannot change the detector's state
+_PARTIAL_TOKENS = ("\\boxed", "\\fbox", "</think>")  # a delta may end inside one of these
+_SPACE_RE = re.compile(r"\s*")
+
+
+class StopDetector:
+    """Where to cut one streaming sample, fed its text delta by delta: `feed(delta)` returns the cut index (into the
+    whole text so far) once the sample has committed to an answer, else None. Each delta costs time in its own
+    length only: the brace stack, whether `</think>` was seen and whether a box was completed before it are kept
+    between deltas, and a token split across deltas (`\\bo` + `xed{`) is carried over. Rescanning the whole text
+    on every `}` instead cost seconds of CPU per 16k-token LaTeX-heavy sample once a box existed (benchmark.py).
 
     Rules (inference.engines.base.STOP_RULES):
-      "think"       - at the end of the first `</think>` that has a complete \\boxed{} before it, else right after the
-                      first complete \\boxed{} that follows `</think>`;
-      "first_boxed" - right after the first complete \\boxed{...};
-      "none"        - never.
+      "boxed_after_think" - right after the first complete \\boxed{} that opens after the first `</think>`: the final
+                            answer; a tentative box inside the thinking never cuts;
+      "think"             - at the end of the first `</think>` if a \\boxed{} was completed before it, else as
+                            "boxed_after_think" (for models trained to commit to their answer before `</think>`);
+      "first_boxed"       - right after the first complete \\boxed{...};
+      "none"              - never.
+    A box is complete when the brace its `{` opened closes (braces of any kind are matched; a stray `}` is ignored);
+    with nested boxes the inner one completes first. The brace-less `\\boxed 5` never cuts (its end is unknown while
+    streaming); the sample runs on and `extract_answer` still reads it. Once a cut is found, feed keeps returning it.
     """
-    if rule == "none":
+
+    def __init__(self, rule: str) -> None:
+        if rule not in STOP_RULES:
+            raise ValueError(f"stop_rule: unknown rule {rule!r}; choose one of {', '.join(STOP_RULES)}")
+        self.rule = rule
+        self.cut: int | None = None
+        self._read = 0  # characters fed so far
+        self._carry = ""  # the end of the text so far when it may be the start of a token
+        self._awaiting_brace = False  # the text so far ends in `\boxed` + spaces
+        self._braces: list[bool | None] = []  # open braces: None = not a box's; else whether it opened after </think>
+        self._closed_think = False  # the first </think> was read
+        self._boxed_before_close = False  # a box completed before it
+
+    def feed(self, delta: str) -> int | None:
+        if self.cut is not None or self.rule == "none":
+            return self.cut
+        base = self._read - len(self._carry)  # index of text[0] in the whole sample
+        self._read += len(delta)
+        if not self._carry and not self._awaiting_brace and not _STOP_TRIGGER_RE.search(delta):
+            return None  # the common case: ordinary words
+        text, self._carry = self._carry + delta, ""
+        pos = 0
+        if self._awaiting_brace:
+            pos = _SPACE_RE.match(text).end()
+            if pos == len(text):
+                return None  # still only spaces after `\boxed`
+            self._awaiting_brace = False
+            if text[pos] == "{":
+                self._braces.append(self._closed_think)
+                pos += 1
+        end = pos
+        for m in _STOP_TOKEN_RE.finditer(text, pos):
+            end = m.end()
+            token = m.group()
+            if token == "}":
+                if self._braces and (opened_after_close := self._braces.pop()) is not None:
+                    self.cut = self._box_completed(opened_after_close, base + end)
+            elif token == "{":
+                self._braces.append(None)
+            elif token == "</think>":
+                if not self._closed_think:
+                    self._closed_think = True
+                    if self.rule == "think" and self._boxed_before_close:
+                        self.cut = base + end
+            elif m.group(1):  # `\boxed{`
+                self._braces.append(self._closed_think)
+            elif m.group("pending") is not None:
+                self._awaiting_brace = True
+            if self.cut is not None:
+                return self.cut
+        tail = text[end:]
+        start = max(tail.rfind("\\"), tail.rfind("<"))
+        if start >= 0 and any(token.startswith(tail[start:]) for token in _PARTIAL_TOKENS):
+            self._carry = tail[start:]
         return None
-    spans = _boxed_spans(text)
-    if rule == "first_boxed":
-        return spans[0][1] if spans else None
-    if rule == "think":
-        close = text.find("</think>")
-        if close < 0:
+
+    def _box_completed(self, opened_after_close: bool, end: int) -> int | None:
+        if self.rule == "first_boxed":
+            return end
+        if not self._closed_think:
+            self._boxed_before_close = True
             return None
-        if any(end <= close for _, end, _ in spans):
-            return close + len("</think>")
-        after = [end for start, end, _ in spans if start >= close]
-        return after[0] if after else None
-    raise ValueError(f"stop_rule: unknown rule {rule!r}; choose think, first_boxed or none")
+        return end if opened_after_close else None
+
+
+def find_stop(text: str, rule: str) -> int | None:
+    """Where to cut a sample whose text so far is `text` (rules: StopDetector), or None to keep generating. The same
+    answer a StopDetector fed the text in any chunks gives, which is what the streaming engines use."""
+    return StopDetector(rule).feed(text)
 
 
 # -- the competition's answer format ------------------------------------------------------------------------------
@@ -129,14 +210,70 @@ _WRAPPER_RE = re.compile(
     r"\\(?:boxed|fbox|text|textbf|textrm|textup|mathbf|mathrm|mathit|mathsf|boldsymbol|bm|mbox|operatorname)"
     r"\s*\{([^{}]*)\}"
 )
-# Units written after a number are dropped: 42\text{ cm}, 42 \text{ways}.
-_TRAILING_UNIT_RE = re.compile(r"(?<=[\d}])\s*\\(?:text|mathrm|mbox)\s*\{[^{}\d]*\}(?=[\s}]*$)")
+# Units written after a number are dropped: 42\text{ cm}, 42 \text{ways}, 42\ \text{units}, 42 \, \text{cm}^2.
+_TRAILING_UNIT_RE = re.compile(
+    r"(?<=[\d}])(?:\s|~|\\[ ,;:!])*\\(?:text|mathrm|mbox)\s*\{[^{}\d]*\}(?:\^\s*\{?\s*[23]\s*\}?)?(?=[\s}]*$)"
+)
 # Spacing, delimiters and sizing commands that never change the value.
 _NOISE_RE = re.compile(r"\\left|\\right|\\displaystyle|\\[!,;: $]|\\\(|\\\)|\\\[|\\\]|\$|~")
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _INT_RE = re.compile(r"([+-]?)(\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+|\d+)(?:\.0*)?")
 _FRAC_RE = re.compile(r"([+-]?)\s*\\[dtc]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}")
 _SLASH_RE = re.compile(r"([+-]?\d+)\s*/\s*([+-]?\d+)")
+# `42 \pmod{1000}`, `2024 \bmod 1000`, `42 \mod 1000`, `42 (mod 1000)`: the value reduced by that modulus (AIMO-2).
+_MOD_RE = re.compile(r"(?P<value>.+?)\s*\(?\s*(?:\\[pb]?mod(?![A-Za-z])|\bmod\b)\s*\{?\s*(?P<modulus>\d+)\s*\}?\s*\)?")
+
+# Simple integer expressions (`2^{10}`, `3 \times 7`, `(2+3)^2`): parsed with `ast` into a tree of integer constants
+# and + - * / ^ only (never evaluated as code), computed with bounds so `2^{100000}` is refused, not computed.
+_EXPR_OPERATORS = (("\\times", "*"), ("\\cdot", "*"), ("\u00d7", "*"), ("\u22c5", "*"), ("\\div", "/"))
+_EXPR_CHARS_RE = re.compile(r"[\d\s+\-*/^(){}]*\d[\d\s+\-*/^(){}]*[+\-*/^][\d\s+\-*/^(){}]*")
+_MAX_EXPR_CHARS = 100
+_MAX_EXPR_BITS = 1024  # no answer has more than ~300 digits; bigger intermediate values are refused
+
+
+def _integer_expression(s: str) -> int | None:
+    """The value of an integer arithmetic expression in LaTeX, or None (not one, inexact division, too big)."""
+    if len(s) > _MAX_EXPR_CHARS:
+        return None
+    for latex, op in _EXPR_OPERATORS:
+        s = s.replace(latex, op)
+    if not _EXPR_CHARS_RE.fullmatch(s):
+        return None
+    try:
+        tree = ast.parse(s.replace("{", "(").replace("}", ")").replace("^", "**").strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    return _evaluate(tree.body)
+
+
+def _evaluate(node: ast.AST) -> int | None:
+    if isinstance(node, ast.Constant):
+        return node.value if type(node.value) is int else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        if isinstance(node.operand, ast.UnaryOp):  # `--5` is a typo, not an answer
+            return None
+        value = _evaluate(node.operand)
+        return None if value is None else (-value if isinstance(node.op, ast.USub) else value)
+    if not isinstance(node, ast.BinOp):
+        return None
+    left, right = _evaluate(node.left), _evaluate(node.right)
+    if left is None or right is None:
+        return None
+    if isinstance(node.op, ast.Add):
+        return left + right
+    if isinstance(node.op, ast.Sub):
+        return left - right
+    if isinstance(node.op, ast.Mult):
+        return left * right if left.bit_length() + right.bit_length() <= _MAX_EXPR_BITS else None
+    if isinstance(node.op, ast.Div):
+        return left // right if right and left % right == 0 else None
+    if isinstance(node.op, ast.Pow):
+        if right < 0 or (left == 0 and right == 0):
+            return None
+        if abs(left) > 1 and abs(left).bit_length() * right > _MAX_EXPR_BITS:
+            return None
+        return left**right
+    return None
 
 
 def parse_integer(s: str | int | None) -> int | None:
@@ -147,7 +284,9 @@ def parse_integer(s: str | int | None) -> int | None:
     `x = 42` (the right-hand side, when the left has no comma), `\\frac{84}{2}` / `\\dfrac{84}{2}` / `84/2` (only
     when the division is exact). Units are dropped, as NeMo-Skills' grader does: `42^\\circ`, `42°`, `42\\%`,
     `42\\text{ cm}` → 42 (a degree or percent answer to an integer question is that integer).
-    Not integers → None: `3.5`, `\\frac{1}{2}`, `\\sqrt{2}`, `1,2`, `2^{10}`, words.
+    AIMO-2's modulus: `42 \\pmod{1000}`, `2024 \\bmod 1000`, `42 \\mod 1000` → the value reduced by it (42, 24, 42).
+    Simple integer expressions are computed: `2^{10}` → 1024, `3 \\times 7` → 21 (bounded: `2^{100000}` → None).
+    Not integers → None: `3.5`, `\\frac{1}{2}`, `\\sqrt{2}`, `1,2`, `x+1`, words.
     """
     if s is None or isinstance(s, bool):
         return None
@@ -156,7 +295,7 @@ def parse_integer(s: str | int | None) -> int | None:
     s = str(s).strip()
     if not s or len(s) > _MAX_ANSWER_CHARS:
         return None
-    s = s.replace("\u2212", "-").replace("\u2013", "-").replace("{,}", ",")
+    s = s.replace("\u2212", "-").replace("\u2013", "-").replace("{,}", ",").replace("\\equiv", "=")
     previous = None
     while previous != s:  # unwrap from the inside out: \boxed{\text{42}} → \boxed{42} → 42
         previous = s
@@ -173,6 +312,9 @@ def parse_integer(s: str | int | None) -> int | None:
     while len(s) >= 2 and (s[0], s[-1]) in (("{", "}"), ("(", ")")):
         s = s[1:-1].strip()
     s = re.sub(r"\s+", " ", s)
+    if "mod" in s and (m := _MOD_RE.fullmatch(s)):
+        value, modulus = parse_integer(m.group("value")), int(m.group("modulus"))
+        return None if value is None or modulus < 1 else value % modulus
 
     if m := _INT_RE.fullmatch(s) or _INT_RE.fullmatch(re.sub(r"^([+-]) ", r"\1", s)):
         value = int(re.sub(r"[, ]", "", m.group(2)))
@@ -182,7 +324,7 @@ def parse_integer(s: str | int | None) -> int | None:
     elif m := _SLASH_RE.fullmatch(s):
         sign, num, den = "", int(m.group(1)), int(m.group(2))
     else:
-        return None
+        return _integer_expression(s)
     if den == 0 or num % den:
         return None
     return -(num // den) if sign == "-" else num // den
@@ -221,15 +363,39 @@ def _unboxed_answer(text: str) -> str | None:
     return None
 
 
+# A box that holds no answer: `\boxed{}`, `\boxed{\text{}}`, `\boxed{?}`, `\boxed{\ldots}`, `\boxed{answer}` (the model
+# echoing the instruction). It must not erase an earlier answer; a box that holds a non-integer (`\frac{1}{2}`) does.
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_PLACEHOLDER_RE = re.compile(r"(?:(?:final|your|the)\s+)?answer(?:\s+here)?", re.IGNORECASE)
+
+
+def _holds_no_answer(content: str) -> bool:
+    rest = _COMMAND_RE.sub("", content)
+    if not any(c.isalnum() for c in rest):
+        return True
+    return bool(_PLACEHOLDER_RE.fullmatch(re.sub(r"[^A-Za-z ]", "", rest).strip()))
+
+
 def extract_answer(text: str, spec: AnswerSpec | None = None) -> int | None:
-    """The vote of a completion: the content of its last \\boxed{} as an integer, or, with no box at all, the
-    integer stated on its last line ("the final answer is 42"). With a spec, the integer is reduced by
-    spec.modulus (if set) and must lie in [spec.min, spec.max]. None means an invalid vote: no answer, a non-integer
-    last box, or out of range. No sympy: this runs on every sample."""
+    """The vote of a completion: the model's final answer as an integer, or None (an invalid vote).
+
+    The final answer is, in order: the last \\boxed{} after the first `</think>` (what the model concluded, even
+    if a box inside its thinking said otherwise); else an answer stated on the last line after `</think>` ("The
+    final answer is 42"); else the last \\boxed{} anywhere; else an answer stated on the last line(s). Boxes that
+    hold no answer (`\\boxed{}`, `\\boxed{?}`) are skipped; a box holding a non-integer makes the vote None. With a
+    spec, the integer is reduced by spec.modulus (if set) and must lie in [spec.min, spec.max]. No sympy: this runs
+    on every sample."""
     if not text:
         return None
-    boxed = last_boxed(text)
-    value = parse_integer(boxed) if boxed is not None else parse_integer(_unboxed_answer(text))
+    boxes = [(start, content) for start, _, content in _boxed_spans(text) if not _holds_no_answer(content)]
+    close = text.find("</think>")
+    answer = None
+    if close >= 0:
+        final_boxes = [content for start, content in boxes if start > close]
+        answer = final_boxes[-1] if final_boxes else _unboxed_answer(text[close + len("</think>"):])
+    if answer is None:
+        answer = boxes[-1][1] if boxes else _unboxed_answer(text)
+    value = parse_integer(answer)
     if value is None or spec is None:
         return value
     return spec.apply(value)

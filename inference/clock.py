@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 
 class RealClock:
@@ -27,13 +28,17 @@ class RealClock:
 
 
 class VirtualClock:
-    """Simulated time. `sleep` and `advance_to` move it forward instantly; it never goes back."""
+    """Simulated time. `sleep` and `advance_to` move it forward instantly; it never goes back.
+
+    A thread that must act at a given time (the server's deadline guard) waits with `wait_for`; the clock then stops
+    at that time until the waiter has looked, as real time would let it, however far another thread advances it."""
 
     virtual = True
 
     def __init__(self, start: float = 0.0) -> None:
         self._t = float(start)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._alarms: list[float] = []  # times some waiter must see before the clock passes them
 
     def now(self) -> float:
         return self._t
@@ -43,5 +48,41 @@ class VirtualClock:
             self.advance_to(self._t + seconds)
 
     def advance_to(self, t: float) -> None:
-        with self._lock:
-            self._t = max(self._t, float(t))
+        t = float(t)
+        with self._cond:
+            while True:
+                alarm = min((a for a in self._alarms if a < t), default=None)
+                if alarm is None:
+                    self._t = max(self._t, t)
+                    self._cond.notify_all()
+                    return
+                self._t = max(self._t, alarm)
+                self._cond.notify_all()
+                # Hold here until the waiter has seen its time (bounded: a dead waiter must not stop the clock).
+                self._cond.wait_for(lambda: alarm not in self._alarms, timeout=5.0)
+                if alarm in self._alarms:
+                    self._alarms.remove(alarm)
+
+    def wait_for(self, done: Callable[[float], bool], until: float) -> bool:
+        """Wait until done(timeout) is true or the clock reaches `until`; returns done's final answer. Wakes every
+        few milliseconds of real time to ask `done`, and gives up if the clock is stuck for 30 s of real time (a
+        thread blocked in real time will never move a virtual clock)."""
+        with self._cond:
+            self._alarms.append(until)
+        try:
+            stuck_since, last = time.monotonic(), self._t
+            while not done(0.0):
+                if self._t >= until:
+                    return done(0.0)
+                if self._t != last:
+                    stuck_since, last = time.monotonic(), self._t
+                elif time.monotonic() - stuck_since > 30.0:
+                    return False
+                with self._cond:
+                    self._cond.wait(0.002)
+            return True
+        finally:
+            with self._cond:
+                if until in self._alarms:
+                    self._alarms.remove(until)
+                self._cond.notify_all()

@@ -79,7 +79,7 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     min_p: float = 0.0
-    stop_rule: str = "think"  # see inference.engines.base.STOP_RULES
+    stop_rule: str = "boxed_after_think"  # see inference.engines.base.STOP_RULES
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -116,6 +116,8 @@ class Watchdog:
     stall_seconds: float = 120.0  # no new token for this long while samples run → restart the engine
     max_restarts: int = 2  # per run
     poll_seconds: float = 1.0  # how often the solver wakes up to check deadlines and the engine
+    # predict answers at the problem's deadline plus at most this, whatever the engine is doing (server.py)
+    answer_grace_seconds: float = 0.5
 
 
 @dataclass

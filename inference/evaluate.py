@@ -37,7 +37,7 @@ from typing import Iterator  # noqa: E402
 
 import yaml  # noqa: E402
 
-from inference.answers import extract_answer, grade, is_equivalent, last_boxed, parse_integer  # noqa: E402
+from inference.answers import STOP_RULES, extract_answer, grade, is_equivalent, last_boxed, parse_integer  # noqa: E402
 from inference.clock import RealClock  # noqa: E402
 from inference.config import REPO, Settings, load_settings, parse_override  # noqa: E402
 from inference.engines.base import Engine, Sample  # noqa: E402
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="inference settings YAML (prompts, sampling)")
     parser.add_argument("--competition", choices=["aimo2", "aimo3"], help="answer range rules (default: the config's)")
     parser.add_argument("--max-tokens", type=int, help="override sampling.max_tokens")
-    parser.add_argument("--stop-rule", default="none", choices=["none", "think", "first_boxed"],
+    parser.add_argument("--stop-rule", default="none", choices=STOP_RULES,
                         help="per-sample stop (default none: record full samples, any rule can be replayed)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--limit", type=int, help="only the first N problems")

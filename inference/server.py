@@ -13,17 +13,27 @@ In a notebook:
 - It works when called from a non-main thread (Kaggle calls it from a gRPC worker thread): no signals anywhere.
 - Time: one TimeBudget for the whole run, started when the Predictor is made (≈ notebook start), gives each
   problem its deadline; past the global cutoff every problem gets the fallback at once.
+- The engine is not trusted for time. Each solve runs on a worker thread and predict waits for it only until the
+  problem's deadline plus `watchdog.answer_grace_seconds`, then answers the solve's current leader (or the
+  fallback) whatever the engine is doing: hung in poll, submit or abort, restarting slowly, or dead. A worker still
+  inside the engine when the next problem comes is waited for only while that can pay off; a wedged one is given up
+  (it touches the engine no more once it wakes) and the engine restarted in the background, only while the run has
+  time for a model load (measured at the first start) and restarts left (`watchdog.max_restarts`, which also bounds
+  the threads a wedged engine can leak). Until the engine is back, problems get the fallback at once.
+- Under a virtual clock (the simulator) the solve runs inline unless `isolate=True`: a replay does not hang, and
+  inline is faster for thousands of simulated runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 
@@ -72,9 +82,11 @@ class Predictor:
         engine: Engine | None = None,
         total_seconds: float | None = None,
         problems: int | None = None,
+        isolate: bool | None = None,
         run_started_at: float | None = None,
     ) -> None:
         """`total_seconds` and `problems` override the competition's (e.g. a rehearsal on 10 problems in 20 min).
+        `isolate`: solve on a worker thread with a hard deadline (default: yes on a real clock, no on a virtual one).
         `run_started_at` ([sim]): time.time() when the notebook started; the time since counts against the run."""
         self.settings = settings
         comp = settings.competition
@@ -99,6 +111,15 @@ class Predictor:
         self._lock = threading.Lock()
         self._trace_lock = threading.Lock()
         self._calls = 0
+        # The deadline guard (see the module docstring).
+        self.isolate = (not self.clock.virtual) if isolate is None else isolate
+        self.load_seconds: float | None = None  # the first engine start, on the clock: what a restart will cost
+        self.engine_dead = False  # no restart left, or no time for one: every later problem gets the fallback
+        self._worker: threading.Thread | None = None  # the last thread that entered the engine, maybe still in it
+        self._worker_ready_at: float | None = None  # when a restarting worker should be done (clock)
+        self.abandoned: list[threading.Thread] = []  # wedged workers given up on (each cost one restart)
+        self.deadlines: dict[str, tuple[float, float]] = {}  # problem id → (deadline, answered at), on the clock
+        self._deadline: float | None = None  # the current problem's
 
     # -- engine ---------------------------------------------------------------------------------------------------
     def _trace_sink(self, record: dict) -> None:
@@ -110,47 +131,193 @@ class Predictor:
         if self._solver is None:
             if self._engine is None:
                 self._engine = build_engine(self.settings, self.clock)
-            t0 = time.monotonic()
-            self._engine.start()
-            log.info("engine %s ready in %.1fs", self.settings.engine, time.monotonic() - t0)
+            t0 = self.clock.now()
+            try:
+                self._engine.start()
+            finally:
+                if self.load_seconds is None:  # measured once: the price of any later restart
+                    self.load_seconds = self.clock.now() - t0
+            log.info("engine %s ready in %.1fs", self.settings.engine, self.clock.now() - t0)
             sink = None  # without record_traces the solver builds no trace records at all
             if self.settings.record_traces:
                 Path(self.settings.record_traces).parent.mkdir(parents=True, exist_ok=True)
                 sink = self._trace_sink
-            self._solver = Solver(self._engine, self.settings, trace_sink=sink)
+            self._solver = Solver(self._engine, self.settings, trace_sink=sink, may_restart=self._may_restart)
         return self._solver
+
+    def _may_restart(self) -> bool:
+        """A restart pays off only if the run has time for a whole model load."""
+        return self.budget.time_left() > (self.load_seconds or 0.0)
 
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
 
-    # -- one problem ----------------------------------------------------------------------------------------------
+    # -- one problem ---------------------------------------------------------------------------------------------
+
+    def _fallback(self, problem_id: str, reason: str, error: str | None = None) -> ProblemResult:
+        return ProblemResult(id=problem_id, answer=self.settings.competition.fallback_answer, stop_reason=reason,
+                             fallback=True, errors=[error] if error else [])
+
     def solve(self, problem_id: str, problem: str) -> ProblemResult:
-        fallback = self.settings.competition.fallback_answer
+        """One problem, solved inline on the calling thread (the simulator's path; predict adds the guard)."""
         if self.budget.time_left() <= 0:
-            return ProblemResult(id=problem_id, answer=fallback, stop_reason="global_cutoff", fallback=True)
+            return self._fallback(problem_id, "global_cutoff")
         try:
             solver = self.solver()  # the first call pays for the model load
         except Exception as e:  # noqa: BLE001 - the run must go on; the next call tries again
             log.exception("engine failed to start")
             self._solver = None
-            return ProblemResult(id=problem_id, answer=fallback, stop_reason="engine_error", fallback=True,
-                                 errors=[f"engine start failed: {e!r}"])
-        deadline = self.budget.start_problem()
+            return self._fallback(problem_id, "engine_error", f"engine start failed: {e!r}")
+        deadline = self._deadline = self.budget.start_problem()
         try:
-            extend = self._contested_deadline if self.settings.time.stretch > 1 else None  # [sim]
-            return solver.solve(problem_id, problem, deadline, extend)
+            return solver.solve(problem_id, problem, deadline, extend=self._contested_deadline())  # [sim]
         finally:
             self.budget.finish_problem()
 
-    def _contested_deadline(self, votes, finished: int, launched: int) -> float:
-        """[sim] The deadline of the problem being solved, stretched while its votes are split."""
-        return self.budget.extend(contention(votes, finished, launched))
+    def _answer(self, problem_id: str, problem: str) -> ProblemResult:
+        if not self.isolate:
+            return self.solve(problem_id, problem)
+        if self.budget.time_left() <= 0:
+            return self._fallback(problem_id, "global_cutoff")
+        if self.engine_dead:
+            return self._fallback(problem_id, "engine_dead")
+        if self.load_seconds is None and self._idle():
+            # The first call loads the model. Kaggle gives it no per-problem deadline; the run's cutoff still holds.
+            finished, box = self._in_worker("engine-start", self.solver, self.budget.cutoff)
+            if not finished:
+                return self._fallback(problem_id, "global_cutoff", "the model was still loading at the cutoff")
+            if "error" in box:
+                log.error("engine failed to start: %r", box["error"])
+                self._solver = None
+                return self._fallback(problem_id, "engine_error", f"engine start failed: {box['error']!r}")
+        deadline = self._deadline = self.budget.start_problem()
+        try:
+            if not self._engine_free(deadline):
+                return self._fallback(problem_id, "engine_dead" if self.engine_dead else "engine_busy")
+            live = self._fallback(problem_id, "deadline_guard")
+            cancel = threading.Event()
+
+            def work() -> ProblemResult:
+                solver = self.solver()  # starts the engine again if an earlier start failed
+                return solver.solve(problem_id, problem, deadline, result=live, cancel=cancel,
+                                    extend=self._contested_deadline())  # [sim]
+
+            grace = self.settings.watchdog.answer_grace_seconds
+            # [sim] a contested problem may stretch its deadline up to the budget's latest one
+            finished, box = self._in_worker(f"solve-{problem_id}", work, self.budget.latest_deadline() + grace)
+            if finished and "value" in box:
+                return box["value"]
+            cancel.set()  # from here on the worker leaves the engine alone as soon as it wakes
+            result = dataclasses.replace(live, votes=dict(live.votes), errors=list(live.errors))
+            if finished:
+                result.stop_reason = "error"
+                result.errors.append(f"solve failed: {box['error']!r}")
+            else:
+                result.stop_reason = "deadline_guard"
+                result.errors.append("the engine had not returned at the deadline; answered the leader so far")
+            return result
+        finally:
+            self.budget.finish_problem()
+
+    def _contested_deadline(self) -> Callable | None:
+        """[sim] For the solver: the deadline of the problem being solved, stretched while its votes are split
+        (time.stretch > 1; TimeBudget.extend), or None for a fixed deadline."""
+        if self.settings.time.stretch <= 1:
+            return None
+        return lambda votes, finished, launched: self.budget.extend(contention(votes, finished, launched))
+
+    # -- the guard's threads ----------------------------------------------------------------------------------------
+
+    def _wait(self, done: Callable[[float], bool], until: float) -> bool:
+        """Wait until done(timeout) is true or the clock reaches `until`."""
+        if self.clock.virtual:
+            return self.clock.wait_for(done, until)
+        return done(max(0.0, until - self.clock.now()))
+
+    def _in_worker(self, name: str, fn: Callable[[], Any], until: float) -> tuple[bool, dict]:
+        """Run fn on a fresh daemon thread and wait for it until `until` (clock). Returns (finished, box) with
+        box["value"] or box["error"]; an unfinished thread stays in self._worker."""
+        box: dict = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting predict
+                box["error"] = e
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        self._worker, self._worker_ready_at = thread, None
+        thread.start()
+        return self._wait(done.wait, until), box
+
+    def _joined(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the current worker to end; whether it has."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+        return worker is None or not worker.is_alive()
+
+    def _idle(self) -> bool:
+        return self._worker is None or not self._worker.is_alive()
+
+    def _engine_free(self, deadline: float) -> bool:
+        """Whether this problem may use the engine now: True once no earlier thread is inside it. Waits for a
+        finishing or restarting worker while that leaves time to solve; gives up a wedged one (restarting the engine
+        in the background); False means answer the fallback at once."""
+        self.abandoned = [t for t in self.abandoned if t.is_alive()]
+        grace = self.settings.watchdog.answer_grace_seconds
+        if self._idle() or self._wait(self._joined, min(deadline, self.clock.now() + grace)):
+            return True
+        now = self.clock.now()
+        restarting = self._solver.restarting_since if self._solver is not None else None
+        if self._worker_ready_at is None and restarting is not None:  # a solve is restarting the engine itself
+            self._worker_ready_at = restarting + (self.load_seconds or 0.0)
+        if self._worker_ready_at is None:  # wedged inside an engine call: give it up, restart in the background
+            if not self._restart_in_background():
+                return False
+        elif now > self._worker_ready_at + max(self.load_seconds or 0.0, self.settings.watchdog.stall_seconds):
+            log.error("engine restart has not finished %.0fs after it was due; no more engine this run",
+                      now - self._worker_ready_at)
+            self.engine_dead = True
+            return False
+        # Wait for the restart only if it should leave this problem at least half its time.
+        ready_at = self._worker_ready_at
+        if ready_at > now + 0.5 * (deadline - now):
+            return False
+        return self._wait(self._joined, min(deadline, ready_at + grace))
+
+    def _restart_in_background(self) -> bool:
+        solver = self._solver
+        if solver is None or solver.restarts >= self.settings.watchdog.max_restarts or not self._may_restart():
+            log.error("engine wedged and no restart left (or no time for one): fallback answers from here on")
+            self.engine_dead = True
+            return False
+        solver.restarts += 1
+        log.warning("engine wedged in a call; restarting it in the background (%d/%d)", solver.restarts,
+                    self.settings.watchdog.max_restarts)
+        self.abandoned.append(self._worker)
+        engine = self._engine
+
+        def restart() -> None:
+            try:
+                engine.restart()
+            except Exception:  # noqa: BLE001 - the next solve meets the dead engine and fails over from there
+                log.exception("background engine restart failed")
+
+        thread = threading.Thread(target=restart, name="engine-restart", daemon=True)
+        self._worker, self._worker_ready_at = thread, self.clock.now() + (self.load_seconds or 0.0)
+        thread.start()
+        return True
 
     def predict(self, id_: Any, problem: Any) -> pl.DataFrame:
         """Kaggle's endpoint: one-row pl.Series in, one-row DataFrame (id, answer:int) out. Never raises."""
         with self._lock:
             self._calls += 1
+            self._deadline = None
             fallback = self.settings.competition.fallback_answer
             problem_id = f"call-{self._calls}"
             try:
@@ -158,7 +325,7 @@ class Predictor:
                 text = _item(problem)
                 if not isinstance(text, str) or not text.strip():
                     raise ValueError(f"problem {problem_id}: expected non-empty text, got {text!r:.80}")
-                result = self.solve(problem_id, text)
+                result = self._answer(problem_id, text)
             except Exception as e:  # noqa: BLE001 - see the module docstring
                 log.exception("predict failed for %s; answering the fallback", problem_id)
                 result = ProblemResult(id=problem_id, answer=fallback, stop_reason="error", fallback=True,
@@ -168,6 +335,8 @@ class Predictor:
                 result.errors.append(f"answer {result.answer} out of range; fallback used")
                 result.answer, result.fallback = fallback, True
             self.results[problem_id] = result
+            self.deadlines[problem_id] = (self._deadline if self._deadline is not None else self.clock.now(),
+                                          self.clock.now())
             log.info(
                 "%s → %d (%s; %d/%d samples, %d tokens, %.1fs, %.0fs left)",
                 problem_id, result.answer, result.stop_reason, result.samples, result.launched,

@@ -129,10 +129,16 @@ class TimeBudget:
     def extend(self, contention: float) -> float:
         """The current problem's deadline given how contested it is now (0 settled … 1 split; see
         inference.voting.contention): its planned budget stretched by up to `stretch`, within the hard limits."""
-        if self._problem_start is None:
-            raise RuntimeError("TimeBudget.extend: no problem started")
+        if self._problem_start is None:  # the problem was already given up (a late call from its solver): stop now
+            return self.clock.now()
         c = min(max(contention, 0.0), 1.0)
         return self._problem_start + self._planned + c * max(0.0, self._stretch_limit - self._planned)
+
+    def latest_deadline(self) -> float:
+        """The latest deadline `extend` can give the current problem (a guard waiting on the solver waits this long)."""
+        if self._problem_start is None:
+            raise RuntimeError("TimeBudget.latest_deadline: no problem started")
+        return self._problem_start + max(self._planned, self._stretch_limit)
 
     def finish_problem(self) -> float:
         """Record that the current problem is answered; returns the seconds it used."""

@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from inference.answers import (
+    STOP_RULES,
     AnswerSpec,
+    StopDetector,
     _boxed_spans,
     extract_answer,
     find_stop,
@@ -81,8 +83,53 @@ EXTRACTION_CASES = [
     ("\\boxed{(1, 2)}", None, None),
     ("\\boxed{\\text{Evelyn}}", None, None),
     ("\\boxed{12 34}", None, None),
-    ("\\boxed{2^{10}}", None, None),
+    ("\\boxed{2^{10}}", None, 1024),  # simple integer expressions are computed ...
+    ("\\boxed{2^{10} - 1}", AIMO3, 1023),
+    ("\\boxed{3 \\times 7}", None, 21),
+    ("\\boxed{2 \\cdot 3^2}", None, 18),
+    ("\\boxed{(2+3)^2}", None, 25),
+    ("\\boxed{2^{100000}}", None, None),  # ... with bounds: refused, not computed
+    ("\\boxed{2^{-1}}", None, None),
+    ("\\boxed{7/2 + 1}", None, None),  # inexact division
+    ("\\boxed{x+1}", None, None),
+    ("\\boxed{2(3)}", None, None),  # no implicit products or calls
+    ("\\boxed{--5}", None, None),
+    ("\\boxed{0^0}", None, None),
+    # AIMO-2's modulus written into the answer: the value reduced by it.
+    ("\\boxed{42 \\pmod{1000}}", AIMO2, 42),
+    ("\\boxed{2024 \\pmod{1000}}", None, 24),
+    ("\\boxed{2024 \\bmod 1000}", None, 24),
+    ("\\boxed{42 \\mod 1000}", AIMO2, 42),
+    ("\\boxed{42 \\mod{1000}}", None, 42),
+    ("\\boxed{42 \\; (\\bmod 1000)}", None, 42),
+    ("\\boxed{42 \\pmod 1000}", None, 42),
+    ("\\boxed{N \\equiv 42 \\pmod{1000}}", AIMO2, 42),
+    ("\\boxed{\\frac{1}{2} \\pmod{1000}}", None, None),
+    ("\\boxed{42 \\pmod{0}}", None, None),
+    # Units after the number, however spaced.
+    ("\\boxed{42\\ \\text{units}}", None, 42),
+    ("\\boxed{42 \\, \\text{cm}^2}", None, 42),
+    ("\\boxed{42\\,\\mathrm{m}^{3}}", None, 42),
+    ("\\boxed{42~\\text{ways}}", None, 42),
+    ("\\boxed{42 \\text{ and } 43}", None, None),
+    # An empty or unreadable last box does not erase an earlier answer; a non-integer last box does.
+    ("\\boxed{42} so the answer goes in \\boxed{}", None, 42),
+    ("\\boxed{42} then \\boxed{ }", None, 42),
+    ("\\boxed{42} then \\boxed{\\text{}}", None, 42),
+    ("\\boxed{42} then \\boxed{?}", None, 42),
+    ("\\boxed{42} then \\boxed{\\ldots}", None, 42),
+    ("\\boxed{42} then \\boxed{answer}", None, 42),
+    ("Put it in \\boxed{}.\nThe final answer is 42", None, 42),
+    ("\\boxed{42} then \\boxed{x}", None, None),
     ("<think>\\boxed{3}</think>The answer is \\boxed{4}.", None, 4),
+    # The final answer after </think> is the vote, not a tentative box inside the thinking.
+    ("<think>At first I thought \\boxed{12} but that misses a case ...</think> Final: \\boxed{13}", None, 13),
+    ("<think>I get \\boxed{12}. Hmm, no: 13.</think>\nThe final answer is 13.", None, 13),
+    ("<think>I get \\boxed{12}. Hmm, no: 13.</think>\nSo 13 it is.", None, 12),  # nothing stated: the box
+    ("<think>I get \\boxed{12}</think>", None, 12),  # cut by the `think` rule
+    ("<think>\\boxed{12}</think> Final: \\boxed{\\frac{1}{2}}", None, None),
+    ("<think>\\boxed{12}</think> Final: \\boxed{}", None, 12),
+    ("<think>\\boxed{12}</think> Final: \\boxed{13}</think> \\boxed{14}", None, 14),
     ("\\boxed{5}\nSo the final answer is 6", None, 5),  # a box beats the text fallback
     ("", None, None),
     ("\x00\ufffd" * 50, None, None),
@@ -129,10 +176,15 @@ INTEGERS = [
     ("\\dfrac{84}{2}", 42), ("\\frac{84}{2}", 42), ("\\tfrac{84}{2}", 42), ("-\\frac{84}{2}", -42),
     ("\\frac{-84}{2}", -42), ("84/2", 42), ("42^\\circ", 42), ("42°", 42), ("42\\%", 42), ("42 \\text{ways}", 42),
     ("\\left(42\\right)", 42), ("\\$10", 10), ("0", 0), ("-0", 0), (" 7 ", 7), (17, 17),
+    ("2^{10}", 1024), ("2^10", 1024), ("-2^2", -4), ("10^3 + 7", 1007), ("6 \\div 3", 2), ("3 × 4", 12),
+    ("2^{500} - 2^{500}", 0), ("42 \\pmod{1000}", 42), ("1042 \\bmod 1000", 42), ("-1 \\mod 1000", 999),
+    ("42 (mod 1000)", 42), ("x \\equiv 42 \\pmod{100}", 42), ("42\\ \\text{units}", 42), ("42 \\, \\text{cm}^2", 42),
 ]
 NOT_INTEGERS = [
     "3.5", "\\frac{1}{2}", "\\dfrac{5}{2}", "1/2", "\\frac{1}{0}", "\\sqrt{2}", "hello", "\\text{Evelyn}", "1,2",
-    "1,00", "12 34", "(1, 2)", "a=3, b=4", "2^{10}", "x", "", "   ", None, "1e3", "--5", "5 and 7",
+    "1,00", "12 34", "(1, 2)", "a=3, b=4", "x+1", "x", "2^{100000}", "10^{10^{10}}", "2^{-3}", "(2", "2**",
+    "1 + " * 60 + "1", "((((((((((((((((((((1))))))))))))))))))))" * 3, "3!", "\\binom{5}{2}", "", "   ", None,
+    "1e3", "--5", "5 and 7",
     "5 \\text{ and } 7", "\\infty", "5%3", "9" * 2000, True,
 ]
 
@@ -162,6 +214,7 @@ def test_last_boxed(text, expected):
 
 
 THINK_OK = "<think>\nwork \\boxed{3}\n</think>\nThe answer is \\boxed{3}."
+MIND_CHANGED = "<think>At first I thought \\boxed{12} but that misses a case ... so 13.</think> Final: \\boxed{13}"
 FIND_STOP_CASES = [
     # think: cut at the first </think> with a complete box before it ...
     (THINK_OK, "think", THINK_OK.index("</think>") + len("</think>")),
@@ -177,6 +230,23 @@ FIND_STOP_CASES = [
     ("no box yet", "first_boxed", None),
     (THINK_OK, "none", None),
     ("a \\boxed{3} b", "none", None),
+    # boxed_after_think: only the final answer after </think> cuts, never a box inside the thinking
+    (THINK_OK, "boxed_after_think", len(THINK_OK) - 1),
+    (MIND_CHANGED, "boxed_after_think", len(MIND_CHANGED)),
+    (MIND_CHANGED + " and more", "boxed_after_think", len(MIND_CHANGED)),
+    (MIND_CHANGED, "think", MIND_CHANGED.index("</think>") + len("</think>")),  # the early cut: votes 12
+    ("<think>work \\boxed{3}", "boxed_after_think", None),
+    ("<think>\\boxed{3}</think> The answer is \\boxed{3", "boxed_after_think", None),
+    ("\\boxed{3} but no think tags", "boxed_after_think", None),
+    ("<think>a</think>b</think> \\boxed{5} c", "boxed_after_think", len("<think>a</think>b</think> \\boxed{5}")),
+    ("<think>\\boxed{3 </think> 4} x", "boxed_after_think", None),  # opened before </think>: not final
+    ("<think>\\boxed{3 </think> 4} \\boxed{5}", "boxed_after_think", len("<think>\\boxed{3 </think> 4} \\boxed{5}")),
+    # split tokens, spaced boxes, nesting, braces that are not boxes
+    ("x \\boxed  {7} y", "first_boxed", len("x \\boxed  {7}")),
+    ("\\boxed{\\boxed{7}} y", "first_boxed", len("\\boxed{\\boxed{7}")),  # the inner box completes first
+    ("{ } } \\frac{1}{2} \\fbox{8}", "first_boxed", len("{ } } \\frac{1}{2} \\fbox{8}")),
+    ("\\boxedx{7}", "first_boxed", None),
+    ("\\boxed 7 and more", "first_boxed", None),  # the brace-less form never cuts
 ]
 
 
@@ -212,6 +282,60 @@ def test_boxed_spans_match_a_forward_scan_on_random_text():
         assert _boxed_spans(text) == _reference_spans(text), text
 
 
+def _reference_find_stop(text, rule):
+    """The rules written over whole-text box spans (the forward scan above), braced boxes only."""
+    if rule == "none":
+        return None
+    spans = [(start, end) for start, end, _ in _reference_spans(text) if text[end - 1] == "}"
+             and re.match(r"\\(?:boxed|fbox)\s*\{", text[start:])]
+    ends = sorted(end for _, end in spans)
+    if rule == "first_boxed":
+        return ends[0] if ends else None
+    close = text.find("</think>")
+    if close < 0:
+        return None
+    if rule == "think" and any(end <= close for end in ends):
+        return close + len("</think>")
+    after = sorted(end for start, end in spans if start > close)
+    return after[0] if after else None
+
+
+STOP_PIECES = ["{", "}", "\\boxed", "\\fbox", "\\boxed ", " ", "\n", "x", "5", "$", "</think>", "<think>", "<", "\\",
+               "</th", "ink>", "\\bo", "xed", "\\frac{1}{2}", "word ", "\\boxed{", "\\boxed{7}", "}", "</think>"]
+
+
+def _random_chunks(rng, text):
+    cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 12)))) if len(text) > 1 else []
+    if rng.random() < 0.2:
+        cuts = range(1, len(text))  # one character at a time
+    bounds = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def test_stop_detector_fed_in_chunks_agrees_with_find_stop_and_the_reference():
+    rng = random.Random(0)
+    texts = [THINK_OK, MIND_CHANGED] + [c[0] for c in FIND_STOP_CASES]
+    texts += ["".join(rng.choice(STOP_PIECES) for _ in range(rng.randint(0, 40))) for _ in range(4000)]
+    for text in texts:
+        for rule in STOP_RULES:
+            expected = find_stop(text, rule)
+            assert expected == _reference_find_stop(text, rule), (text, rule)
+            for _ in range(3):
+                detector = StopDetector(rule)
+                cuts = [detector.feed(chunk) for chunk in _random_chunks(rng, text)]
+                got = next((c for c in cuts if c is not None), None)
+                assert got == expected, (text, rule, cuts)
+                assert cuts[-1] == expected  # once found, the cut stays
+
+
+def test_stop_detector_rules_match_the_engines_list():
+    from inference.engines.base import STOP_RULES as ENGINE_STOP_RULES
+
+    assert STOP_RULES == ENGINE_STOP_RULES
+    with pytest.raises(ValueError, match="stop_rule"):
+        StopDetector("whenever")
+
+
 def test_degenerate_sample_is_fast():
     text = "\\boxed{" * 3000 + "x" * 20000  # a model stuck repeating itself, never closing a brace
     start = time.perf_counter()
@@ -226,6 +350,14 @@ def test_degenerate_sample_is_fast():
 def test_find_stop_cut_keeps_the_answer():
     cut = find_stop(THINK_OK + " trailing words", "think")
     assert extract_answer(THINK_OK[:cut]) == 3
+
+
+def test_the_final_answer_rule_votes_the_changed_mind():
+    # The issue's example: the early `think` cut keeps the tentative 12; boxed_after_think waits for the final 13.
+    text = MIND_CHANGED + "\nThat is all."
+    assert extract_answer(text[:find_stop(text, "think")]) == 12
+    assert extract_answer(text[:find_stop(text, "boxed_after_think")]) == 13
+    assert extract_answer(text) == 13
 
 
 def test_find_stop_unknown_rule_is_an_error():

@@ -6,6 +6,7 @@ tests use too: a random model never boxes an answer, so stop rules need a model 
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from inference.answers import find_stop
 from inference.engines.base import EngineError, SampleRequest
-from inference.engines.transformers_engine import TransformersEngine
+from inference.engines.transformers_engine import TransformersEngine, _Job
 
 pytestmark = pytest.mark.slow
 
@@ -116,18 +117,46 @@ def test_max_tokens_is_per_sample_inside_a_batch(engine):
 def test_stop_rules_cut_the_scripted_answer(scripted_engine):
     scripted_engine.submit(requests("think", [0, 1, 2], stop_rule="think")
                            + requests("boxed", [0, 1, 2], stop_rule="first_boxed")
-                           + requests("none", [0, 1, 2], max_tokens=12, stop_rule="none"))
-    samples = collect(scripted_engine, 9)
-    by_rule = {rule: [s for s in samples if s.problem_id == rule] for rule in ("think", "boxed", "none")}
+                           + requests("none", [0, 1, 2], max_tokens=12, stop_rule="none")
+                           + requests("final", [0, 1, 2], max_tokens=12, stop_rule="boxed_after_think"))
+    samples = collect(scripted_engine, 12)
+    by_rule = {rule: [s for s in samples if s.problem_id == rule] for rule in ("think", "boxed", "none", "final")}
     for s in by_rule["think"]:
         assert (s.text, s.tokens, s.finish_reason) == ("<think>\\boxed{7}</think>", 7, "answer")
     for s in by_rule["boxed"]:
         assert (s.text, s.tokens, s.finish_reason) == ("<think>\\boxed{7}", 6, "answer")
     for s in by_rule["none"]:
         assert s.text.startswith(SCRIPT) and s.finish_reason in ("length", "stop") and s.tokens <= 12
+    for s in by_rule["final"]:  # never cut at </think>: only at a box the random continuation may write after it
+        assert s.text.startswith(SCRIPT) and len(s.text) > len(SCRIPT) and s.tokens <= 12
+        assert find_stop(s.text, "boxed_after_think") == (len(s.text) if s.finish_reason == "answer" else None)
     for s in samples:  # nothing after the cut point
-        rule = {"think": "think", "boxed": "first_boxed", "none": "none"}[s.problem_id]
+        rule = {"think": "think", "boxed": "first_boxed", "none": "none", "final": "boxed_after_think"}[s.problem_id]
         assert find_stop(s.text, rule) in (None, len(s.text))
+
+
+def _decode_one_by_one(engine, ids):
+    job = _Job(SampleRequest("d", 0, MESSAGES, seed=0, max_tokens=10_000, stop_rule="none"), [0], 10_000, 0.0)
+    pieces = []
+    for token in ids:
+        job.token_ids.append(token)
+        pieces.append(engine._decode_new(job))
+    return job.text, "".join(pieces)
+
+
+def test_incremental_decoding_matches_the_full_decode(engine):
+    tokenizer = engine._tokenizer
+    text = "<think>\nLet x = 3.  \\boxed{7}\tünïcode — 数学 ∑ 😀\n</think>\nThe answer is \\boxed{12}."
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert _decode_one_by_one(engine, ids) == (text, text)
+    rng = random.Random(0)
+    for _ in range(100):  # random tokens: split multi-byte characters, specials, anything a sampler may draw
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 60))]
+        full = tokenizer.decode(ids, skip_special_tokens=True)
+        incremental, pieces = _decode_one_by_one(engine, ids)
+        assert incremental == pieces
+        # equal, but for an unfinished character at the very end, which waits for the next token
+        assert incremental == full or (full.endswith("\ufffd") and incremental == full.rstrip("\ufffd")), (full, ids)
 
 
 def test_abort_stops_generation(engine):

@@ -53,9 +53,14 @@ def test_samples_have_ids_tokens_and_seeded_text(engine):
 
 def test_stop_rules_cut_the_answer_and_abort_the_request(engine):
     engine.submit(requests("think", [0, 1, 2], max_tokens=200, stop_rule="think")
-                  + requests("boxed", [0, 1, 2], max_tokens=200, stop_rule="first_boxed"))
-    samples = collect(engine, 6)
+                  + requests("boxed", [0, 1, 2], max_tokens=200, stop_rule="first_boxed")
+                  + requests("final", [0, 1], max_tokens=24, stop_rule="boxed_after_think"))
+    samples = collect(engine, 8)
     for s in samples:
+        if s.problem_id == "final":  # never cut at </think>: only at a box the random continuation may write after it
+            assert s.text.startswith(SCRIPT) and len(s.text) > len(SCRIPT)
+            assert find_stop(s.text, "boxed_after_think") == (len(s.text) if s.finish_reason == "answer" else None)
+            continue
         if s.problem_id == "think":
             assert (s.text, s.tokens, s.finish_reason) == ("<think>\\boxed{7}</think>", 7, "answer")
         else:

@@ -3,6 +3,7 @@ injected into the real engine: a 100 000-character problem and a killed engine c
 
 import os
 import signal
+import threading
 import time
 
 import polars as pl
@@ -80,3 +81,37 @@ def test_killed_engine_core_is_restarted_and_the_problem_still_answered(predicto
     # The restarted engine serves the next problem normally.
     predictor.predict(pl.Series("id", ["next"]), pl.Series("problem", ["What is 3 + 3?"]))
     assert predictor.results["next"].tokens > 0
+
+
+def test_a_wedged_vllm_poll_is_answered_at_the_deadline_and_the_engine_serves_on(predictor):
+    """Fault injection on the real engine: its poll blocks (a wedged engine loop). predict answers by the deadline
+    + 1 s anyway; once the call returns, the abandoned solve leaves the engine and the next problem is served."""
+    from inference.time_budget import TimeBudget
+
+    engine = predictor.solver().engine
+    release = threading.Event()
+    real_poll = engine.poll
+
+    def wedged_poll(timeout):
+        release.wait(120)
+        return real_poll(timeout)
+
+    saved_budget = predictor.budget
+    predictor.budget = TimeBudget(predictor.settings.time, total_seconds=8, problems=1, clock=predictor.clock)
+    engine.poll = wedged_poll
+    try:
+        t0 = time.monotonic()
+        df = predictor.predict(pl.Series("id", ["wedged"]), pl.Series("problem", ["What is 5 + 5?"]))
+        took = time.monotonic() - t0
+    finally:
+        del engine.poll  # back to the class's method
+        release.set()
+        predictor.budget = saved_budget
+    deadline, answered = predictor.deadlines["wedged"]
+    assert df.height == 1 and df["answer"].dtype == pl.Int64
+    assert predictor.results["wedged"].stop_reason == "deadline_guard"
+    assert answered - deadline <= 1.0 and took <= 9.0
+    predictor._worker.join(60)  # the abandoned solve returns once its poll does, and aborts its samples
+    assert not predictor._worker.is_alive()
+    predictor.predict(pl.Series("id", ["after-wedge"]), pl.Series("problem", ["What is 6 + 6?"]))
+    assert predictor.results["after-wedge"].tokens > 0

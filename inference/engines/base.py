@@ -12,13 +12,14 @@ import abc
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+from inference.answers import STOP_RULES  # noqa: F401 - re-exported: the engines' and the config's list
 from inference.clock import RealClock, VirtualClock
 
-# How a sample ends early once it has committed to an answer (see inference.answers.find_stop):
-#   "think"       - at the first `</think>` with a complete \boxed{} before it, or at the first \boxed{} after it
-#   "first_boxed" - right after the first complete \boxed{...}
-#   "none"        - only at end-of-sequence or max_tokens
-STOP_RULES = ("think", "first_boxed", "none")
+# How a sample ends early once it has committed to an answer (see inference.answers.StopDetector):
+#   "boxed_after_think" - right after the first complete \boxed{} after `</think>`: the model's final answer
+#   "think"             - at the first `</think>` with a complete \boxed{} before it, or as boxed_after_think
+#   "first_boxed"       - right after the first complete \boxed{...}
+#   "none"              - only at end-of-sequence or max_tokens
 
 
 @dataclass
@@ -33,7 +34,7 @@ class SampleRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     min_p: float = 0.0
-    stop_rule: str = "think"
+    stop_rule: str = "boxed_after_think"
     variant: str = ""  # name of the prompt variant, recorded in traces
 
 

@@ -280,11 +280,16 @@ class ReplayEngine(Engine):
                 time.sleep(max(0.0, min(target - self.clock.now(), 0.05)))
 
     def abort(self, problem_id: str) -> list[Sample]:
+        """Unfinished samples as "aborted" partials; samples already due but not yet polled keep their own finish
+        reason (they finished, so they vote)."""
         now = self.clock.now()
         with self._lock:
             self._advance(now)
+            # Finished by now but not yet polled: they keep their own finish reason (they finished, so they vote).
+            done = [s for s in self._finished if s.problem_id == problem_id]
+            self._finished = [s for s in self._finished if s.problem_id != problem_id]
             keys = [k for k in self._running if k[0] == problem_id]
-            return [self._partial(self._running.pop(k), now) for k in keys]  # their heap entries go stale
+            return done + [self._partial(self._running.pop(k), now) for k in keys]  # their heap entries go stale
 
     def progress(self) -> EngineProgress:
         with self._lock:

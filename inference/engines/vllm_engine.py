@@ -6,8 +6,9 @@ background thread it owns, and its public methods are plain synchronous calls th
 (`asyncio.run_coroutine_threadsafe`), so they are safe from any thread (Kaggle calls predict from a gRPC worker).
 
 Each sample is one vLLM request with its own seed (prefix caching shares the prompt's KV cache among the samples of a
-problem). A consumer task per request reads the streamed deltas, counts tokens, applies the request's stop rule
-(`inference.answers.find_stop`) and aborts the request in vLLM the moment the sample has committed to an answer.
+problem). A consumer task per request reads the streamed deltas, counts tokens, feeds the request's stop rule
+(`inference.answers.StopDetector`, whose cost is linear in the new text) and aborts the request in vLLM the moment
+the sample has committed to an answer.
 Finished samples go to a list that `poll` hands out. If vLLM dies (its engine core process crashed, or the loop
 stopped answering for `stall_seconds`), `submit` and `poll` raise `EngineError` and the watchdog restarts the engine.
 
@@ -26,7 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Coroutine, Sequence
 
-from inference.answers import find_stop
+from inference.answers import StopDetector
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 
 # vLLM's finish reasons → the kit's (base.Sample.finish_reason)
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "aborted", "error": "error"}
-
-
-def answer_may_complete(delta: str) -> bool:
-    """Whether this new text can complete an answer: a `}` closing \\boxed{..} or the `>` of </think>.
-
-    find_stop rescans the whole text, so it is called only on such deltas (a `\\boxed 5` without braces is caught by
-    the final check when the sample ends)."""
-    return "}" in delta or ">" in delta
 
 
 @dataclass
@@ -52,9 +45,16 @@ class _Stream:
     request_id: str
     prompt_tokens: int
     submitted: float  # engine clock
-    text: str = ""
     tokens: int = 0
-    pieces: list[str] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)  # the text so far, joined only when the sample ends
+    detector: StopDetector = field(init=False)  # the request's stop rule, fed every delta
+
+    def __post_init__(self) -> None:
+        self.detector = StopDetector(self.request.stop_rule)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
     def sample(self, text: str, seconds: float, finish_reason: str) -> Sample:
         r = self.request
@@ -277,18 +277,15 @@ class VLLMEngine(Engine):
             stream.pieces.append(delta)
             stream.tokens += tokens
             self._last_activity = now
-            if not (finish_reason or answer_may_complete(delta)):
-                return None
-            stream.text = "".join(stream.pieces)
-            stream.pieces = [stream.text]
-            stop = find_stop(stream.text, stream.request.stop_rule)
+            stop = stream.detector.feed(delta)
             if stop is None and finish_reason is None:
                 return None
             del self._streams[stream.request_id]
+            text = stream.text
             if stop is not None:
-                self._finish(stream.sample(stream.text[:stop], now - stream.submitted, "answer"))
+                self._finish(stream.sample(text[:stop], now - stream.submitted, "answer"))
                 return "answer" if finish_reason is None else None
-            self._finish(stream.sample(stream.text, now - stream.submitted, finish_reason))
+            self._finish(stream.sample(text, now - stream.submitted, finish_reason))
             return None
 
     def _finish(self, sample: Sample) -> None:
