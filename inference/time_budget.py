@@ -36,6 +36,9 @@ class TimePolicy:
     min_seconds: float = 0.0  # floor of a problem's budget while time allows; also kept back for each later problem
     max_seconds: float = math.inf  # cap of a problem's budget
     stretch: float = 1.0  # a contested problem may run to this multiple of its budget (the solver asks; see extend)
+    # "share": once 3 problems are done, keep back only this multiple of their mean use for each later problem and
+    # give the current one the rest, when that is more than its even share (None: the even share only)
+    expected_use_factor: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -45,6 +48,8 @@ class TimePolicy:
                 raise ValueError(f"time.{name} must be ≥ 0, got {getattr(self, name)}")
         if self.max_seconds < self.min_seconds:
             raise ValueError(f"time.max_seconds ({self.max_seconds}) is below time.min_seconds ({self.min_seconds})")
+        if self.expected_use_factor is not None and not self.expected_use_factor > 0:
+            raise ValueError(f"time.expected_use_factor must be > 0 or null, got {self.expected_use_factor}")
         if not self.stretch >= 1:
             raise ValueError(f"time.stretch must be ≥ 1, got {self.stretch}")
         if self.base_seconds is not None and self.base_seconds <= 0:
@@ -82,6 +87,7 @@ class TimeBudget:
         self.done = 0
         self._problem_start: float | None = None
         self._allowance = 0.0
+        self.used: list[float] = []  # seconds each finished problem took
         self._planned = 0.0  # the current problem's budget before any stretch
         self._stretch_limit = 0.0  # the most the current problem may take
 
@@ -110,6 +116,10 @@ class TimeBudget:
         p = self.policy
         if p.kind == "share":
             budget = left / self.problems_left
+            if p.expected_use_factor is not None and len(self.used) >= 3:
+                # Problems so far took less than their share: plan the later ones at what they are likely to take.
+                expected = p.expected_use_factor * sum(self.used) / len(self.used)
+                budget = max(budget, left - later * max(expected, p.min_seconds))
         elif p.kind == "fixed":
             self._allowance = self.base
             budget = self.base + self.bank
@@ -147,5 +157,6 @@ class TimeBudget:
         if self.policy.kind == "fixed":
             self.bank = min(self.policy.bank_max_seconds, max(0.0, self.bank + self._allowance - used))
         self.done += 1
+        self.used.append(used)
         self._problem_start = None
         return used

@@ -182,3 +182,20 @@ def test_the_notebook_start_and_a_shorter_runs_margin_reach_the_predictors_budge
     assert predictor.budget.start == pytest.approx(-120, abs=5)  # the notebook ran 120 s before the Predictor
     margin = settings.competition.safety_margin_seconds * 1800 / settings.competition.total_seconds
     assert predictor.budget.cutoff == pytest.approx(predictor.budget.start + 1800 - margin)  # the margin, scaled
+
+
+def test_share_with_expected_use_gives_the_current_problem_what_later_ones_will_not_need():
+    # 10 problems, 1000 s. The first three take 10 s each; with expected_use_factor 2 each later problem is planned
+    # at 20 s, so the fourth may take 970 − 6·20 = 850 s instead of its even share 970 / 7.
+    clock = VirtualClock()
+    b = TimeBudget(TimePolicy(kind="share", expected_use_factor=2.0), 1000, 10, clock)
+    for _ in range(3):
+        b.start_problem()
+        clock.sleep(10)
+        b.finish_problem()
+    t = clock.now()
+    assert b.start_problem() - t == pytest.approx(1000 - 30 - 6 * 20)
+    plain = TimeBudget(TimePolicy(kind="share"), 1000, 10, VirtualClock())
+    assert plain.start_problem() == pytest.approx(100)
+    with pytest.raises(ValueError, match="time.expected_use_factor"):
+        TimePolicy(expected_use_factor=0)
