@@ -26,6 +26,18 @@ $(QVENV)/.ready: requirements-quantize.txt
 	$(QPYTHON) -m pip install -q -r requirements-quantize.txt
 	touch $@
 
+# GPU node (Linux, CUDA 12 drivers): the same .venv with CUDA torch, vllm, deepspeed, flash-attn, peft, bitsandbytes.
+.PHONY: setup-gpu
+setup-gpu: $(VENV)/.ready-gpu
+$(VENV)/.ready-gpu: requirements-gpu.txt
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q torch==2.13.0          # PyPI's Linux wheel is the CUDA build
+	$(PYTHON) -m pip install -q -r requirements-gpu.txt
+	$(PYTHON) -m pip install -q packaging ninja wheel
+	MAX_JOBS=$${MAX_JOBS:-8} $(PYTHON) -m pip install -q --no-build-isolation flash-attn==2.8.3.post2   # builds against that torch
+	$(PYTHON) -c "import torch, vllm, deepspeed, flash_attn, peft, bitsandbytes; assert torch.cuda.is_available(), 'no CUDA GPU visible'"
+	touch $@
+
 demo: setup
 	@test -f models/toy-math/config.json || { echo "models/toy-math missing: building a random-weight model (run 'make toy' to train one)"; \
 	  $(PYTHON) -m train.toy.model_factory --out models/toy-math; }

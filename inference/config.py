@@ -18,6 +18,7 @@ from inference.engines import ENGINES
 from inference.engines.base import STOP_RULES
 from inference.mappings import dataclass_from_mapping
 from inference.time_budget import TimePolicy
+from inference.tools import ToolSettings
 from inference.voting import StopRule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +110,8 @@ class Prompts:
     # Appended to the problem when set; {min}, {max} and {modulus} come from the competition's answer range.
     answer_reminder: str | None = None
     max_problem_chars: int = 20000  # longer problems are cut (head and tail kept) so they still fit the context
+    format: str = "r1"  # the chat format (inference/formats.py): r1, python_block, tool_call, harmony
+    format_options: dict = field(default_factory=dict)  # keyword arguments of that format
 
 
 @dataclass
@@ -135,6 +138,7 @@ class Settings:
     voting: StopRule = field(default_factory=StopRule)
     time: TimePolicy = field(default_factory=TimePolicy)
     watchdog: Watchdog = field(default_factory=Watchdog)
+    tools: ToolSettings = field(default_factory=ToolSettings)  # the Python tool loop (inference/tools.py)
     source: str = "<defaults>"  # the file these settings came from, for messages
 
     def __post_init__(self) -> None:
@@ -218,6 +222,7 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None,
         "voting": StopRule,
         "time": TimePolicy,
         "watchdog": Watchdog,
+        "tools": ToolSettings,
     }
     built: dict[str, Any] = {}
     for name, cls in sections.items():

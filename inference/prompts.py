@@ -31,9 +31,16 @@ def clip_problem(problem: str, max_chars: int) -> str:
     return problem[:half] + "\n...\n" + problem[-half:]
 
 
+def prompt_messages(problem: str, system_prompt: str | None) -> list[dict]:
+    """The chat messages of one problem: the system prompt (if any), then the problem as the user turn. Serving
+    (build_messages) and training (train/data.py: SFT, GRPO, held-out evaluation, quantize calibration) all build
+    their prompts here, so a model is trained on the prompts it is served."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return system + [{"role": "user", "content": problem}]
+
+
 def build_messages(problem: str, variant: PromptVariant, prompts: Prompts, spec: AnswerSpec) -> list[dict]:
     user = variant.user_prefix + clip_problem(problem, prompts.max_problem_chars) + variant.user_suffix
     if prompts.answer_reminder:
         user += " " + prompts.answer_reminder.format(min=spec.min, max=spec.max, modulus=spec.modulus)
-    messages = [{"role": "system", "content": variant.system}] if variant.system else []
-    return messages + [{"role": "user", "content": user}]
+    return prompt_messages(user, variant.system)

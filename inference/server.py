@@ -62,17 +62,20 @@ def _item(value: Any) -> Any:
 def build_engine(settings: Settings, clock: RealClock | VirtualClock) -> Engine:
     if settings.engine == "replay":
         return make_engine("replay", traces=settings.traces, clock=clock)
+    # The chat format and the tool loop, for either live engine.
+    chat = {"chat_format": settings.prompts.format, "format_options": dict(settings.prompts.format_options),
+            "tools": settings.tools}
     if settings.engine == "vllm":
         return make_engine("vllm", model=settings.model, clock=clock, engine_args=dict(settings.engine_args),
-                           stall_seconds=settings.watchdog.stall_seconds)
+                           stall_seconds=settings.watchdog.stall_seconds, **chat)
     # A config written for vLLM can be run with `--engine transformers`: keep the arguments that engine takes.
     from inference.engines.transformers_engine import TransformersEngine
 
-    accepted = sorted(set(inspect.signature(TransformersEngine).parameters) - {"model", "clock"})
+    accepted = sorted(set(inspect.signature(TransformersEngine).parameters) - {"model", "clock"} - set(chat))
     args = {k: v for k, v in settings.engine_args.items() if k in accepted}
     if ignored := sorted(set(settings.engine_args) - set(args)):
         log.warning("the transformers engine ignores engine_args %s (it takes %s)", ignored, accepted)
-    return make_engine("transformers", model=settings.model, clock=clock, **args)
+    return make_engine("transformers", model=settings.model, clock=clock, **args, **chat)
 
 
 class Predictor:

@@ -87,11 +87,13 @@ def test_sft_filters_dedupes_and_counts_every_dropped_row(tokenizer, openr1_file
     ]
     rows, report = select_sft_rows(sources, tokenizer, SYSTEM, seed=0)
     by_problem = {r["problem"]: r for r in rows}
-    # "What is 1 + 2?" is in both sources (spacing differs): the shortest correct trace wins, Light-R1's.
+    # "What is 1 + 2?" is in both sources (spacing differs). Light-R1's trace is shorter, but its answer was read
+    # from its own box (correct by construction): OpenR1's shortest trace, checked against the gold, wins.
     # "What is 5 + 5?" has no trace left (one empty, one over max_trace_tokens).
-    assert set(by_problem) == {"What is  1 + 2?", "What is 3 + 3?", "What is 7 + 7?"}
-    assert (by_problem["What is  1 + 2?"]["generation"], by_problem["What is  1 + 2?"]["source"]) == (
-        "\\boxed{3}", "lightr1")
+    assert set(by_problem) == {"What is 1 + 2?", "What is 3 + 3?", "What is 7 + 7?"}
+    assert (by_problem["What is 1 + 2?"]["generation"], by_problem["What is 1 + 2?"]["source"]) == (
+        trace(3, 1), "openr1")
+    assert (by_problem["What is 7 + 7?"]["verified"], by_problem["What is 3 + 3?"]["verified"]) == (False, True)
     assert by_problem["What is 3 + 3?"]["generation"] == trace(6)
     assert by_problem["What is 7 + 7?"]["answer"] == "14"
     assert report.read == {"openr1": 6, "lightr1": 3}
@@ -102,6 +104,32 @@ def test_sft_filters_dedupes_and_counts_every_dropped_row(tokenizer, openr1_file
     assert report.dropped["lightr1"] == {"no answer": 1}
     assert report.dropped["all sources"] == {"duplicate problem (kept the shortest trace)": 1}
     assert report.kept == len(rows) == 3
+    assert report.trace_chars == sum(len(r["generation"]) for r in rows)
+    assert report.trace_tokens == sum(r["tokens"] for r in rows) == sum(
+        len(tokenizer(r["generation"], add_special_tokens=False)["input_ids"]) for r in rows)
+    assert report.to_dict()["chars_per_token"] == round(report.trace_chars / report.trace_tokens, 4)
+
+
+def test_accuracy_bounds_count_rows_whose_accuracy_is_unknown(tokenizer, tmp_path):
+    """One correctness flag is not a solve rate: under min/max_accuracy such rows are dropped and counted, not
+    passed through (nor silently skipped)."""
+    path = write_jsonl(tmp_path / "flags.jsonl", [
+        {"problem": "one flag", "answer": "3", "generations": [trace(3)], "correctness_math_verify": [True],
+         "rate": 0.5},
+        {"problem": "two flags", "answer": "3", "generations": [trace(3), trace(3, 2)],
+         "correctness_math_verify": [True, True], "rate": 1.0},
+        {"problem": "rate column empty", "answer": "3", "generations": [trace(3)], "correctness_math_verify": [True],
+         "rate": None},
+    ])
+    base = {"path": path, "label": "s", "trace_column": "generations", "correct_column": "correctness_math_verify"}
+    rows, report = select_sft_rows([base | {"min_accuracy": 0.5}], tokenizer, SYSTEM)
+    assert [r["problem"] for r in rows] == ["two flags"]
+    assert report.dropped["s"]["accuracy unknown (fewer than 2 correctness flags)"] == 2
+    rows, report = select_sft_rows([base], tokenizer, SYSTEM)  # no bounds: every row with a correct trace is kept
+    assert len(rows) == 3 and "accuracy unknown (fewer than 2 correctness flags)" not in report.dropped.get("s", {})
+    rows, report = select_sft_rows([base | {"accuracy_column": "rate", "max_accuracy": 0.9}], tokenizer, SYSTEM)
+    assert [r["problem"] for r in rows] == ["one flag"]
+    assert report.dropped["s"] == {"no accuracy value": 1, "accuracy out of range": 1}
 
 
 def test_sft_rows_without_flags_are_graded_and_bad_golds_dropped(tokenizer, tmp_path):
@@ -195,3 +223,5 @@ def test_report_summary_lists_reasons():
     report.kept = 1
     assert "a: read 3; dropped no answer: 2" in report.summary()
     assert report.to_dict() == {"kind": "SFT", "kept": 1, "read": {"a": 3}, "dropped": {"a": {"no answer": 2}}}
+    report.trace_chars, report.trace_tokens = 3300, 1000
+    assert report.to_dict()["chars_per_token"] == 3.3 and "3.300 characters per token" in report.summary()

@@ -43,17 +43,19 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
 
 
 def tiny_overrides(stage: str, model_dir, out_dir, eval_file: str) -> list[str]:
-    """What the test swaps in: the tiny model and data, one step, CPU, float32, small lengths, no vLLM."""
+    """What the test swaps in: the tiny model and data, one step, CPU, float32, small lengths, no vLLM, torch's AdamW."""
     args = {
         "model_name_or_path": model_dir, "output_dir": out_dir, "max_steps": 1, "use_cpu": True, "bf16": False,
         "dtype": "float32", "attn_implementation": "sdpa", "gradient_accumulation_steps": 1, "report_to": "none",
         "save_strategy": "steps", "save_steps": 1, "logging_steps": 1, "eval_file": eval_file, "eval_limit": 2,
         "accuracy_eval_max_new_tokens": 8, "accuracy_eval_batch_size": 2, "per_device_train_batch_size": 2,
+        "optim": "adamw_torch",  # bitsandbytes' paged 8-bit AdamW (the 14B GRPO recipe) needs CUDA
     }
     if stage == "sft":
         args |= {"max_length": 512, "dataset_num_proc": 1}
     else:
-        args |= {"num_generations": 2, "max_completion_length": 16, "use_vllm": False, "max_prompt_length": 512}
+        args |= {"num_generations": 2, "max_completion_length": 16, "use_vllm": False, "max_prompt_length": 512,
+                 "cosine_max_len": 16}  # the real recipes derive it from the SFT run's data report
     return [item for key, value in args.items() for item in (f"--{key}", str(value))]
 
 
@@ -78,7 +80,8 @@ def test_recipe_runs_one_step_on_the_tiny_model(recipe, tiny_model_dir, tiny_dat
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     assert losses and all(math.isfinite(float(x)) for x in losses)
     evals = [h["accuracy_eval"] for h in state["log_history"] if "accuracy_eval" in h]
-    assert evals[-1]["step"] == 1 and evals[-1]["n"] == 2  # evaluated right before the checkpoint
+    assert evals[-1]["step"] == 1 and evals[-1]["problems"] == 2  # evaluated right before the checkpoint
+    assert evals[-1]["n"] == 2 * training_args.accuracy_eval_samples
     assert (final / "model.safetensors").exists() and (final / "tokenizer_config.json").exists()
     assert json.loads((out / "data_report.json").read_text())["kept"] > 0
 
@@ -101,6 +104,10 @@ def test_14b_recipes_carry_the_papers_hyperparameters():
             grpo["cosine_max_value_wrong"], grpo["cosine_min_value_wrong"]) == (1.0, 0.1, -0.1, -1.0)
     assert (grpo["temperature"], grpo["top_p"], grpo["min_p"]) == (1.0, 0.9, 0.05)
     assert grpo["mask_truncated_completions"] and grpo["select_checkpoint"] == "accuracy_at_length"
+    assert grpo["optim"] == "paged_adamw_8bit" and grpo["cosine_max_chars"] == 30000  # the seed's
+    # Selection that can tell 2 points apart: all of MATH-500, several sampled answers each.
+    assert (grpo["eval_limit"], grpo["accuracy_eval_samples"], grpo["selection_tolerance"]) == (500, 4, 0.02)
+    assert grpo["accuracy_eval_temperature"] > 0
     # 16 prompts x 8 generations per optimizer step on 8 GPUs, and each GPU scores whole groups.
     per_gpu = grpo["per_device_train_batch_size"] * grpo["gradient_accumulation_steps"]
     assert per_gpu * 8 == 128 and per_gpu % grpo["num_generations"] == 0
@@ -145,6 +152,73 @@ def test_padding_free_packing_keeps_examples_apart_on_cpu(tiny_model_dir):
         leaky = model(input_ids=batch["input_ids"], use_cache=False).logits[0, 20:]
     assert torch.allclose(packed, alone, atol=1e-5)
     assert not torch.allclose(leaky, alone, atol=1e-3)
+
+
+def test_dataset_flags_work_or_are_rejected(tiny_model_dir, tmp_path, monkeypatch):
+    """--dataset_name replaces the recipe's sources; trl's other dataset flags are unknown here, so an error."""
+    from train import sft
+
+    monkeypatch.chdir(REPO)
+    base = ["--config", "configs/toy/sft.yaml", "--model_name_or_path", str(tiny_model_dir)]
+    data_args, _, _ = sft.make_parser().parse_args_and_config(
+        base + ["--dataset_name", "org/set", "--dataset_config", "main", "--dataset_train_split", "test"])
+    assert data_args.sources() == [{"path": "org/set", "name": "main", "split": "test"}]
+    for flag in ("--dataset_streaming", "--dataset_test_split", "--ignore_bias_buffers"):
+        with pytest.raises(ValueError, match=f"not used by the HfArgumentParser.*{flag}"):
+            sft.make_parser().parse_args_and_config(base + [flag, "true"])
+    data_args, _, _ = sft.make_parser().parse_args_and_config(base + ["--dataset_config", "main"])
+    with pytest.raises(ValueError, match="dataset_config / dataset_train_split apply to dataset_name"):
+        data_args.sources()
+
+
+def test_grpo_cosine_length_comes_from_the_sft_traces_characters_per_token(tmp_path):
+    from train.configs import GRPOConfig
+    from train.grpo import cosine_length_in_tokens
+
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, cosine_max_chars=30000,
+                      max_completion_length=16384)
+    with pytest.raises(FileNotFoundError, match="data_report.json not found"):
+        cosine_length_in_tokens(args, str(tmp_path))
+    (tmp_path / "data_report.json").write_text(json.dumps({"kind": "SFT", "chars_per_token": 3.2}))
+    assert cosine_length_in_tokens(args, str(tmp_path)) == 9375  # 30,000 / 3.2
+    args.cosine_max_len = 5000
+    assert cosine_length_in_tokens(args, str(tmp_path)) == 5000  # explicit tokens win
+    args.cosine_max_len = args.cosine_max_chars = None
+    assert cosine_length_in_tokens(args, str(tmp_path)) == 16384
+
+
+def test_training_serving_and_calibration_build_the_same_prompt(tiny_model_dir, tmp_path):
+    """One prompt builder (inference.prompts.prompt_messages) and one system prompt for SFT, GRPO, held-out
+    evaluation, quantize calibration and serving: the rendered prompt text is identical."""
+    from transformers import AutoTokenizer
+
+    from inference.config import load_settings
+    from inference.prompts import build_messages
+    from train.data import grpo_record, load_eval_problems, sft_record
+    from train.quantize import read_calibration_rows
+
+    problem = "What is 12 + 30?"
+    serving = load_settings(REPO / "configs/inference/demo.yaml")
+    system = serving.prompts.variants[0].system
+    served = build_messages(problem, serving.prompts.variants[0], serving.prompts, serving.competition.answer)
+    row = {"problem": problem, "generation": "\\boxed{42}", "answer": "42", "source": "s"}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"problem": problem, "answer": "42"}) + "\n")
+    built = {
+        "sft": sft_record(row, load("configs/toy/sft.yaml")["system_prompt"])["prompt"],
+        "grpo": grpo_record(row, load("configs/toy/grpo.yaml")["system_prompt"])["prompt"],
+        "eval": load_eval_problems(str(tmp_path / "eval.jsonl"), system_prompt=system)[0]["prompt"],
+        "calibration": read_calibration_rows(
+            tmp_path / "rows.jsonl", load("configs/quantize/toy.yaml")["calibration"]["system_prompt"])[0][0],
+    }
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    render = lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    assert all(render(messages) == render(served) for messages in built.values()), built
+    # The real recipes: SFT, GRPO, quantize calibration and the AIMO-3 server share one system prompt.
+    aimo3 = load_settings(REPO / "configs/inference/aimo3.yaml").prompts.variants[0].system
+    for recipe in SFT_RECIPES + GRPO_RECIPES:
+        assert load(recipe)["system_prompt"] == aimo3, recipe
+    assert load("configs/quantize/r1-distill-qwen-14b.yaml")["calibration"]["system_prompt"] == aimo3
 
 
 def test_toy_system_prompt_is_the_demo_servers():

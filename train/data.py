@@ -4,14 +4,19 @@ SFT (`build_sft_dataset`), the paper's recipe made explicit: read each source wi
 style: one row per problem with a list of `generations` and a list of `correctness_math_verify` flags; Light-R1 style:
 ShareGPT `conversations`), drop bad rows, keep correct traces within the source's per-problem accuracy and trace
 token-length bounds, sample `weight` of each source's problems, then deduplicate across sources keeping the
-shortest correct trace per problem. Rows come out in TRL's conversational prompt/completion form:
-`{"prompt": [system, user], "completion": [assistant], "answer", "source"}`, so SFT puts the loss on the completion.
+shortest correct trace per problem, where a trace checked against a gold answer (or a correctness flag) always wins
+over one whose answer was read from its own box (`answer_from_trace`: correct by construction, so unverified).
+A per-problem accuracy bound drops rows whose accuracy is unknown (fewer than 2 correctness flags), counted.
+Rows come out in TRL's conversational prompt/completion form: `{"prompt": [system, user], "completion":
+[assistant], "answer", "source"}`, so SFT puts the loss on the completion.
 
 GRPO (`build_grpo_dataset`): `{"prompt": [system, user], "solution": gold, "source"}` with every gold checked to be
 gradable, and prompts longer than `max_prompt_length` tokens dropped (trl 1.16 no longer truncates prompts).
 
 Nothing is dropped silently: every removed row is counted under a reason in a `DataReport`, which the scripts log
-and save next to the checkpoints.
+and save next to the checkpoints (data_report.json). The SFT report also gives the kept traces' characters per
+token (`chars_per_token`, in the recipe's tokenizer): GRPO turns the seed's cosine length of 30,000 characters into
+tokens with it (train/grpo.py, `cosine_max_chars`).
 
     python -m train.data sft --config configs/sft/r1-distill-qwen-14b.yaml --out data/fast-math-sft.jsonl
     python -m train.data grpo --config configs/grpo/r1-distill-qwen-14b.yaml --out data/fast-math-grpo.jsonl
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from inference.answers import grade, last_boxed
+from inference.prompts import prompt_messages  # the one prompt builder of training and serving
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +92,12 @@ class DataReport:
     read: Counter = field(default_factory=Counter)  # source → rows read
     dropped: dict[str, Counter] = field(default_factory=dict)  # source → reason → rows
     kept: int = 0
+    trace_chars: int = 0  # SFT: characters and tokens of the kept traces
+    trace_tokens: int = 0
+
+    @property
+    def chars_per_token(self) -> float | None:
+        return self.trace_chars / self.trace_tokens if self.trace_tokens else None
 
     def drop(self, source: str, reason: str, n: int = 1) -> None:
         if n:
@@ -93,6 +105,9 @@ class DataReport:
 
     def summary(self) -> str:
         lines = [f"{self.kind} data: kept {self.kept} rows"]
+        if self.chars_per_token:
+            lines[0] += (f" ({self.trace_tokens} trace tokens, {self.trace_chars} characters: "
+                         f"{self.chars_per_token:.3f} characters per token)")
         for source, n in self.read.items():
             reasons = ", ".join(f"{r}: {c}" for r, c in self.dropped.get(source, Counter()).most_common())
             lines.append(f"  {source}: read {n}; dropped {reasons or 'none'}")
@@ -101,8 +116,12 @@ class DataReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "kept": self.kept, "read": dict(self.read),
-                "dropped": {s: dict(c) for s, c in self.dropped.items()}}
+        result = {"kind": self.kind, "kept": self.kept, "read": dict(self.read),
+                  "dropped": {s: dict(c) for s, c in self.dropped.items()}}
+        if self.trace_tokens:
+            result |= {"trace_chars": self.trace_chars, "trace_tokens": self.trace_tokens,
+                       "chars_per_token": round(self.chars_per_token, 4)}
+        return result
 
 
 # --- reading --------------------------------------------------------------------------------------------------------
@@ -157,11 +176,6 @@ def _answer_text(value) -> str:
     return str(value).strip()
 
 
-def prompt_messages(problem: str, system_prompt: str | None) -> list[dict]:
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return system + [{"role": "user", "content": problem}]
-
-
 def count_tokens(tokenizer, texts: list[str], batch_size: int = 1000) -> list[int]:
     lengths = []
     for i in range(0, len(texts), batch_size):
@@ -199,16 +213,21 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
         if flags is not None and len(flags) != len(traces):
             report.drop(label, "correctness flags do not match the traces")
             continue
-        if source.accuracy_column:
-            accuracy = _column(row, source.accuracy_column, source)
-        else:
-            accuracy = sum(map(bool, flags)) / len(flags) if flags and len(flags) > 1 else None
-        if accuracy is not None and (
-            (source.min_accuracy is not None and accuracy < source.min_accuracy)
-            or (source.max_accuracy is not None and accuracy > source.max_accuracy)
-        ):
-            report.drop(label, "accuracy out of range")
-            continue
+        if source.min_accuracy is not None or source.max_accuracy is not None:
+            if source.accuracy_column:
+                accuracy = _column(row, source.accuracy_column, source)
+                unknown = "no accuracy value"
+            else:  # one flag is not a solve rate
+                accuracy = sum(map(bool, flags)) / len(flags) if flags and len(flags) > 1 else None
+                unknown = "accuracy unknown (fewer than 2 correctness flags)"
+            if accuracy is None:
+                report.drop(label, unknown)
+                continue
+            if (source.min_accuracy is not None and accuracy < source.min_accuracy) or (
+                source.max_accuracy is not None and accuracy > source.max_accuracy
+            ):
+                report.drop(label, "accuracy out of range")
+                continue
         gold = _answer_text(_column(row, source.answer_column, source)) if source.answer_column else ""
         for i, trace in enumerate(traces):
             if not (trace or "").strip():
@@ -220,10 +239,11 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
             if not answer:
                 report.drop(label, "no answer")
                 continue
+            verified = True
             if flags is not None:
                 correct = bool(flags[i])
             elif source.answer_from_trace and not gold:
-                correct = True  # the answer was read from this very trace
+                correct, verified = True, False  # the answer was read from this very trace: nothing was checked
             else:
                 correct = grade(trace, answer)
                 if correct is None:
@@ -232,16 +252,18 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
             if not correct:
                 report.drop(label, "wrong trace")
                 continue
-            candidates.append({"problem": problem.strip(), "generation": trace, "answer": answer, "source": label})
+            candidates.append({"problem": problem.strip(), "generation": trace, "answer": answer, "source": label,
+                               "verified": verified})
     return candidates
 
 
 def _shortest_per_problem(rows: list[dict]) -> list[dict]:
-    """One row per (normalized) problem: the one with the fewest trace tokens."""
+    """One row per (normalized) problem: a verified trace before a self-graded one, then the fewest trace tokens."""
     best: dict[str, dict] = {}
     for row in rows:
         key = normalize_problem(row["problem"])
-        if key not in best or row["tokens"] < best[key]["tokens"]:
+        rank = (not row.get("verified", True), row["tokens"])
+        if key not in best or rank < (not best[key].get("verified", True), best[key]["tokens"]):
             best[key] = row
     return list(best.values())
 
@@ -301,6 +323,8 @@ def select_sft_rows(
         rows = fitting
     rng.shuffle(rows)
     report.kept = len(rows)
+    report.trace_chars = sum(len(r["generation"]) for r in rows)
+    report.trace_tokens = sum(r["tokens"] for r in rows)
     if not rows:
         raise ValueError(f"dataset_sources: no SFT rows survived the filters\n{report.summary()}")
     return rows, report
@@ -432,6 +456,9 @@ def main() -> None:
         rows, report = select_grpo_rows(recipe["dataset_sources"], tokenizer, system_prompt,
                                         recipe.get("max_prompt_length", 512), seed)
     print(report.summary())
+    if report.chars_per_token:
+        print(f"the seed's cosine length, 30,000 characters = {30000 / report.chars_per_token:.0f} tokens of these "
+              "traces (GRPO derives it itself from the SFT run's data_report.json: cosine_max_chars)")
     print(f"wrote {write_jsonl(rows, args.out)}")
 
 

@@ -13,25 +13,33 @@ Toy scale (CPU, generation with model.generate; `python -m train.toy.recipe` run
 Rerunning the same command resumes from the newest checkpoint in output_dir.
 
 Checkpoint selection: the paper's run degraded after ~60 steps and the team picked an earlier checkpoint by hand.
-Here every checkpoint is first evaluated on held-out problems (greedy, `accuracy_eval_max_new_tokens` budget), the
-starting model too (`accuracy_eval_on_start`), and with `select_checkpoint: accuracy_at_length` the final model is
-the checkpoint with the shortest answers among those within `selection_tolerance` of the starting accuracy.
+Here every checkpoint is first evaluated on held-out problems (sampled answers, `accuracy_eval_max_new_tokens`
+budget; train/common.py), the starting model too (`accuracy_eval_on_start`), and with `select_checkpoint:
+accuracy_at_length` the final model is the checkpoint with the shortest answers among those within
+`selection_tolerance` of the starting accuracy; the selection prints every evaluation with its standard error and
+the paired standard error of its difference from the start.
+
+Training curves (loss, each reward, completion length, clipped ratio, KL) go to TensorBoard with `report_to:
+tensorboard` (`tensorboard --logdir <output_dir>`; `python -m train.curves` plots them).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
-from train.configs import GRPOConfig, GRPOScriptArguments
-from train.rewards import get_reward_funcs
-from train.sft import (
-    eval_callback,
+from train.common import (
+    add_eval_callback,
+    check_memory,
     load_tokenizer,
     model_init_kwargs,
+    peft_config,
     save_data_report,
     train_resumably,
 )
+from train.configs import GRPOConfig, GRPOScriptArguments
+from train.rewards import get_reward_funcs
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +56,30 @@ def check_groups_stay_whole(args: GRPOConfig) -> None:
         )
 
 
-def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) -> Path:
-    """Train and return the directory of the final (selected) model."""
+def cosine_length_in_tokens(args: GRPOConfig, model_dir: str) -> int:
+    """The cosine reward's length in tokens: cosine_max_len if given; else cosine_max_chars divided by the characters
+    per token of the SFT traces (the SFT run writes data_report.json next to the model GRPO starts from); else
+    max_completion_length."""
+    if args.cosine_max_len is not None:
+        return args.cosine_max_len
+    if args.cosine_max_chars is None:
+        return args.max_completion_length
+    report_path = Path(model_dir) / "data_report.json"
+    if not report_path.exists():
+        raise FileNotFoundError(
+            f"cosine_max_chars: {report_path} not found (the SFT run writes it; `python -m train.data sft --config "
+            "<sft recipe> --out x.jsonl` prints the same figure); or give cosine_max_len in tokens")
+    chars_per_token = json.loads(report_path.read_text()).get("chars_per_token")
+    if not chars_per_token:
+        raise ValueError(f"cosine_max_chars: {report_path} has no chars_per_token (not an SFT data report?)")
+    tokens = round(args.cosine_max_chars / chars_per_token)
+    logger.info("cosine reward length: %d characters / %.3f characters per token (%s) = %d tokens",
+                args.cosine_max_chars, chars_per_token, report_path, tokens)
+    return tokens
+
+
+def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args):
+    """(GRPOTrainer, held-out evaluation callback or None), after the checks, with the data built."""
     from accelerate import PartialState
     from transformers import set_seed
     from trl import GRPOTrainer
@@ -58,9 +88,11 @@ def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) 
 
     set_seed(training_args.seed)
     check_groups_stay_whole(training_args)
+    training_args.cosine_max_len = cosine_length_in_tokens(training_args, model_args.model_name_or_path)
+    check_memory(data_args, training_args, model_args)
     tokenizer = load_tokenizer(model_args, chat_template_path=None)  # the SFT checkpoint's own template
     with PartialState().main_process_first():
-        dataset, report = build_grpo_dataset(data_args.dataset_sources, tokenizer, training_args.system_prompt,
+        dataset, report = build_grpo_dataset(data_args.sources(), tokenizer, training_args.system_prompt,
                                              data_args.max_prompt_length, data_args.dataset_seed)
     save_data_report(report, training_args)
 
@@ -71,12 +103,14 @@ def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) 
         args=training_args,
         train_dataset=dataset,
         processing_class=tokenizer,
+        peft_config=peft_config(model_args),  # with LoRA the adapter-free model is the KL reference
     )
-    callback = eval_callback(data_args, training_args, tokenizer)
-    if callback is not None:
-        trainer.add_callback(callback)
+    return trainer, add_eval_callback(trainer, data_args, training_args, tokenizer)
 
-    return train_resumably(trainer, callback)
+
+def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) -> Path:
+    """Train and return the directory of the final (selected) model."""
+    return train_resumably(*build_trainer(data_args, training_args, model_args))
 
 
 def make_parser():

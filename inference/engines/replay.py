@@ -14,6 +14,9 @@ How long a sample takes comes from one of two timings:
   share the profile's aggregate tokens/s equally (continuous batching) and speed up when others finish or are
   aborted.
 
+Tool-using samples (inference/tools.py) carry their `turns`: cut short, such a sample keeps the turns, tokens and
+tool seconds up to the cut, and its seconds follow the turns' timeline (a tool call's seconds pass whole).
+
 With a VirtualClock, waiting advances simulated time instead of sleeping, so a 5-hour run replays in seconds.
 Cutting a 40 kB recorded text (finding its stop point) is the expensive part of a replay: pass a shared
 `ReplayCuts` and every text is cut once per (stop rule, max_tokens), however many engines replay it.
@@ -32,6 +35,7 @@ from typing import Iterable, Protocol, Sequence
 from inference.answers import AnswerSpec, extract_answer, find_stop
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest
+from inference.tools import cut_tool_trace
 
 REQUIRED = {"problem_id": str, "sample": int, "text": str, "tokens": int, "seconds": (int, float)}
 NOT_EXTRA = set(REQUIRED) | {"finish_reason", "variant", "seed"}  # a replayed sample uses the request's own values
@@ -76,8 +80,10 @@ class Cut:
     text: str
     tokens: int
     finish_reason: str
-    fraction: float  # of the recorded text (and so of its recorded seconds) kept
+    fraction: float  # of the recorded text kept
+    seconds: float  # of the recorded seconds it takes (the fraction of them, or a tool-using sample's timeline)
     extra: dict  # the record's other fields, passed through to the Sample
+    trace: dict  # the record it was cut from
 
 
 def cut_sample(trace: dict, stop_rule: str, max_tokens: int) -> Cut:
@@ -96,7 +102,11 @@ def cut_sample(trace: dict, stop_rule: str, max_tokens: int) -> Cut:
         fraction *= keep
         text, tokens, reason = text[: int(len(text) * keep)], max_tokens, "length"
     extra = {k: v for k, v in trace.items() if k not in NOT_EXTRA}
-    return Cut(text, tokens, reason, fraction, extra)
+    seconds = float(trace["seconds"]) * fraction
+    if trace.get("turns") and len(text) < len(trace["text"]):
+        tokens, seconds, fields = cut_tool_trace(trace, len(text))
+        extra.update(fields)
+    return Cut(text, tokens, reason, fraction, seconds, extra, trace)
 
 
 class ReplayCuts:
@@ -199,7 +209,7 @@ class ReplayEngine(Engine):
                 cut = self.cuts.get(trace, req.stop_rule, req.max_tokens)
                 key = (req.problem_id, req.sample)
                 if self.speed is None:
-                    r = _Running(req, cut, now, now, now + float(trace["seconds"]) * cut.fraction)
+                    r = _Running(req, cut, now, now, now + cut.seconds)
                 else:
                     r = _Running(req, cut, now, self._work, self._work + max(1, cut.tokens))
                 self._running[key] = r
@@ -256,8 +266,11 @@ class ReplayEngine(Engine):
 
     def _partial(self, r: _Running, now: float) -> Sample:
         frac = self._fraction_done(r, now)
-        return self._sample(r, r.cut.text[: int(len(r.cut.text) * frac)], int(r.cut.tokens * frac), now - r.start,
-                            "aborted")
+        text = r.cut.text[: int(len(r.cut.text) * frac)]
+        sample = self._sample(r, text, int(r.cut.tokens * frac), now - r.start, "aborted")
+        if r.cut.trace.get("turns") and len(text) < len(r.cut.trace["text"]):
+            sample.extra.update(cut_tool_trace(r.cut.trace, len(text))[2])  # the turns up to where it stopped
+        return sample
 
     # -- the Engine interface ------------------------------------------------------------------------------------
     def answer_of(self, sample: Sample, spec: AnswerSpec | None) -> int | None:

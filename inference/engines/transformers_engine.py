@@ -14,6 +14,8 @@ applied while streaming, abort stops generation, progress shows tokens as they c
   (a window of the last tokens, as vLLM's detokenizer does, so a step costs the same at token 10 and 10,000), feeds
   it to the row's stop rule (`inference.answers.StopDetector`), ends rows that hit their own max_tokens, EOS or an
   abort, and hands finished samples to `poll` right away.
+- Tools (inference/tools.py): a row that ends at the chat format's tool-call stop string leaves its batch; a tool
+  thread runs the call in the sandbox and queues the sample's next turn (prompt + turn + framed output) as a new job.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import gc
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import (
@@ -42,6 +45,8 @@ from transformers import (
 from inference.answers import StopDetector
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
+from inference.formats import get_format
+from inference.tools import Conversation, ToolSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +57,34 @@ class _Job:
 
     request: SampleRequest
     prompt_ids: list[int]
-    max_tokens: int  # the request's, capped to fit the model's context
-    submitted: float  # engine clock
+    max_tokens: int  # the request's, capped to fit the model's context (with tools: what is left for this turn)
+    submitted: float  # engine clock (of the sample, not of this turn)
     token_ids: list[int] = field(default_factory=list)
     done: bool = False  # finished or aborted: the worker ignores its row from then on
     text: str = ""  # decoded incrementally: token_ids[:read_offset]
     prefix_offset: int = 0  # token_ids[prefix_offset:read_offset] is the context the next token is decoded in
     read_offset: int = 0
     detector: StopDetector = field(init=False)  # the request's stop rule, fed every new piece of text
+    conversation: Conversation | None = None  # with tools: the sample's earlier turns
+    seed: int | None = None  # this turn's seed (the request's, shifted per turn)
+    format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
 
     def __post_init__(self) -> None:
         self.detector = StopDetector(self.request.stop_rule)
 
-    def sample(self, text: str, seconds: float, finish_reason: str) -> Sample:
-        r = self.request
-        return Sample(r.problem_id, r.sample, text, len(self.token_ids), seconds, finish_reason, variant=r.variant,
-                      seed=r.seed, extra={"prompt_tokens": len(self.prompt_ids)})
+    def sample(self, text: str, seconds: float, finish_reason: str, now: float | None = None) -> Sample:
+        """`text` is this turn's text; with tools the sample's text is the whole conversation."""
+        r, conv = self.request, self.conversation
+        if conv is None:
+            if self.format is not None:
+                text = self.format.answer_text(text)
+            return Sample(r.problem_id, r.sample, text, len(self.token_ids), seconds, finish_reason,
+                          variant=r.variant, seed=r.seed, extra={"prompt_tokens": len(self.prompt_ids)})
+        extra = {"prompt_tokens": conv.first_prompt_tokens,
+                 **conv.trace(text, len(self.token_ids), now if now is not None else self.submitted + seconds)}
+        return Sample(r.problem_id, r.sample, conv.format.answer_text(conv.text + text),
+                      conv.tokens + len(self.token_ids), seconds, finish_reason, variant=r.variant, seed=r.seed,
+                      extra=extra)
 
 
 class TransformersEngine(Engine):
@@ -80,9 +97,13 @@ class TransformersEngine(Engine):
         device: str = "auto",
         dtype: str = "auto",
         batch_size: int = 8,
+        chat_format: str = "r1",
+        format_options: dict | None = None,
+        tools: ToolSettings | None = None,
     ) -> None:
         """`device`: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...; `dtype`: "auto" (the
-        checkpoint's on GPU, float32 on CPU), "bfloat16", "float16" or "float32"; `batch_size`: rows per generate."""
+        checkpoint's on GPU, float32 on CPU), "bfloat16", "float16" or "float32"; `batch_size`: rows per generate;
+        `chat_format` + `format_options`: inference.formats; `tools`: the tool loop (off unless `tools.enabled`)."""
         super().__init__(clock)
         if getattr(self.clock, "virtual", False):
             raise ValueError("clock: the transformers engine runs in real time; a VirtualClock works only with replay")
@@ -94,6 +115,11 @@ class TransformersEngine(Engine):
         self.device = device
         self.dtype = dtype
         self.batch_size = int(batch_size)
+        self.format = get_format(chat_format, **(format_options or {}))
+        self.tools = tools if tools is not None and tools.enabled else None
+        self._pool = None  # sandbox interpreters, with tools
+        self._tool_threads: ThreadPoolExecutor | None = None
+        self._tooling: list[_Job] = []  # jobs whose turn ended at a tool call that is running
         self._model = None
         self._tokenizer = None
         self._context = 0  # max positions of the model
@@ -113,6 +139,9 @@ class TransformersEngine(Engine):
         if self._model is not None:
             return
         t0 = time.monotonic()
+        if self.tools is not None and self._pool is None:  # interpreters start in the background while the model loads
+            self._pool = self.tools.make_pool()
+            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -139,10 +168,19 @@ class TransformersEngine(Engine):
                 job.done = True  # ends the running generate at its next step
             self._queue.clear()
             self._finished.clear()
+            tooling, self._tooling = self._tooling, []
             self._wake.notify_all()
+        for job in tooling:
+            job.conversation.stop()
         if self._worker is not None:
             self._worker.join(timeout=60)
             self._worker = None
+        if self._tool_threads is not None:
+            self._tool_threads.shutdown(wait=False, cancel_futures=True)
+            self._tool_threads = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         self._model = self._tokenizer = None
         gc.collect()
         if torch.cuda.is_available():
@@ -165,15 +203,19 @@ class TransformersEngine(Engine):
         for req in requests:
             key = repr(req.messages)
             if key not in rendered:
-                prompt = self._tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
-                rendered[key] = self._tokenizer.encode(prompt, add_special_tokens=False)
+                rendered[key] = self.format.prompt_ids(req.messages, self._tokenizer)
             prompt_ids = rendered[key]
             if len(prompt_ids) >= self._context:
                 raise ValueError(f"problem {req.problem_id}: prompt of {len(prompt_ids)} tokens does not fit the "
                                  f"model's context of {self._context} tokens")
             # Like vLLM at max_model_len: a sample that reaches the end of the context ends with "length".
             max_tokens = min(req.max_tokens, self._context - len(prompt_ids))
-            jobs.append(_Job(req, prompt_ids, max_tokens, self.clock.now()))
+            now = self.clock.now()
+            conversation = None
+            if self.tools is not None:
+                conversation = Conversation(self.format, self.tools, self._pool, prompt_ids, now)
+            jobs.append(_Job(req, prompt_ids, max_tokens, now, conversation=conversation, seed=req.seed,
+                             format=self.format))
         with self._lock:
             self._queue.extend(jobs)
             if jobs:
@@ -202,23 +244,33 @@ class TransformersEngine(Engine):
             for job in jobs:
                 job.done = True  # the stopping criteria ends its row at the next step
             self._queue = [j for j in self._queue if not j.done]
+            tooling = [j for j in self._tooling if j.request.problem_id == problem_id]
+            self._tooling = [j for j in self._tooling if j.request.problem_id != problem_id]
             done = [s for s in self._finished if s.problem_id == problem_id]
             self._finished = [s for s in self._finished if s.problem_id != problem_id]
             token_lists = [list(j.token_ids) for j in jobs]
+        for job in tooling:
+            job.conversation.stop()  # a call in progress ends now; its thread drops the sample
         tokenizer = self._tokenizer
-        return done + [
-            job.sample(tokenizer.decode(ids, skip_special_tokens=True) if tokenizer else "", now - job.submitted,
-                       "aborted")
-            for job, ids in zip(jobs, token_lists)
+        aborted = [
+            job.sample(tokenizer.decode(ids, skip_special_tokens=self.format.skip_special_tokens) if tokenizer else "",
+                       now - job.submitted, "aborted", now)
+            for job, ids in zip(jobs + tooling, token_lists + [[] for _ in tooling])
         ]
+        for job in jobs + tooling:
+            self._release(job)
+        return done + aborted
 
     def progress(self) -> EngineProgress:
         now = self.clock.now()
         with self._lock:
             running = [j for j in self._queue + self._active if not j.done]
+            # A sample waiting for its tool call is running too; the time it waits is not a stall.
             since = now - self._last_activity if running else 0.0
-            return EngineProgress(running=len(running), tokens_in_flight=sum(len(j.token_ids) for j in running),
-                                  seconds_since_token=since)
+            return EngineProgress(running=len(running) + len(self._tooling),
+                                  tokens_in_flight=sum(len(j.token_ids) + (j.conversation.tokens if j.conversation
+                                                                           else 0) for j in running + self._tooling),
+                                  seconds_since_token=since if not self._tooling else 0.0)
 
     # -- the worker -------------------------------------------------------------------------------------------------
 
@@ -275,9 +327,11 @@ class TransformersEngine(Engine):
             )
 
     def _step(self, batch: list[_Job], new_tokens: list[int], eos: set[int]) -> list[bool]:
-        """Account one generated token per row; finish rows that ended. Returns which rows are done."""
+        """Account one generated token per row; finish rows that ended or hand them to a tool call. Returns which
+        rows are done."""
         now = self.clock.now()
-        finished = []
+        finished, calls = [], []
+        skip = self.format.skip_special_tokens
         with self._lock:
             for job, token in zip(batch, new_tokens):
                 if job.done:
@@ -289,18 +343,79 @@ class TransformersEngine(Engine):
                     reason = "stop"
                 elif len(job.token_ids) >= job.max_tokens:
                     reason = "length"
-                stop = job.detector.feed(self._decode_new(job))
+                new = self._decode_new(job)
+                stop = job.detector.feed(new)  # with tools: an index into the whole conversation's text
+                before = len(job.conversation.text) if job.conversation is not None else 0
+                tool_stop = job.conversation is not None and reason != "stop" and (
+                    token in self.format.stop_token_ids or any(job.text.endswith(s) for s in self.format.stop_strings))
                 if stop is not None:
-                    text, reason = job.text[:stop], "answer"
+                    text, reason = job.text[: max(0, stop - before)], "answer"
+                elif tool_stop:
+                    job.done = True  # the row leaves this batch; the tool thread queues the next turn
+                    self._tooling.append(job)
+                    calls.append((job, self._tokenizer.decode(job.token_ids, skip_special_tokens=skip)))
+                    continue
                 elif reason:
-                    text = self._tokenizer.decode(job.token_ids, skip_special_tokens=True)
+                    text = self._tokenizer.decode(job.token_ids, skip_special_tokens=skip)
                 if reason:
                     job.done = True
-                    finished.append(job.sample(text, now - job.submitted, reason))
+                    finished.append(job.sample(text, now - job.submitted, reason, now))
+                    self._release(job)
             if finished:
                 self._finished.extend(finished)
                 self._wake.notify_all()
+            for job, turn in calls:
+                self._tool_threads.submit(self._tool_turn, job, turn, now)
             return [job.done or self._stopping for job in batch]
+
+    def _tool_turn(self, job: _Job, turn: str, ended: float) -> None:
+        """On a tool thread: close the turn, run its call, queue the sample's next turn (or finish it)."""
+        conv = job.conversation
+        try:
+            with self._lock:
+                if job not in self._tooling:
+                    return  # aborted
+                turn_ids, job.token_ids = job.token_ids, []
+                action = conv.end_turn(turn, turn_ids, ended, job.request.max_tokens)
+            if action == "tool":
+                framed = conv.run_call()  # blocking, ≤ the tool timeout; abort() stops it early
+                job.detector.feed(framed)  # the stop rule reads the whole conversation
+            now = self.clock.now()
+            with self._lock:
+                if job not in self._tooling:
+                    return  # aborted during the call
+                self._tooling.remove(job)
+                prompt_ids = conv.next_prompt_ids(self._tokenizer, now) if action != "done" else []
+                left = min(job.request.max_tokens - conv.tokens, self._context - len(prompt_ids))
+                if action == "done" or left <= 0:
+                    self._finished.append(job.sample("", now - job.submitted, conv.finish_reason or "length", now))
+                    self._release(job)
+                else:
+                    turn = _Job(job.request, prompt_ids, left, job.submitted, conversation=conv,
+                                seed=job.request.seed + conv.turn)
+                    turn.detector = job.detector
+                    self._queue.append(turn)
+                self._last_activity = now
+                self._wake.notify_all()
+        except Exception as e:  # noqa: BLE001 - a failed tool turn fails this sample, not the engine
+            log.exception("transformers engine: tool turn of %s/%s failed", job.request.problem_id, job.request.sample)
+            with self._lock:
+                if job in self._tooling:
+                    self._tooling.remove(job)
+                    failed = job.sample("", self.clock.now() - job.submitted, "error")
+                    failed.extra["error"] = repr(e)
+                    self._finished.append(failed)
+                    self._wake.notify_all()
+            self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        """The sample is over: reset its interpreter and return it to the pool, on a tool thread."""
+        if job.conversation is None:
+            return
+        try:
+            self._tool_threads.submit(job.conversation.close)
+        except (RuntimeError, AttributeError):  # shut down meanwhile
+            job.conversation.close()
 
 
     def _decode_new(self, job: _Job) -> str:
@@ -308,8 +423,9 @@ class TransformersEngine(Engine):
         splits multi-byte characters, so they are decoded after a few tokens of context and the context's own text
         is subtracted; an unfinished character ("\ufffd") waits for the next token."""
         ids = job.token_ids
-        context = self._tokenizer.decode(ids[job.prefix_offset:job.read_offset], skip_special_tokens=True)
-        both = self._tokenizer.decode(ids[job.prefix_offset:], skip_special_tokens=True)
+        skip = self.format.skip_special_tokens
+        context = self._tokenizer.decode(ids[job.prefix_offset:job.read_offset], skip_special_tokens=skip)
+        both = self._tokenizer.decode(ids[job.prefix_offset:], skip_special_tokens=skip)
         if len(both) <= len(context) or both.endswith("\ufffd"):
             return ""
         new = both[len(context):]
@@ -332,7 +448,7 @@ class _SeededSampling(LogitsProcessor):
                 self.warpers.append(TopPLogitsWarper(r.top_p))
             if r.min_p > 0.0:
                 self.warpers.append(MinPLogitsWarper(r.min_p))
-        self.generators = [torch.Generator(device=device).manual_seed(j.request.seed) for j in batch]
+        self.generators = [torch.Generator(device=device).manual_seed(j.seed) for j in batch]
 
     def __call__(self, input_ids, scores):
         if self.greedy:

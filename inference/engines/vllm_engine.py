@@ -12,6 +12,10 @@ the sample has committed to an answer.
 Finished samples go to a list that `poll` hands out. If vLLM dies (its engine core process crashed, or the loop
 stopped answering for `stall_seconds`), `submit` and `poll` raise `EngineError` and the watchdog restarts the engine.
 
+With tools (inference/tools.py) a sample is several vLLM requests in a row, one per turn: a turn that stops at the
+chat format's tool-call stop string or token goes to the sandbox on a worker thread (the event loop keeps streaming
+the other samples), and the next turn is a new request whose prompt extends the last one (prefix-cached).
+
 Scripts that build this engine need an `if __name__ == "__main__":` guard: vLLM starts its engine core in a new
 process that may re-import the main module.
 """
@@ -23,6 +27,7 @@ import itertools
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Coroutine, Sequence
@@ -30,6 +35,8 @@ from typing import Any, Coroutine, Sequence
 from inference.answers import StopDetector
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
+from inference.formats import get_format
+from inference.tools import Conversation, ToolSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,11 @@ class _Stream:
     tokens: int = 0
     pieces: list[str] = field(default_factory=list)  # the text so far, joined only when the sample ends
     detector: StopDetector = field(init=False)  # the request's stop rule, fed every delta
+    conversation: Conversation | None = None  # with tools: the turns so far
+    format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
+    params: Any = None  # this sample's SamplingParams (each turn copies them)
+    turn_ids: list[int] = field(default_factory=list)  # token ids of the current turn
+    turn_pieces: list[str] = field(default_factory=list)  # its text
 
     def __post_init__(self) -> None:
         self.detector = StopDetector(self.request.stop_rule)
@@ -57,9 +69,14 @@ class _Stream:
         return "".join(self.pieces)
 
     def sample(self, text: str, seconds: float, finish_reason: str) -> Sample:
-        r = self.request
+        r, conv = self.request, self.conversation
+        extra = {"prompt_tokens": self.prompt_tokens}
+        if conv is not None:
+            extra.update(conv.trace(text[len(conv.text):], self.tokens - conv.tokens, self.submitted + seconds))
+        if self.format is not None:
+            text = self.format.answer_text(text)
         return Sample(r.problem_id, r.sample, text, self.tokens, seconds, finish_reason, variant=r.variant,
-                      seed=r.seed, extra={"prompt_tokens": self.prompt_tokens})
+                      seed=r.seed, extra=extra)
 
 
 class VLLMEngine(Engine):
@@ -71,10 +88,14 @@ class VLLMEngine(Engine):
         clock: RealClock | VirtualClock | None = None,
         engine_args: dict | None = None,
         stall_seconds: float = 120.0,
+        chat_format: str = "r1",
+        format_options: dict | None = None,
+        tools: ToolSettings | None = None,
     ) -> None:
         """`engine_args` go straight to `vllm.AsyncEngineArgs` (tensor_parallel_size, gpu_memory_utilization,
         max_model_len, kv_cache_dtype, quantization, enable_prefix_caching, enforce_eager, max_num_seqs, dtype,
-        seed, ...). `stall_seconds` bounds every wait on vLLM's event loop: longer means it hangs."""
+        seed, ...). `stall_seconds` bounds every wait on vLLM's event loop: longer means it hangs. `chat_format` +
+        `format_options`: inference.formats; `tools`: the tool loop (off unless `tools.enabled`)."""
         super().__init__(clock)
         if getattr(self.clock, "virtual", False):
             raise ValueError("clock: the vllm engine generates in real time; a VirtualClock works only with replay")
@@ -83,6 +104,10 @@ class VLLMEngine(Engine):
         if "model" in self.engine_args:
             raise ValueError("engine_args: set the model with `model`, not engine_args.model")
         self.stall_seconds = float(stall_seconds)
+        self.format = get_format(chat_format, **(format_options or {}))
+        self.tools = tools if tools is not None and tools.enabled else None
+        self._pool = None  # sandbox interpreters, with tools
+        self._tool_threads: ThreadPoolExecutor | None = None  # tool calls and interpreter resets, off the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._llm = None  # vllm AsyncLLM
@@ -125,6 +150,9 @@ class VLLMEngine(Engine):
             args = AsyncEngineArgs(model=self.model, **self.engine_args)
         except TypeError as e:  # an unknown key
             raise ValueError(f"engine_args: not an AsyncEngineArgs field ({e})") from None
+        if self.tools is not None and self._pool is None:  # interpreters start in the background while vLLM loads
+            self._pool = self.tools.make_pool()
+            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
@@ -165,6 +193,12 @@ class VLLMEngine(Engine):
                 llm.shutdown()
         self._stop_loop()
         self._tokenizer = None
+        if self._tool_threads is not None:
+            self._tool_threads.shutdown(wait=False, cancel_futures=True)
+            self._tool_threads = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def _stop_loop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -189,8 +223,7 @@ class VLLMEngine(Engine):
     # -- generation -------------------------------------------------------------------------------------------------
 
     def _prompt_ids(self, messages: list[dict]) -> list[int]:
-        prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self._tokenizer.encode(prompt, add_special_tokens=False)  # the template already has its specials
+        return self.format.prompt_ids(messages, self._tokenizer)
 
     def submit(self, requests: Sequence[SampleRequest]) -> None:
         """Add the requests to vLLM and return once it accepted them (raises on a bad request, e.g. a prompt longer
@@ -205,9 +238,14 @@ class VLLMEngine(Engine):
             key = repr(req.messages)
             if key not in rendered:
                 rendered[key] = self._prompt_ids(req.messages)
+            tool_stops = {}
+            if self.tools is not None:  # a turn ends at a tool call; the stop string stays in the text
+                tool_stops = {"stop": list(self.format.stop_strings), "include_stop_str_in_output": True,
+                              "stop_token_ids": list(self.format.stop_token_ids)}
             params = SamplingParams(
                 n=1, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, min_p=req.min_p,
-                seed=req.seed, skip_special_tokens=True, output_kind=RequestOutputKind.DELTA,
+                seed=req.seed, skip_special_tokens=self.format.skip_special_tokens,
+                output_kind=RequestOutputKind.DELTA, **tool_stops,
             )
             request_id = f"{req.problem_id}/{req.sample}/{next(self._ids)}"
             batch.append((req, request_id, rendered[key], params))
@@ -222,7 +260,11 @@ class VLLMEngine(Engine):
             for req, request_id, prompt_ids, params in batch:
                 collector = await self._llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
                 added.append(request_id)
-                stream = _Stream(req, request_id, len(prompt_ids), self.clock.now())
+                stream = _Stream(req, request_id, len(prompt_ids), self.clock.now(), params=params,
+                                 format=self.format)
+                if self.tools is not None:
+                    stream.conversation = Conversation(self.format, self.tools, self._pool, prompt_ids,
+                                                       stream.submitted)
                 with self._lock:
                     self._streams[request_id] = stream
                     self._last_activity = stream.submitted
@@ -247,10 +289,22 @@ class VLLMEngine(Engine):
                 out = collector.get_nowait() or await collector.get()
                 completion = out.outputs[0]
                 reason = FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
+                # With tools, a stop string or stop token (vLLM's stop_reason; None at EOS) ends a turn, not the sample.
+                tool_stop = (stream.conversation is not None and reason == "stop"
+                             and completion.stop_reason is not None)
+                if stream.conversation is not None:
+                    stream.turn_ids.extend(completion.token_ids)
+                    stream.turn_pieces.append(completion.text)
+                if tool_stop:
+                    reason = None
                 if self._on_delta(stream, completion.text, len(completion.token_ids), reason) == "answer":
                     await llm.abort(stream.request_id)  # free its batch slot now
                     return
-                if out.finished:
+                if tool_stop:
+                    collector = await self._next_turn(llm, stream)
+                    if collector is None:
+                        return
+                elif out.finished:
                     return
         except asyncio.CancelledError:
             raise
@@ -263,9 +317,63 @@ class VLLMEngine(Engine):
             log.exception("vllm engine: request %s failed", stream.request_id)
             with self._lock:
                 if self._streams.pop(stream.request_id, None) is not None:
-                    failed = stream.sample(stream.text, self.clock.now() - stream.submitted, "error")
+                    failed = stream.sample("".join(stream.pieces), self.clock.now() - stream.submitted, "error")
                     failed.extra["error"] = repr(e)
                     self._finish(failed)
+        finally:
+            if stream.conversation is not None and self._tool_threads is not None:
+                # Reset the interpreter and return it to the pool, off the loop.
+                try:
+                    self._tool_threads.submit(stream.conversation.close)
+                except RuntimeError:  # shutting down
+                    pass
+
+    async def _next_turn(self, llm, stream: _Stream):
+        """The turn stopped at a tool call: run it off the loop, then add the sample's next turn as a new request
+        (a prompt that extends the last one, so the prefix cache reuses it). Returns its output collector, or None
+        when the sample is over (aborted meanwhile, finished by a limit, or out of context)."""
+        from vllm.inputs import TokensPrompt
+
+        conv, req = stream.conversation, stream.request
+        turn_text, turn_ids = "".join(stream.turn_pieces), list(stream.turn_ids)
+        stream.turn_pieces, stream.turn_ids = [], []
+        action = conv.end_turn(turn_text, turn_ids, self.clock.now(), req.max_tokens)
+        if action == "tool":
+            framed = await asyncio.get_running_loop().run_in_executor(self._tool_threads, conv.run_call)
+        else:
+            framed = ""
+        now = self.clock.now()
+        with self._lock:
+            if self._streams.get(stream.request_id) is not stream:
+                return None  # aborted during the call: abort() handed out the partial sample
+            stream.pieces.append(framed)  # the tool's answer is part of the sample's text, not of its tokens
+            stream.detector.feed(framed)  # keeps the detector's count of the text; a cut shows at the next delta
+            if action == "done":
+                del self._streams[stream.request_id]
+                self._finish(stream.sample(stream.text, now - stream.submitted, conv.finish_reason or "length"))
+                return None
+            self._last_activity = now
+        prompt_ids = conv.next_prompt_ids(self._tokenizer, now)
+        params = stream.params.clone()
+        params.max_tokens = req.max_tokens - conv.tokens
+        params.seed = None if req.seed is None else req.seed + conv.turn
+        request_id = f"{req.problem_id}/{req.sample}/{next(self._ids)}"
+        try:
+            collector = await llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
+        except ValueError as e:  # the conversation outgrew max_model_len
+            log.info("vllm engine: %s ends at its context limit (%s)", stream.request_id, e)
+            with self._lock:
+                if self._streams.pop(stream.request_id, None) is stream:
+                    self._finish(stream.sample(stream.text, self.clock.now() - stream.submitted, "length"))
+            return None
+        with self._lock:
+            if self._streams.get(stream.request_id) is stream:
+                del self._streams[stream.request_id]
+                stream.request_id = request_id  # abort() now aborts this turn's request
+                self._streams[request_id] = stream
+                return collector
+        await llm.abort(request_id)  # aborted while the request was being added
+        return None
 
     def _on_delta(self, stream: _Stream, delta: str, tokens: int, finish_reason: str | None) -> str | None:
         """Account one delta; finish the sample if it ended or committed to an answer. Returns "answer" when the stop
@@ -329,6 +437,9 @@ class VLLMEngine(Engine):
             done = [s for s in self._finished if s.problem_id == problem_id]
             self._finished = [s for s in self._finished if s.problem_id != problem_id]
         aborted = [s.sample("".join(s.pieces), now - s.submitted, "aborted") for s in streams]
+        for s in streams:
+            if s.conversation is not None:
+                s.conversation.stop()  # a tool call in progress ends now
         if streams and self._llm is not None and self._error is None:
             self.run_coroutine(self._llm.abort([s.request_id for s in streams]), timeout=self.stall_seconds)
         return done + aborted

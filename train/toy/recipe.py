@@ -126,7 +126,7 @@ def evaluate(model_dir: Path, test_file: Path, settings: EvalSettings, seed: int
     from inference.answers import extract_answer, grade
     from train.configs import DEFAULT_SYSTEM_PROMPT
     from train.data import load_eval_problems
-    from train.sft import generate_answers, summarize
+    from train.common import generate_answers, summarize
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

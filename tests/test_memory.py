@@ -1,0 +1,105 @@
+"""The per-GPU memory plan (train/memory.py): every real recipe fits the hardware its header names, 14B GRPO is
+refused on 24 GB GPUs, and the components move the way ZeRO, the optimizer, LoRA and the batch say they must.
+Parameter counts come from accelerate's estimator on empty (meta) models: no weights, no hub.
+
+    .venv/bin/python -m pytest tests/test_memory.py -q
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from train import memory
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_RECIPES = sorted(str(p.relative_to(REPO)) for d in ("configs/sft", "configs/grpo") for p in (REPO / d).glob("*.yaml"))
+GRPO_14B = "configs/grpo/r1-distill-qwen-14b.yaml"
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # recipes name their accelerate config relative to the repo
+
+
+@pytest.mark.parametrize("recipe", REAL_RECIPES)
+def test_every_real_recipe_names_its_hardware_and_fits_it(recipe, capsys):
+    settings = memory.recipe_settings(recipe)
+    assert all(settings.get(key) for key in memory.HARDWARE_KEYS), f"{recipe}: hardware keys missing"
+    assert memory.main(["--config", recipe]) == 0
+    assert "FITS: peak" in capsys.readouterr().out
+
+
+def test_14b_grpo_is_refused_on_24gb_gpus_naming_what_to_change(capsys):
+    assert memory.main(["--config", GRPO_14B, "--gpu-memory-gb", "22.5"]) == 1  # a "24 GB" L4/A10 is 22.5 GiB
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out and "of 22.5 GiB" in out
+    assert "change one of:" in out and "zero3.yaml" in out and "per_device_train_batch_size" in out
+
+
+def test_fp32_adamw_14b_grpo_is_refused_on_80gb_and_8bit_states_are_a_quarter():
+    settings = memory.recipe_settings(GRPO_14B)
+    eight_bit = memory.plan(settings, 8, 80, zero_stage=2)
+    fp32 = memory.plan(settings | {"optim": "adamw_torch"}, 8, 80, zero_stage=2)
+    assert not fp32.fits and not eight_bit.fits  # 80 GiB GPUs need vLLM on its own GPUs (the recipe's header)
+    assert eight_bit.components["optimizer states"] == pytest.approx(fp32.components["optimizer states"] / 4)
+    # The issue's figure: fp32 AdamW, ZeRO-2, full reference model = 85-94 GB of model states before activations.
+    states = sum(fp32.components[k] for k in memory.RESIDENT) * memory.GIB / 1e9
+    assert 84 <= states <= 94
+    assert "optim: paged_adamw_8bit" in fp32.advice() and "optim: paged_adamw_8bit" not in eight_bit.advice()
+
+
+def test_model_states_follow_zero_stage_and_parameter_count():
+    settings = memory.recipe_settings("configs/sft/r1-distill-qwen-14b.yaml")
+    shape = memory.model_shape("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B")
+    assert shape.params == pytest.approx(14.77e9, rel=1e-4)  # the published 14.8B, counted by accelerate (meta model)
+    zero2 = memory.plan(settings, 8, 140, zero_stage=2)
+    zero3 = memory.plan(settings, 8, 140, zero_stage=3)
+    zero3_16 = memory.plan(settings, 16, 140, zero_stage=3)
+    assert zero2.components["weights"] == pytest.approx(2 * shape.params / memory.GIB)  # whole bf16 copy per GPU
+    assert zero3.components["weights"] < zero2.components["weights"] / 4  # sharded (plus the gathered layer)
+    assert zero3_16.components["optimizer states"] == pytest.approx(zero3.components["optimizer states"] / 2)
+    assert zero2.components["activations"] == zero3.components["activations"]
+    offloaded = memory.plan(settings, 8, 140, zero_stage=3, offload_optimizer=True)
+    assert offloaded.components["optimizer states"] == offloaded.components["fp32 master weights"] == 0
+
+
+def test_checkpointing_lora_and_batch_move_the_right_components():
+    settings = memory.recipe_settings("configs/sft/r1-distill-qwen-7b.yaml")
+    base = memory.plan(settings, 8, 80, zero_stage=3)
+    no_ckpt = memory.plan(settings | {"gradient_checkpointing": False}, 8, 80, zero_stage=3)
+    assert no_ckpt.components["activations"] > 5 * base.components["activations"] and not no_ckpt.fits
+    half = memory.plan(settings | {"max_length": 12000}, 8, 80, zero_stage=3)
+    assert half.components["logits"] == pytest.approx(base.components["logits"] / 2)
+    lora = memory.plan(settings | {"use_peft": True, "lora_r": 16}, 1, 80, zero_stage=0)
+    full_one_gpu = memory.plan(settings, 1, 80, zero_stage=0)
+    assert lora.components["optimizer states"] < full_one_gpu.components["optimizer states"] / 50
+    assert not full_one_gpu.fits  # full 7B training does not fit one 80 GiB GPU ...
+    qlora = memory.plan(settings | {"use_peft": True, "load_in_4bit": True, "max_length": 8192}, 1, 80)
+    assert qlora.fits and qlora.components["weights"] == pytest.approx(lora.components["weights"] / 4)  # ... QLoRA does
+
+
+def test_the_training_scripts_parsed_arguments_give_the_same_plan():
+    """What train/grpo.py hands the check (its three parsed dataclasses) plans like the recipe file."""
+    from train import grpo
+
+    parsed = grpo.make_parser().parse_args_and_config(["--config", GRPO_14B, "--use_cpu", "true", "--bf16", "false"])
+    from_script = memory.plan({k: v for args in parsed for k, v in vars(args).items()}, 8, 140, zero_stage=2)
+    from_file = memory.plan(memory.recipe_settings(GRPO_14B), 8, 140, zero_stage=2)
+    assert from_script.components == from_file.components and from_script.fits
+
+
+def test_a_local_model_directory_is_planned_from_its_config(tiny_model_dir):
+    settings = memory.recipe_settings("configs/toy/sft.yaml") | {"model_name_or_path": str(tiny_model_dir)}
+    result = memory.plan(settings, 1, 4.0)
+    assert result.fits and 0 < result.components["weights"] < 0.01  # ~1 M parameters
+
+
+def test_toy_recipes_name_no_hardware_and_unknown_settings_are_errors(capsys):
+    assert memory.main(["--config", "configs/toy/grpo.yaml"]) == 2
+    assert "no hardware_gpus" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="optim: 'lion_8bit'"):
+        memory.plan(memory.recipe_settings(GRPO_14B) | {"optim": "lion_8bit"}, 8, 140)
+    with pytest.raises(ValueError, match="hardware_model: 'nobody/unknown'"):
+        memory.plan(memory.recipe_settings(GRPO_14B) | {"hardware_model": "nobody/unknown"}, 8, 140)

@@ -1,0 +1,187 @@
+"""The Python sandbox on real interpreter processes: state per sample, limits, and hostile code.
+
+Every hostile case must come back as a short error text (never an exception in the caller), leave no process or
+file behind, and leave the pool able to serve the next call.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inference.sandbox import SandboxPool, truncate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool(size=2, timeout=2.0, memory_mb=1024, max_output_chars=400) as p:
+        yield p
+
+
+@pytest.fixture
+def session(pool):
+    s = pool.session()
+    yield s
+    s.close()
+
+
+def processes_with(marker: str) -> list[str]:
+    """Command lines of live processes containing `marker` (from /proc, so nothing is missed by ps formatting)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmd:
+                found.append(cmd)
+    return found
+
+
+def test_state_is_kept_within_a_session_and_reset_between_sessions(pool):
+    with pool.session() as s:
+        assert s.run("x = 6 * 7").output.startswith("[no output")
+        assert s.run("x + 1").output == "43\n"  # a last expression is printed, as in Jupyter
+        assert s.run("print(x)").output == "42\n"
+        assert s.calls == 3 and s.seconds > 0
+    with pool.session() as s:
+        result = s.run("x")
+        assert result.error and "NameError" in result.output
+
+
+def test_maths_libraries_are_ready(session):
+    out = session.run("import mpmath\nprint(sp.factorint(360), int(np.arange(5).sum()), math.comb(10, 3), "
+                      "mpmath.mp.dps)").output
+    assert out == "{2: 3, 3: 2, 5: 1} 10 120 64\n"
+
+
+def test_errors_show_the_models_own_lines_only(session):
+    out = session.run("def f(n):\n    return 1 // n\nf(0)").output
+    assert "ZeroDivisionError" in out and 'File "<code>", line 2, in f' in out
+    assert "sandbox.py" not in out
+    assert "SyntaxError" in session.run("def (").output
+
+
+def test_infinite_loop_times_out_and_kills_the_interpreter(pool):
+    with pool.session() as s:
+        s.run("y = 1")
+        pid = s._worker.proc.pid
+        result = s.run("while True:\n    pass")
+        assert result.timed_out and result.error and result.restarted
+        assert "TimeoutError" in result.output and "2 seconds" in result.output
+        assert not Path(f"/proc/{pid}").exists()  # the whole process group is gone
+        after = s.run("y")  # a fresh interpreter answers, and says the state was lost
+        assert "NameError" in after.output and "restarted" in after.output
+        assert s.run("print('alive')").output == "alive\n"
+
+
+def test_huge_allocation_is_a_memory_error(session):
+    session.run("kept = 5")
+    result = session.run("buffer = bytearray(20 * 2**30)")
+    assert result.error and "MemoryError" in result.output and not result.restarted
+    assert session.run("kept").output == "5\n"  # the interpreter survived
+
+
+def test_child_processes_are_refused_and_none_survive(session):
+    marker = "sleep 7777"
+    for code in ["import subprocess\nsubprocess.Popen(['sleep', '7777'])",
+                 "import os\nos.system('sleep 7777 &')",
+                 "import os\nos.fork()",
+                 "import multiprocessing\nmultiprocessing.Process(target=print).start()"]:
+        result = session.run(code)
+        assert result.error and "PermissionError" in result.output, (code, result.output)
+    assert processes_with(marker) == []
+    assert session.run("print(1)").output == "1\n"
+
+
+def test_ten_megabytes_of_output_are_cut_with_a_note(session):
+    for code in ["print('x' * 10_000_000)", "import os\nos.write(1, b'y' * 10_000_000)",
+                 "for i in range(200_000):\n    print(i)"]:
+        out = session.run(code).output
+        assert len(out) < 600, (code, len(out))
+        assert "characters cut" in out
+    assert session.run("print('short')").output == "short\n"  # the capture was emptied
+
+
+def test_sys_exit_is_an_error_text_and_os_exit_restarts(session):
+    session.run("z = 3")
+    result = session.run("import sys\nsys.exit(2)")
+    assert result.error and "SystemExit: 2" in result.output
+    assert session.run("z").output == "3\n"
+    result = session.run("import os\nos._exit(4)")
+    assert result.error and result.restarted and "exited with code 4" in result.output
+    assert "NameError" in session.run("z").output
+
+
+def test_sockets_are_refused(session):
+    for code in ["import socket\nsocket.socket()",
+                 "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)",
+                 "import urllib.request\nurllib.request.urlopen('http://example.com', timeout=1)"]:
+        result = session.run(code)
+        assert result.error and "network access is not allowed" in result.output, (code, result.output)
+
+
+def test_network_namespace_has_no_interfaces_up(pool):
+    if not pool.isolated:
+        pytest.skip("no unshare here: network is blocked by the audit hook only (tested above)")
+    with pool.session() as s:
+        out = s.run("print(open('/proc/net/dev').read())").output
+    lines = [line.split(":")[0].strip() for line in out.splitlines()[2:] if ":" in line]
+    assert lines == ["lo"]  # a fresh namespace: only a loopback interface, and it is down
+
+
+def test_writes_stay_in_the_private_directory_which_is_removed(pool, tmp_path):
+    outside = tmp_path / "evil.txt"
+    with pool.session() as s:
+        result = s.run(f"open({str(outside)!r}, 'w').write('x')")
+        assert result.error and "only the working directory is writable" in result.output
+        for code in [f"import os\nos.remove({str(REPO / 'README.md')!r})", "open('../escape.txt', 'w')",
+                     f"import shutil\nshutil.copyfile('/etc/hostname', {str(tmp_path / 'copy')!r})"]:
+            assert "PermissionError" in s.run(code).output, code
+        assert s.run("open('inside.txt', 'w').write('ok')\nimport os\nprint(os.listdir('.'))").output == \
+            "['inside.txt']\n"
+        workdir = s._worker.workdir
+        assert Path(workdir, "inside.txt").exists()
+    assert not outside.exists() and not (tmp_path / "copy").exists() and (REPO / "README.md").exists()
+    assert not Path(workdir).exists()
+
+
+def test_kill_stops_a_running_call_from_another_thread(pool):
+    import threading
+
+    s = pool.session()
+    s.run("pass")
+    killer = threading.Timer(0.5, s.kill)
+    killer.start()
+    result = s.run("import time\ntime.sleep(60)", timeout=120)
+    killer.join()
+    assert result.error and "stopped" in result.output
+    assert s.run("print(1)").output.startswith("Error: the sample was stopped")
+    s.close()
+
+
+def test_truncate_keeps_head_and_tail():
+    text = "A" * 50 + "B" * 50
+    cut = truncate(text, 20)
+    assert cut.startswith("A" * 10) and cut.endswith("B" * 10) and "[... 80 characters cut ...]" in cut
+    assert truncate("short", 20) == "short"
+
+
+def test_command_line_prints_what_the_model_sees(tmp_path):
+    code = tmp_path / "model_code.py"
+    code.write_text("n = 12\nprint(sp.isprime(n))\nn * 2\n")
+    done = subprocess.run([sys.executable, "-m", "inference.sandbox", "--timeout", "5", str(code)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "False\n24\n\n"
+    code.write_text("while True:\n    pass\n")
+    done = subprocess.run([sys.executable, "-m", "inference.sandbox", "--timeout", "1", str(code)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "TimeoutError" in done.stdout

@@ -1,0 +1,163 @@
+"""The tool-integrated reasoning (TIR) toy: products the toy model cannot work out in its head but can with Python.
+
+    python -m train.toy.tir --config configs/toy/tir.yaml     # data → tokenizer + tiny Qwen2 → SFT → models/toy-math-tir
+
+`What is 347 * 29?` is answered by one tool call, written in the kit's `python_block` format (inference/formats.py):
+
+    <think>
+    ```python
+    print(347 * 29)
+    ```
+    ```output
+    10063
+    ```
+    \\boxed{10063}
+    </think>
+    The answer is \\boxed{10063}.
+
+The model only has to copy the operands into the code and the printed number into the box; the product itself comes
+from the sandbox. Served with the tool (configs/inference/demo-tir.yaml) the ```output block is the real output; with
+the tool disabled the model writes that block itself, i.e. guesses the product. A 3-digit by 2-digit product stays
+inside AIMO-3's answer range (0-99999).
+
+It starts from the arithmetic toy model (models/toy-math, `init_model`): that model already copies digits (its
+column working does) and knows the chat format, so learning the tool format takes a couple of hundred steps on 2 CPU
+cores; its byte-level tokenizer spells the new words (python, print, output) in a few tokens each. With
+`init_model: null` a fresh tiny model and tokenizer are built instead (it needs many more steps to learn copying).
+
+SFT runs through train/sft.py with configs/toy/sft-tir.yaml (the same code path as the real recipes). The loss
+covers the whole completion, the ```output block included: the model learns to expect a number there, and the
+tool supplies the right one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from inference.formats import get_format
+from inference.mappings import dataclass_from_mapping
+from train.toy.task import ToyProblem
+
+logger = logging.getLogger("train.toy.tir")
+
+# The system prompt of the TIR toy (configs/toy/sft-tir.yaml and configs/inference/demo-tir.yaml say the same).
+SYSTEM_PROMPT = "Use python to compute, and put your final answer within \\boxed{}."
+FORMAT = "python_block"
+
+
+def make_problem(rng: random.Random, index: int) -> ToyProblem:
+    a, b = rng.randint(100, 999), rng.randint(10, 99)
+    return ToyProblem(id=f"tir-{index:05d}", problem=f"What is {a} * {b}?", answer=a * b)
+
+
+def operands(problem: str) -> tuple[int, int]:
+    a, b = problem.removeprefix("What is ").removesuffix("?").split(" * ")
+    return int(a), int(b)
+
+
+def make_trace(problem: ToyProblem) -> str:
+    """The assistant completion: one tool call, its output as the sandbox prints it, the boxed answer."""
+    fmt = get_format(FORMAT)
+    a, b = operands(problem.problem)
+    call = fmt.call_text(f"print({a} * {b})")
+    output = fmt.frame_output(f"{a * b}\n")
+    return f"<think>\n{call}{output}\\boxed{{{problem.answer}}}\n</think>\nThe answer is \\boxed{{{problem.answer}}}."
+
+
+def make_splits(sizes: dict[str, int], seed: int = 0) -> dict[str, list[ToyProblem]]:
+    """Disjoint sets of distinct problems."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits = {}
+    for name, size in sizes.items():
+        problems = []
+        while len(problems) < size:
+            p = make_problem(rng, len(seen))
+            if p.problem not in seen:
+                seen.add(p.problem)
+                problems.append(ToyProblem(id=f"tir-{name}-{len(problems):05d}", problem=p.problem, answer=p.answer))
+        splits[name] = problems
+    return splits
+
+
+def tokenizer_corpus(problems: list[ToyProblem]) -> list[str]:
+    return [SYSTEM_PROMPT] * 50 + [t for p in problems for t in (p.problem, make_trace(p))]
+
+
+@dataclass
+class TirRecipe:
+    """Keys of configs/toy/tir.yaml."""
+
+    run_dir: str = "runs/toy-tir"
+    model_dir: str = "models/toy-math-tir"
+    sft_config: str = "configs/toy/sft-tir.yaml"
+    problems_csv: str | None = None  # also write this many `test` problems here (the demo's problems file)
+    problems_csv_rows: int = 12
+    seed: int = 0
+    splits: dict[str, int] = field(default_factory=lambda: {"sft": 3000, "test": 200})
+    init_model: str | None = "models/toy-math"  # fine-tune this model; None: build a fresh tiny model
+    model: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 4, "intermediate_size": 512})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TirRecipe":
+        return dataclass_from_mapping(cls, yaml.safe_load(Path(path).read_text()) or {}, str(path))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/toy/tir.yaml")
+    args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    recipe = TirRecipe.load(args.config)
+
+    from train import sft
+    from train.data import write_jsonl
+    from train.toy.model_factory import make_tiny_model
+
+    root = Path(recipe.run_dir)
+    if root.exists():
+        shutil.rmtree(root)  # a fresh run (train/sft.py would otherwise resume old checkpoints)
+    start = time.perf_counter()
+    splits = make_splits(recipe.splits, seed=recipe.seed)
+    sft_rows = [{"problem": p.problem, "generation": make_trace(p), "answer": p.answer} for p in splits["sft"]]
+    sft_path = write_jsonl(sft_rows, root / "data" / "sft.jsonl")
+    write_jsonl([{"id": p.id, "problem": p.problem, "answer": p.answer} for p in splits["test"]],
+                root / "data" / "test.jsonl")
+    if recipe.problems_csv:
+        with open(recipe.problems_csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "problem", "answer"])
+            for i, p in enumerate(splits["test"][: recipe.problems_csv_rows]):
+                writer.writerow([f"tir-{i:05d}", p.problem, p.answer])
+    if recipe.init_model:
+        init = Path(recipe.init_model)
+    else:
+        init = make_tiny_model(root / "init", seed=recipe.seed, corpus=tokenizer_corpus(splits["sft"]), **recipe.model)
+
+    sft_args = ["--config", recipe.sft_config, "--model_name_or_path", str(init), "--output_dir", str(root / "sft"),
+                "--seed", str(recipe.seed)]
+    data_args, training_args, model_args = sft.make_parser().parse_args_and_config(sft_args)
+    data_args.dataset_sources = [{"path": str(sft_path), "label": "toy-tir"}]
+    sft_dir = sft.main(data_args, training_args, model_args)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(recipe.model_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    AutoModelForCausalLM.from_pretrained(sft_dir).save_pretrained(out)
+    AutoTokenizer.from_pretrained(sft_dir).save_pretrained(out)
+    logger.info("wrote %s in %.0f s", out, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
