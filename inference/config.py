@@ -1,12 +1,16 @@
 """Settings of the inference server: one YAML file (configs/inference/*.yaml) plus the competition's facts
 (configs/competitions/<name>.yaml), with dotted command-line overrides such as `sampling.samples=4`.
 
-Every section maps to a dataclass; an unknown or mistyped key is an error that names the key and the file.
+Every section maps to a dataclass; an unknown or mistyped key, or a value of the wrong type (`temperature: hot`),
+is an error that names the key and the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +152,14 @@ class Settings:
             raise ValueError(f"{self.source}: engine 'replay' needs `traces` (a traces JSONL file)")
         if self.engine in ("vllm", "transformers") and not self.model:
             raise ValueError(f"{self.source}: engine {self.engine!r} needs `model` (a model directory)")
+        spec = self.engine_args.get("speculative_config")
+        if spec is not None:  # vLLM's own message for a bad one comes from deep inside its engine core
+            if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
+                raise ValueError(f"{self.source}: engine_args.speculative_config: expected a mapping with a `method` "
+                                 f"(ngram, eagle, eagle3, …), got {spec!r}")
+            if spec["method"].startswith("eagle") and not spec.get("model"):
+                raise ValueError(f"{self.source}: engine_args.speculative_config: method {spec['method']!r} needs "
+                                 "`model`, a draft model trained for the served one (ngram needs none)")
         if self.virtual_clock and self.engine != "replay":
             raise ValueError(f"{self.source}: virtual_clock works only with the replay engine")
 
@@ -162,8 +174,70 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text", dict: "a mapping",
+               list: "a list"}
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """`value` checked against a field's type hint (numbers widen to float, "1e-5" reads as a number, paths as
+    text); a wrong type raises ValueError naming the field, e.g. `sampling.temperature: expected a number, got
+    'hot'`. Types it does not know (nested dataclasses, Any) pass unchanged."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        expected = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, name)
+            except ValueError:
+                expected.append(_KIND_NAMES.get(typing.get_origin(arg) or arg, getattr(arg, "__name__", str(arg))))
+        if type(None) in args:
+            expected.append("nothing (null)")
+        raise ValueError(f"{name}: expected {' or '.join(expected)}, got {value!r}")
+    kind = origin or hint
+    if kind not in _KIND_NAMES:
+        return value
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, (str, os.PathLike)),
+        dict: isinstance(value, dict),
+        list: isinstance(value, list),
+    }[kind]
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-5 (no dot) as text
+        except ValueError:
+            pass
+    if not ok:
+        raise ValueError(f"{name}: expected {_KIND_NAMES[kind]}, got {value!r}")
+    if kind is float:
+        return float(value)
+    if kind is str:
+        return os.fspath(value)
+    if kind is list and args and args[0] in _KIND_NAMES:
+        return [_coerce(item, args[0], f"{name}[{i}]") for i, item in enumerate(value)]
+    return value
+
+
+def check_types(cls, data: Any, where: str) -> Any:
+    """A mapping for dataclass `cls` with each known key's value checked (and widened) against the field's type."""
+    if not isinstance(data, dict):
+        return data  # dataclass_from_mapping names that error
+    hints = typing.get_type_hints(cls)
+    return {key: _coerce(value, hints[key], f"{where}.{key}") if key in hints else value
+            for key, value in data.items()}
+
+
 def _build(cls, data: Any, where: str):
     """Instantiate a dataclass from a mapping, naming the file and key of anything unknown or wrong."""
+    file, _, section = where.rpartition(": ")  # "configs/x.yaml", "sampling"
+    try:
+        data = check_types(cls, data, section)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}" if file else str(e)) from None
     try:
         return dataclass_from_mapping(cls, data, where)
     except TypeError as e:
@@ -237,8 +311,12 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None,
     unknown = sorted(set(raw) - top)
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(top | set(sections) | {'competition'}))}")
+    try:
+        raw = check_types(Settings, raw, "settings")
+    except ValueError as e:
+        raise ValueError(f"{source}: {str(e).removeprefix('settings.')}") from None
     for key in ("model", "traces", "problems"):
-        if key in raw:
+        if raw.get(key) is not None:
             raw[key] = resolve_path(raw[key], base)
     comp = competition if isinstance(competition, Competition) else Competition.load(competition)
     return Settings(competition=comp, source=source, **raw, **built)

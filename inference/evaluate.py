@@ -2,7 +2,7 @@
 
     python inference/evaluate.py --model models/toy-math --problems configs/toy/demo_problems.csv -k 8 \\
         --config configs/inference/demo.yaml --traces runs/traces.jsonl --out runs/eval.json
-    python inference/evaluate.py --model /path/to/14b --problems ../shared/data/aime2025.jsonl -k 16 \\
+    python inference/evaluate.py --model /path/to/14b --problems configs/data/aime2025.jsonl -k 16 \\
         --config configs/inference/aimo3.yaml --traces runs/aime25/traces.jsonl --out runs/aime25/eval.json
 
 The samples come from the kit's own engines and prompts (the settings' engine, `Solver.requests`), with no early stop:

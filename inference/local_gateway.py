@@ -1,15 +1,23 @@
 """A local mock of Kaggle's AIMO evaluation gateway that rehearses a whole competition run.
 
     python inference/local_gateway.py                                   # the demo: toy model, toy problems
-    python inference/local_gateway.py --problems ../shared/data/aimo3_reference.jsonl --competition aimo3 \\
-        --engine vllm --model models/toy-math --budget-seconds 1200
-    python inference/local_gateway.py --engine replay --traces runs/traces.jsonl --virtual-clock   # 5 h in seconds
+    python inference/local_gateway.py --problems configs/data/aime2025.jsonl --competition aimo3 \\
+        --config configs/inference/demo.yaml --model models/toy-math --budget-seconds 1200
+    python inference/local_gateway.py --problems configs/toy/eval_mixed.csv --engine replay \\
+        --traces runs/toy-traces.jsonl --virtual-clock                  # 5 h in seconds, on traces evaluate.py wrote
 
 Like Kaggle's gateway it drops the answer column, shuffles the problems with the seed, serves one row at a time to
 `predict` on a worker thread as one-row polars Series, waits for each answer before showing the next problem,
 enforces the server-start, per-call and whole-run limits of the competition, validates every return value exactly
 as that competition's gateway does, and fails with the same error kinds. Then it does what Kaggle does not: scores
-against the gold answers, shows live progress, prints a table, and writes a JSON report next to submission.parquet.
+against the gold answers (`inference.answers.grade`, with the competition's range and modulus), shows one live
+progress display (problems done, score so far, tokens/s, time left), prints a table, and writes a JSON report next
+to submission.parquet.
+
+Run from the command line it checks its inputs first and stops at once, with a message naming the field or file,
+on a setting of the wrong type, a missing model folder, traces that hold none of the problems, or an engine that
+cannot start. The engines' own logs (vLLM's INFO lines, its engine core subprocess included) go to a file
+(`--log`, default runs/local_gateway.log); `--verbose` shows them instead.
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python inference/local_gateway.py` from anywhere
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import types  # noqa: E402
@@ -31,9 +41,9 @@ from typing import Any, Callable  # noqa: E402
 
 import polars as pl  # noqa: E402
 
-from inference.answers import is_equivalent, parse_integer  # noqa: E402
+from inference.answers import grade  # noqa: E402
 from inference.clock import RealClock, VirtualClock  # noqa: E402
-from inference.config import REPO, Competition, load_settings, parse_override  # noqa: E402
+from inference.config import REPO, Competition, Settings, load_settings, parse_override  # noqa: E402
 
 # Kaggle's GatewayRuntimeErrorType names, plus the platform's own notebook timeout.
 ERROR_KINDS = (
@@ -47,6 +57,7 @@ ERROR_KINDS = (
     "NOTEBOOK_TIMEOUT",
 )
 DEFAULT_CONFIG = REPO / "configs" / "inference" / "demo.yaml"
+DEFAULT_LOG = "runs/local_gateway.log"
 
 
 class GatewayError(RuntimeError):
@@ -154,17 +165,57 @@ def build_submission(predictions: list[Any], served_ids: list[str], comp: Compet
     return df
 
 
-def _score(answer: Any, gold: str | None) -> bool | None:
+def _score(answer: Any, gold: str | None, comp: Competition) -> bool | None:
+    """The evaluation's and the simulator's grader on the submitted integer (None: no usable gold)."""
     if gold is None:
         return None
-    g = parse_integer(gold)
     try:
         a = int(answer)
     except (TypeError, ValueError):
-        return False
-    if g is not None:
-        return a == g
-    return is_equivalent(str(a), gold)
+        return False if grade("", gold, comp.answer) is not None else None
+    return grade(f"\\boxed{{{a}}}", gold, comp.answer)
+
+
+class ProgressDisplay:
+    """One live progress bar (tqdm) for a terminal: problems done, score so far, tokens/s, time left."""
+
+    def __init__(self, total: int, budget: float, stream: Any) -> None:
+        from tqdm import tqdm
+
+        self.budget, self.tokens, self.correct, self.scored = budget, 0, 0, 0
+        self.serving_since = 0.0  # elapsed seconds when the first problem was served (after the engine start)
+        try:  # a pseudo-terminal without a size (`script`, some CI) reports 0 columns: tqdm would draw nothing
+            width = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            width = 0
+        size = {"dynamic_ncols": True} if width > 0 else {"ncols": 120, "nrows": 20}
+        self.bar = tqdm(total=total, file=stream, unit="problem", mininterval=0.5, **size,
+                        bar_format="{desc}{bar:24} {n_fmt}/{total_fmt} problems{postfix}")
+        self.bar.set_description_str("gateway ")
+
+    def refresh(self, elapsed: float) -> None:
+        score = f"score {self.correct}/{self.scored}" if self.scored else "score –"
+        serving = elapsed - self.serving_since
+        rate = f"{self.tokens / serving:,.0f} tok/s" if serving > 0 and self.tokens else "– tok/s"
+        left = max(0.0, self.budget - elapsed)
+        self.bar.set_postfix_str(f"{score} · {rate} · {_clock(elapsed)} elapsed · {_clock(left)} left",
+                                 refresh=True)
+
+    def problem_done(self, record: dict, elapsed: float) -> None:
+        self.tokens += int(record.get("tokens") or 0)
+        if record["correct"] is not None:
+            self.scored += 1
+            self.correct += bool(record["correct"])
+        self.bar.update(1)
+        self.refresh(elapsed)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def run_gateway(
@@ -179,12 +230,14 @@ def run_gateway(
     details: Callable[[str], dict] | None = None,
     startup: Callable[[], Any] | None = None,
     show: Callable[[str], None] | None = print,
+    display: ProgressDisplay | None = None,
 ) -> dict:
     """Serve every problem to `predict` like Kaggle's gateway; return (and optionally write) the report.
 
     `clock` measures the limits (a VirtualClock for replays); `details(id)` adds the server's own record of a
     problem (votes, samples, tokens) to the report; `startup()` is run first, under the server-start limit.
-    Raises GatewayError on any failure Kaggle's gateway would fail on.
+    `show` gets a line per problem and the final table; with a `display` (a terminal) the display replaces the
+    per-problem lines. Raises GatewayError on any failure Kaggle's gateway would fail on.
     """
     comp = competition if isinstance(competition, Competition) else Competition.load(competition)
     clock = clock or RealClock()
@@ -200,13 +253,21 @@ def run_gateway(
         """Run fn on the worker thread; `limit` in seconds of the clock (None: no deadline)."""
         t0 = clock.now()
         future = pool.submit(fn, *args)
-        if limit is None or clock.virtual:
+        if clock.virtual or (limit is None and display is None):
             value = future.result()
-        else:
-            try:
-                value = future.result(timeout=limit)
-            except FutureTimeout:
-                value = TimeoutError
+        else:  # wake up every half second to keep the live display moving
+            value = None
+            while True:
+                wait = 0.5 if limit is None else min(0.5, max(0.0, limit - (clock.now() - t0)))
+                try:
+                    value = future.result(timeout=wait)
+                    break
+                except FutureTimeout:
+                    if limit is not None and clock.now() - t0 >= limit:
+                        value = TimeoutError
+                        break
+                    if display is not None:
+                        display.refresh(clock.now() - run_start)
         elapsed = clock.now() - t0
         if value is TimeoutError or (limit is not None and elapsed > limit):
             raise TimeoutError(elapsed)
@@ -223,6 +284,8 @@ def run_gateway(
             except Exception as e:  # noqa: BLE001
                 raise GatewayError("SERVER_NEVER_STARTED", repr(e)) from None
         _check_endpoint(predict, comp)
+        if display is not None:
+            display.serving_since = clock.now() - run_start
         total = served.height
         for i, row in enumerate(served.iter_slices(n_rows=1)):
             pid = row["id"].item(0)
@@ -246,8 +309,8 @@ def run_gateway(
             validate_prediction(prediction, pid, comp)
             predictions.append(prediction)
             answer = _answer_of(prediction)
-            record = {"id": pid, "answer": answer, "gold": gold.get(pid), "correct": _score(answer, gold.get(pid)),
-                      "seconds": round(seconds, 3)}
+            record = {"id": pid, "answer": answer, "gold": gold.get(pid),
+                      "correct": _score(answer, gold.get(pid), comp), "seconds": round(seconds, 3)}
             if details is not None:
                 try:
                     extra = details(pid) or {}
@@ -256,10 +319,15 @@ def run_gateway(
                 record.update({k: v for k, v in extra.items() if k not in ("id", "answer")})
                 record["seconds"] = round(seconds, 3)
             rows.append(record)
-            show(_progress_line(i, total, record, budget - (clock.now() - run_start)))
+            if display is not None:
+                display.problem_done(record, clock.now() - run_start)
+            else:
+                show(_progress_line(i, total, record, budget - (clock.now() - run_start), rows))
         submission = build_submission(predictions, served["id"].to_list(), comp)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        if display is not None:
+            display.close()
 
     if submission_path is not None:
         Path(submission_path).parent.mkdir(parents=True, exist_ok=True)
@@ -286,12 +354,15 @@ def _answer_of(prediction: Any) -> Any:
     return prediction
 
 
-def _progress_line(i: int, total: int, r: dict, left: float) -> str:
+def _progress_line(i: int, total: int, r: dict, left: float, rows: list[dict]) -> str:
+    """The per-problem line where there is no live display (a log, a pipe, a test)."""
     mark = {True: "✓", False: "✗", None: "·"}[r["correct"]]
     votes = r.get("votes")
     votes = " votes " + ", ".join(f"{a}×{c:g}" for a, c in list(votes.items())[:4]) if votes else ""
+    scored = [x["correct"] for x in rows if x["correct"] is not None]
+    score = f"  score {sum(scored)}/{len(scored)}" if scored else ""
     return (f"[{i + 1}/{total}] {r['id']}: {r['answer']} {mark} (gold {r['gold']}){votes}  "
-            f"{r['seconds']:.1f}s  {r.get('stop_reason', '')}  {left:.0f}s left")
+            f"{r['seconds']:.1f}s  {r.get('stop_reason', '')}{score}  {left:.0f}s left")
 
 
 def _report(rows: list[dict], comp: Competition, seed: int, seconds: float, virtual: bool) -> dict:
@@ -329,11 +400,105 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def check_inputs(settings: Settings, problem_ids: list[str] | None = None) -> list[str]:
+    """Stop a run before it starts when an input cannot work; return warnings for ones that half work.
+
+    Raises FileNotFoundError or ValueError naming the setting and the path: a model folder that does not exist or
+    holds no config.json, 4-bit weights that vLLM cannot serve on this CPU, a traces file that is missing or holds
+    none of `problem_ids`. Used by the local gateway and by the Kaggle notebook before it hands `predict` over.
+    """
+    warnings = []
+    if settings.engine in ("vllm", "transformers"):
+        model = Path(settings.model)
+        first = Path(settings.model).parts[0] if Path(settings.model).parts else ""
+        hub_id = (not model.is_absolute() and len(model.parts) == 2 and not settings.model.startswith(".")
+                  and not Path(first).exists() and not (REPO / first).exists())
+        if not model.exists() and not hub_id:
+            raise FileNotFoundError(f"model: no such folder {settings.model} (set --model to a model folder)")
+        if model.exists() and not (model / "config.json").is_file():
+            raise FileNotFoundError(f"model: {settings.model} is not a model folder (no config.json)")
+        if settings.engine == "vllm" and model.exists():
+            from inference.cpu_features import is_4bit_checkpoint, vllm_serves_4bit
+
+            serves, why = vllm_serves_4bit()
+            if is_4bit_checkpoint(model) and not serves:
+                raise ValueError(f"model: {settings.model} has 4-bit weights and {why}; serve it with "
+                                 "--engine transformers (slower), or the full-precision model with vLLM")
+    if settings.engine == "replay":
+        from inference.engines.replay import load_traces
+
+        traces = Path(settings.traces)
+        if not traces.is_file():
+            raise FileNotFoundError(f"traces: no such file {settings.traces}")
+        recorded = {pid for pid, _ in load_traces(traces)}
+        if problem_ids is not None:
+            missing = [p for p in problem_ids if p not in recorded]
+            if len(missing) == len(problem_ids):
+                raise ValueError(
+                    f"traces: {settings.traces} hold none of the {len(problem_ids)} problems served (traces have "
+                    f"{', '.join(sorted(recorded)[:3])}…; problems {', '.join(problem_ids[:3])}…): "
+                    "pass --problems "
+                    "with the file the traces were recorded on")
+            if missing:
+                warnings.append(f"traces: {settings.traces} hold no samples of {len(missing)} of the "
+                                f"{len(problem_ids)} problems ({', '.join(missing[:3])}…): those get the fallback")
+    return warnings
+
+
+@contextlib.contextmanager
+def engine_logs_to(path: Path | None):
+    """Send everything written to the process's stdout/stderr file descriptors to `path` (None: leave them), and
+    yield (console_out, console_err) streams that still reach the terminal. File descriptors, not sys.stdout: vLLM's
+    engine core is a subprocess that inherits them."""
+    if path is None:
+        yield sys.stdout, sys.stderr
+        return
+    try:
+        fds = (sys.stdout.fileno(), sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # streams replaced (a test's capture): nothing to redirect
+        fds = None
+    if fds != (1, 2):
+        yield sys.stdout, sys.stderr
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    console_out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    console_err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    try:
+        yield console_out, console_err
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        console_out.close()
+        console_err.close()
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("  | " + line for line in text[-lines:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="inference settings YAML")
+    parser.add_argument("--config", help="inference settings YAML (default: configs/inference/<competition>.yaml "
+                        "with --competition, else configs/inference/demo.yaml)")
     parser.add_argument("--problems", help="CSV/JSONL with id, problem[, answer] (default: the config's)")
-    parser.add_argument("--competition", choices=["aimo2", "aimo3"], help="competition rules (default: the config's)")
+    competitions = sorted(p.stem for p in (REPO / "configs" / "competitions").glob("*.yaml"))
+    parser.add_argument("--competition", choices=competitions,
+                        help="competition rules and, without --config, its settings")
     parser.add_argument("--engine", choices=["vllm", "transformers", "replay"])
     parser.add_argument("--model", help="model directory")
     parser.add_argument("--traces", help="traces JSONL for the replay engine")
@@ -345,48 +510,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-traces", help="write every sample to this traces JSONL")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set sampling.samples=4 (repeatable)")
+    parser.add_argument("--log", default=DEFAULT_LOG, help=f"engine logs go here (default {DEFAULT_LOG})")
+    parser.add_argument("--verbose", action="store_true", help="show the engine logs instead of writing them to --log")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from inference.server import Predictor  # after argument parsing: --help stays fast
 
+    config = args.config or (REPO / "configs" / "inference" / f"{args.competition}.yaml" if args.competition
+                             else DEFAULT_CONFIG)
     try:
         overrides = dict(parse_override(s) for s in args.set)
         overrides.setdefault("sampling.seed", args.seed)
         settings = load_settings(
-            args.config, overrides, competition=args.competition, engine=args.engine, model=args.model,
+            config, overrides, competition=args.competition, engine=args.engine, model=args.model,
             traces=args.traces, virtual_clock=True if args.virtual_clock else None,
             record_traces=args.record_traces,
         )
         problems_path = args.problems or settings.problems
         if not problems_path:
-            raise ValueError("no problems: pass --problems or set `problems` in the config")
+            raise ValueError(f"no problems: pass --problems or set `problems` in {config}")
         problems = read_problems(problems_path)
+        warnings = check_inputs(settings, problems["id"].to_list())
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
-    budget = args.budget_seconds
-    predictor = Predictor(settings, total_seconds=budget, problems=problems.height)
-
-    def predict(id_, problem):  # a plain function named predict, as Kaggle requires
-        return predictor.predict(id_, problem)
-
+    source = (f"traces {settings.traces}" if settings.engine == "replay" else f"model {settings.model}")
     print(f"local gateway: {problems.height} problems from {problems_path}, competition {settings.competition.name}, "
-          f"engine {settings.engine}" + (f" ({settings.model})" if settings.model else "")
+          f"settings {Path(settings.source).name}, engine {settings.engine} ({source})"
           + (", virtual clock" if settings.virtual_clock else ""), flush=True)
+    log_path = None if args.verbose or settings.engine == "replay" else Path(args.log)
+    if log_path is not None:
+        print(f"engine logs → {log_path} (--verbose shows them)", flush=True)
+    budget = args.budget_seconds
     t0 = time.monotonic()
-    try:
-        run_gateway(predict, problems, settings.competition, seed=args.seed, submission_path=args.submission,
-                    report_path=args.report, budget_seconds=budget, clock=predictor.clock,
-                    details=lambda pid: predictor.results[pid].to_report(),
-                    show=lambda line: print(line, flush=True))
-    except GatewayError as e:
-        print(f"gateway error {e.kind}: {e.details}", file=sys.stderr)
-        return 1
-    finally:
-        predictor.shutdown()
-    print(f"wrote {args.submission} and {args.report} in {time.monotonic() - t0:.1f}s", flush=True)
+    with engine_logs_to(log_path) as (out, err):
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        predictor = Predictor(settings, total_seconds=budget, problems=problems.height)
+
+        def predict(id_, problem):  # a plain function named predict, as Kaggle requires
+            return predictor.predict(id_, problem)
+
+        live = out.isatty() and not settings.virtual_clock
+        display = ProgressDisplay(problems.height, budget or settings.competition.total_seconds, out) if live else None
+        try:
+            run_gateway(predict, problems, settings.competition, seed=args.seed, submission_path=args.submission,
+                        report_path=args.report, budget_seconds=budget, clock=predictor.clock,
+                        details=lambda pid: predictor.results[pid].to_report(), startup=predictor.solver,
+                        show=lambda line: print(line, file=out, flush=True), display=display)
+        except GatewayError as e:
+            print(f"gateway error {e.kind}: {e.details}", file=err, flush=True)
+            if log_path is not None:
+                print(f"last lines of {log_path}:\n{_tail(log_path)}", file=err, flush=True)
+            return 1
+        finally:
+            predictor.shutdown()
+        print(f"wrote {args.submission} and {args.report} in {time.monotonic() - t0:.1f}s", file=out, flush=True)
     return 0
 
 

@@ -3,8 +3,8 @@ replay simulator and the tests run exactly the same decisions.
 
 The solver adds each finished sample's answer (`Votes.add`), then asks `stop_reason(votes, finished, launched,
 rule)` whether the samples still running can be cancelled. The rules cover what the winning AIMO solutions shipped
-(their write-ups: NemoSkills, imagination-research, the AIMO-3 winners), as configs (the `voting:` section of
-configs/inference/*.yaml):
+(their write-ups and code: NVIDIA/NeMo-Skills, imagination-research/aimo2, AIMO-3 notebooks), as configs (the
+`voting:` section of configs/inference/*.yaml):
 
     kind: k_of_n, k: 4                      # AIMO-3 winners: stop at 4 identical answers (of 8)
     kind: k_of_n, k: 4, n: 5                # NemoSkills: "the first 4-5 completions agreed" (4 of the first 5)
@@ -13,7 +13,7 @@ configs/inference/*.yaml):
     straggler_fraction: 0.8                 # NemoSkills: cancel the last pending samples once most have finished
     hopeless_after: 4                       # give up once 4 finished and no two agree (the kit's default)
 
-Weights (`length_weight`, `answer_prior_weight`) are off unless a caller passes them to `Votes.add`.
+Weights (`length_weight`, `answer_prior_weight`) are off unless the `voting.weights` setting names them.
 """
 
 from __future__ import annotations

@@ -153,6 +153,7 @@ SETUP = """\
 import json, logging
 
 from inference.config import load_settings
+from inference.local_gateway import check_inputs
 from inference.server import Predictor
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
@@ -163,6 +164,10 @@ overrides = json.loads(os.environ.get("AIMO_KIT_SETTINGS_OVERRIDES") or "{}")
 settings = load_settings(CODE_DIR / SETTINGS, overrides, model=str(MODEL_DIR))
 if settings.engine == "vllm":
     kaggle_paths.install_wheels(WHEELS_DATASET, VLLM)
+# Inputs are checked here, before Kaggle's gateway gets predict (which then never raises): a model folder without
+# config.json, or weights this machine's vLLM cannot serve, stop the notebook now instead of answering fallbacks.
+for warning in check_inputs(settings):
+    print("warning:", warning)
 predictor = Predictor(settings)  # the run's clock starts here; the model loads on the first predict call
 print(f"{settings.engine} engine, model {MODEL_DIR}, {time.time() - NOTEBOOK_START:.0f}s since start")"""
 
@@ -299,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         stale = stale_files(spec, out_dir)
         for name in stale:
             print(f"{out_dir / name} is stale: run python -m kaggle_notebooks.build --competition {args.competition}")
+        if not stale:
+            print(f"{out_dir}: the notebook and kernel-metadata.json are up to date with the configs")
         return 1 if stale else 0
     write_kernel(spec, out_dir)
     print(f"wrote {out_dir / spec.code_file} and {out_dir / 'kernel-metadata.json'}")

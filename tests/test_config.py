@@ -57,3 +57,36 @@ def test_messages_have_reminder_and_clipped_problem():
     assert msgs[0] == {"role": "system", "content": "S"}
     assert msgs[1]["content"].endswith("find x Answer modulo 1000.") and len(msgs[1]["content"]) < 200
     assert clip_problem("short", 100) == "short"
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"sampling.temperature": "hot"}, "demo.yaml: sampling.temperature: expected a number, got 'hot'"),
+    ({"sampling.samples": "abc"}, "demo.yaml: sampling.samples: expected an integer, got 'abc'"),
+    ({"sampling.samples": 2.5}, "demo.yaml: sampling.samples: expected an integer, got 2.5"),
+    ({"voting.k": True}, "demo.yaml: voting.k: expected an integer, got True"),
+    ({"time.base_seconds": "x"}, "demo.yaml: time.base_seconds: expected a number or nothing \\(null\\), got 'x'"),
+    ({"voting.weights": ["length", 3]}, r"demo.yaml: voting.weights\[1\]: expected text, got 3"),
+    ({"engine_args": 3}, "demo.yaml: engine_args: expected a mapping, got 3"),
+    ({"model": 5}, r"demo.yaml: model: expected text or nothing \(null\), got 5"),
+])
+def test_a_value_of_the_wrong_type_names_the_field(repo_root, override, message):
+    with pytest.raises(ValueError, match=message):
+        load_settings(repo_root / "configs/inference/demo.yaml", override)
+
+
+def test_numbers_widen_where_a_float_is_expected(repo_root):
+    s = load_settings(repo_root / "configs/inference/demo.yaml",
+                      {"sampling.temperature": 1, "time.max_seconds": "1e3", "time.base_seconds": None})
+    assert s.sampling.temperature == 1.0 and isinstance(s.sampling.temperature, float)
+    assert s.time.max_seconds == 1000.0 and s.time.base_seconds is None  # YAML reads 1e3 (no dot) as text
+
+
+def test_speculative_decoding_is_a_checked_engine_args_switch(repo_root):
+    demo = repo_root / "configs/inference/demo.yaml"
+    ngram = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
+    s = load_settings(demo, {"engine_args.speculative_config": ngram})
+    assert s.engine_args["speculative_config"] == ngram  # handed to vllm.AsyncEngineArgs as it is
+    with pytest.raises(ValueError, match="method 'eagle3' needs `model`, a draft model"):
+        load_settings(demo, {"engine_args.speculative_config": {"method": "eagle3", "num_speculative_tokens": 3}})
+    with pytest.raises(ValueError, match="speculative_config: expected a mapping with a `method`"):
+        load_settings(demo, {"engine_args.speculative_config": "ngram"})

@@ -243,7 +243,7 @@ def test_aimo3_notebook_runs_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir
     spec, notebook, _ = committed("aimo3")
     comp = root / "competitions" / spec.kaggle_slug
     comp.mkdir(parents=True)
-    problems = pl.read_ndjson("/work/shared/data/aimo3_reference.jsonl").select("id", "problem", "answer").head(3)
+    problems = pl.read_ndjson(REPO / "configs" / "data" / "aime2025.jsonl").select("id", "problem", "answer").head(3)
     problems.write_csv(comp / "reference.csv")
     push.build_code_dataset(root / "aimo-kit-code", spec.code_dataset)
     shutil.copytree(tiny_model_dir, root / "models" / spec.model_source)

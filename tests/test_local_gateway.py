@@ -2,8 +2,12 @@
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -12,6 +16,8 @@ from inference.clock import VirtualClock
 from inference.config import Competition, load_settings
 from inference.local_gateway import GatewayError, main, read_problems, run_gateway
 from inference.server import Predictor
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROBLEMS = pl.DataFrame({"id": ["a1", "b2", "c3", "d4"], "problem": ["What is 1+1?", "x", "y", "z"],
                          "answer": ["2", "5", "7", "11"]})
@@ -236,3 +242,117 @@ def test_record_traces_writes_every_finished_sample_in_the_replay_format(tmp_pat
     index = load_traces(recorded)  # valid replay input
     assert len(index) == sum(p["samples"] for p in report["problems"]) > 0
     assert {pid for pid, _ in index} == set(problems["id"])
+
+
+# -- bad input stops a local run at once, naming the field or path ------------------------------------------------
+@pytest.mark.parametrize("setting, message", [
+    ("sampling.temperature=hot", "sampling.temperature: expected a number, got 'hot'"),
+    ("sampling.samples=abc", "sampling.samples: expected an integer, got 'abc'"),
+])
+def test_cli_setting_of_the_wrong_type_stops_the_run(tmp_path, capsys, setting, message):
+    assert main(["--set", setting, "--engine", "replay", "--traces", "x", "--report", str(tmp_path / "r.json")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+def test_cli_missing_model_folder_stops_the_run(tmp_path, capsys):
+    for engine in ("vllm", "transformers"):
+        assert main(["--engine", engine, "--model", str(tmp_path / "nope"), "--report", str(tmp_path / "r.json")]) == 2
+        assert f"model: no such folder {tmp_path / 'nope'}" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["--engine", "vllm", "--model", str(tmp_path / "empty")]) == 2
+    assert "is not a model folder (no config.json)" in capsys.readouterr().err
+    assert main(["--engine", "vllm", "--model", "models/missing-model"]) == 2  # a repo folder, not a hub id
+    assert "model: no such folder models/missing-model" in capsys.readouterr().err
+
+
+def test_cli_engine_that_cannot_start_fails_before_serving(tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # a model folder transformers cannot load
+    code = main(["--engine", "transformers", "--model", str(broken), "--submission", str(tmp_path / "s.parquet"),
+                 "--report", str(tmp_path / "r.json"), "--budget-seconds", "600"])
+    captured = capsys.readouterr()
+    assert code == 1 and "gateway error SERVER_NEVER_STARTED" in captured.err and str(broken) in captured.err
+    assert "[1/" not in captured.out and not (tmp_path / "s.parquet").exists()  # no problem was served
+
+
+def test_cli_replay_whose_traces_hold_none_of_the_problems_says_so(tmp_path, write_traces, capsys):
+    traces = write_traces({"other-1": [3] * 4, "other-2": [4] * 4})
+    assert main(["--engine", "replay", "--traces", str(traces), "--virtual-clock",
+                 "--report", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"traces: {traces} hold none of the 10 problems served" in err and "--problems" in err
+    problems = read_problems(REPO / "configs/toy/demo_problems.csv")
+    some = write_traces({problems["id"][0]: [int(problems["answer"][0])] * 8}, name="some.jsonl")
+    assert main(["--engine", "replay", "--traces", str(some), "--virtual-clock", "--submission",
+                 str(tmp_path / "s.parquet"), "--report", str(tmp_path / "r.json")]) == 0
+    assert "hold no samples of 9 of the 10 problems" in capsys.readouterr().err
+
+
+def test_cli_competition_selects_its_own_settings(tmp_path, write_traces, capsys):
+    problems = read_problems(REPO / "configs/toy/demo_problems.csv")
+    traces = write_traces({pid: [int(a)] * 8 for pid, a in zip(problems["id"], problems["answer"])})
+    args = ["--engine", "replay", "--traces", str(traces), "--virtual-clock", "--problems",
+            str(REPO / "configs/toy/demo_problems.csv"), "--submission", str(tmp_path / "s.parquet")]
+    assert main(args + ["--competition", "aimo2", "--report", str(tmp_path / "a2.json")]) == 0
+    out = capsys.readouterr().out
+    assert "competition aimo2, settings aimo2.yaml, engine replay (traces " in out and "models/" not in out
+    assert main(args + ["--report", str(tmp_path / "demo.json")]) == 0
+    assert "competition aimo3, settings demo.yaml" in capsys.readouterr().out  # neither: the demo's
+    a2 = json.loads((tmp_path / "a2.json").read_text())
+    assert a2["competition"] == "aimo2" and a2["totals"]["correct"] == 10
+
+
+def test_gateway_scores_with_the_competitions_modulus():
+    from inference.local_gateway import _score
+
+    aimo2, aimo3 = Competition.load("aimo2"), Competition.load("aimo3")
+    assert _score(234, "1234", aimo2) is True  # AIMO-2 answers are taken modulo 1000, gold included
+    assert _score(234, "1234", aimo3) is False and _score(1234, "1234", aimo3) is True
+    assert _score("x", "7", aimo3) is False and _score(7, None, aimo3) is None
+
+
+def test_progress_display_shows_problems_score_speed_and_time_left():
+    import io
+
+    from inference.local_gateway import ProgressDisplay
+
+    stream = io.StringIO()
+    display = ProgressDisplay(total=3, budget=600, stream=stream)
+    display.problem_done({"correct": True, "tokens": 500}, elapsed=10.0)
+    display.problem_done({"correct": False, "tokens": 300}, elapsed=20.0)
+    display.close()
+    last = stream.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert "2/3 problems" in last and "score 1/2" in last and "40 tok/s" in last and "9:40 left" in last
+
+
+def test_engine_logs_of_subprocesses_go_to_the_log_file(tmp_path):
+    """The redirection works on file descriptors: a child process (like vLLM's engine core) writes into the log."""
+    script = (
+        "import subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from inference.local_gateway import engine_logs_to\n"
+        f"with engine_logs_to(Path({str(tmp_path / 'engine.log')!r})) as (out, err):\n"
+        "    subprocess.run([sys.executable, '-c', 'import sys; print(\"child says INFO\"); "
+        "print(\"child WARNING\", file=sys.stderr)'])\n"
+        "    print('python INFO line')\n"
+        "    print('for the user', file=out)\n"
+        "print('after')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["for the user", "after"] and result.stderr == ""
+    log = (tmp_path / "engine.log").read_text()
+    assert "child says INFO" in log and "child WARNING" in log and "python INFO line" in log
+
+
+def test_cli_4bit_model_on_a_cpu_whose_vllm_cannot_serve_it_names_the_way_out(tmp_path, capsys, monkeypatch):
+    model = tmp_path / "awq"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"num_bits": 4}}}}}))
+    monkeypatch.setenv("AIMO_KIT_CPU_ISA", "avx2")  # the AVX2-only path, on any CPU
+    assert main(["--engine", "vllm", "--model", str(model), "--report", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"model: {model} has 4-bit weights" in err and "cpu_gemm_wna16" in err and "--engine transformers" in err

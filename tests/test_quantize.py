@@ -4,6 +4,10 @@
 Quantization runs as a subprocess in .venv-quantize, exactly as `make quantize` does. Two models are quantized with a
 shrunken toy recipe: the random tiny model (tiny_model_dir), and the scripted model of test_engine_transformers,
 which writes "<think>\\boxed{7}</think>" after any prompt, so full and 4-bit answers can be compared for real.
+
+vLLM serves 4-bit weights only on CPUs with AVX-512 (inference/cpu_features.py); elsewhere the vLLM tests of the
+4-bit model skip with that reason and the check runs on the transformers engine. AIMO_KIT_CPU_ISA=avx2 takes that
+path on any CPU, so it is tested here too.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from inference.cpu_features import FORCE_ISA_ENV, is_4bit_checkpoint, vllm_serves_4bit
 from train.quantize import load_recipe, read_calibration_rows, render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +104,9 @@ def test_tiny_model_is_saved_4bit_group128_with_lm_head_ignored(quantized_dir, t
 @pytest.fixture(scope="module")
 def quantized_engine(quantized_dir):
     pytest.importorskip("vllm")
+    serves, why = vllm_serves_4bit()
+    if not serves:
+        pytest.skip(f"vLLM cannot serve 4-bit weights here: {why}")
     from inference.engines import make_engine
 
     engine = make_engine("vllm", model=str(quantized_dir),
@@ -146,10 +154,17 @@ def scripted_pair(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.vllm
 @needs_quantize_env
-def test_check_compares_answers_accuracy_tokens_and_size(scripted_pair, tmp_path):
+@pytest.mark.parametrize("cpu", ["this CPU", "forced AVX2"])
+def test_check_compares_answers_accuracy_tokens_and_size(scripted_pair, tmp_path, monkeypatch, cpu):
     pytest.importorskip("vllm")
     from train.quantize_check import check_thresholds, main
 
+    if cpu == "forced AVX2":
+        monkeypatch.setenv(FORCE_ISA_ENV, "avx2")
+    else:
+        monkeypatch.delenv(FORCE_ISA_ENV, raising=False)
+    serves, why = vllm_serves_4bit()
+    print(f"{cpu}: the check runs on {'vllm' if serves else 'transformers'}" + (f" ({why})" if why else ""))
     full, quantized = scripted_pair
     problems = tmp_path / "problems.jsonl"
     problems.write_text("".join(json.dumps(r) + "\n" for r in [
@@ -163,13 +178,17 @@ def test_check_compares_answers_accuracy_tokens_and_size(scripted_pair, tmp_path
                  "--report", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
 
+    assert report["engine"] == ("vllm" if serves else "transformers")
     assert (report["problems"], report["samples_per_problem"]) == (2, 2)
     assert report["agreement"] == {"samples": 4, "agreement": 1.0, "agreement_when_full_answered": 1.0,
                                    "full_answered": 4, "identical_text": 1.0, "full_seed_agreement": 1.0}
     for side in ("full", "quantized"):
         r = report[side]
         assert (r["accuracy"], r["graded_samples"], r["valid_answers"]) == (0.5, 4, 1.0)  # "7" is right once
-        assert r["finish_reasons"] == {"answer": 4} and r["mean_tokens"] == 7  # <think>\boxed{7}</think>
+        assert r["finish_reasons"] == {"answer": 4}
+        # <think>\boxed{7}</think> is 7 tokens; vLLM merges stream deltas when the consumer lags (a busy machine),
+        # so its stop can land a few tokens later.
+        assert r["mean_tokens"] == 7 if report["engine"] == "transformers" else 7 <= r["mean_tokens"] <= 12
     assert report["quantized"]["weights_bytes"] < report["full"]["weights_bytes"] / 2
     assert report["accuracy_drop"] == 0 and report["passed"] and report["failures"] == []
     assert report["quantize"]["scheme"] == "W4A16"
@@ -187,10 +206,15 @@ def test_check_compares_answers_accuracy_tokens_and_size(scripted_pair, tmp_path
 @pytest.mark.slow
 @pytest.mark.vllm
 @needs_quantize_env
-def test_quantized_model_answers_through_the_local_gateway(scripted_pair):
-    """The whole serving path (gateway → Predictor → solver → vLLM engine) on the 4-bit model: the model's own
-    answer, not the fallback, for every problem."""
+@pytest.mark.parametrize("cpu", ["this CPU", "forced AVX2"])
+def test_quantized_model_answers_through_the_local_gateway(scripted_pair, monkeypatch, cpu):
+    """The whole serving path (gateway → Predictor → solver → engine) on the 4-bit model: the model's own answer, not
+    the fallback, for every problem; on the vLLM engine where it serves 4-bit weights, else on transformers."""
     pytest.importorskip("vllm")
+    if cpu == "forced AVX2":
+        monkeypatch.setenv(FORCE_ISA_ENV, "avx2")
+    else:
+        monkeypatch.delenv(FORCE_ISA_ENV, raising=False)
     import polars as pl
 
     from inference.config import load_settings
@@ -198,8 +222,11 @@ def test_quantized_model_answers_through_the_local_gateway(scripted_pair):
     from inference.server import Predictor
 
     _, quantized = scripted_pair
+    serves, why = vllm_serves_4bit()
+    engine = "vllm" if serves else "transformers"  # what the gateway itself advises on an AVX2-only CPU
+    print(f"{cpu}: serving the 4-bit model on {engine}" + (f" ({why})" if why else ""))
     settings = load_settings(REPO / "configs" / "inference" / "demo.yaml", overrides={"sampling.samples": 4},
-                             model=str(quantized))
+                             model=str(quantized), engine=engine)
     problems = pl.DataFrame({"id": ["q1", "q2", "q3"], "problem": ["What is 3 + 4?", "What is 2 + 5?", "What is 1?"],
                              "answer": ["7", "7", "1"]})
     predictor = Predictor(settings, total_seconds=600, problems=problems.height)
@@ -215,6 +242,46 @@ def test_quantized_model_answers_through_the_local_gateway(scripted_pair):
     assert [r["answer"] for r in report["problems"]] == [7, 7, 7]
     assert all(r["fallback"] is False and set(r["votes"]) == {"7"} for r in report["problems"])
     assert report["totals"]["correct"] == 2 and report["totals"]["samples"] >= 3
+
+
+PROBE = """
+import sys, torch
+if sys.argv[1] == "avx2":
+    torch.cpu._is_avx512_supported = lambda: False  # what vLLM asks when it picks its kernel build
+from vllm.platforms import current_platform
+current_platform.import_kernels()
+print(hasattr(torch.ops._C, "cpu_gemm_wna16"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize("path", ["native", "avx2"])
+def test_capability_mirror_matches_the_kernels_vllm_loads(path, monkeypatch):
+    """inference/cpu_features.py says what vLLM's kernel build can do without importing vLLM; here vLLM really loads
+    its kernels (on this CPU, and with its AVX2 build forced) and the 4-bit kernel is there exactly when the mirror
+    says so."""
+    pytest.importorskip("vllm")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA vLLM: the CPU kernel builds are not used")
+    if path == "avx2":
+        monkeypatch.setenv(FORCE_ISA_ENV, "avx2")
+    else:
+        monkeypatch.delenv(FORCE_ISA_ENV, raising=False)
+    serves, why = vllm_serves_4bit()
+    result = subprocess.run([sys.executable, "-c", PROBE, path], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str(serves), why
+    assert serves or "cpu_gemm_wna16" in why
+
+
+def test_4bit_checkpoints_are_recognised(tmp_path, repo_root):
+    assert not is_4bit_checkpoint(repo_root / "models" / "toy-math") and not is_4bit_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"num_bits": 4}}}}}))
+    assert is_4bit_checkpoint(tmp_path)
 
 
 # -- bad inputs fail early with the reason ---------------------------------------------------------------------------

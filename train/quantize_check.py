@@ -3,8 +3,10 @@
     python -m train.quantize_check --config configs/quantize/toy.yaml --model DIR --quantized OUT [--report FILE]
 
 Runs in the serving environment (.venv, with vLLM), not in .venv-quantize: vLLM and llm-compressor cannot share one.
-Both models get the same held-out problems, prompts and sampling seeds through the kit's own vLLM engine
-(`inference.engines.make_engine("vllm", ...)`), one model at a time. Reported (and written to
+Both models get the same held-out problems, prompts and sampling seeds through the same engine of the kit, one model
+at a time: vLLM (`inference.engines.make_engine("vllm", ...)`), or, where vLLM cannot serve 4-bit weights (an
+AVX2-only CPU: inference/cpu_features.py; `check.engine: auto`), the transformers engine, which runs the
+compressed-tensors weights through the `compressed-tensors` package. Reported (and written to
 QUANTIZED/quantize_check.json unless --report says otherwise):
 
 - agreement: the share of (problem, seed) samples whose extracted answer (`inference.answers.extract_answer`) is
@@ -41,7 +43,7 @@ CHECK_REPORT_NAME = "quantize_check.json"
 class CheckSettings:
     """The `check:` section of a quantization recipe."""
 
-    eval_file: str | None = None  # JSONL/CSV with id, problem, answer (e.g. ../shared/data/aime2025.jsonl)
+    eval_file: str | None = None  # JSONL/CSV with id, problem, answer (e.g. configs/data/aime2025.jsonl)
     toy_problems: int | None = None  # instead of a file: this many toy addition problems (seeded)
     limit: int | None = None  # use the first N problems of eval_file
     seed: int = 0  # toy problem draw; sampling seeds are 0..samples_per_problem-1
@@ -57,12 +59,15 @@ class CheckSettings:
     max_accuracy_drop: float = 0.05
     engine_args: dict = field(default_factory=dict)  # vllm.AsyncEngineArgs of both engines
     timeout_seconds: float = 3600.0  # per model, for all its samples
+    engine: str = "auto"  # vllm | transformers | auto (vllm where it serves 4-bit weights, else transformers)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CheckSettings":
         settings = dataclass_from_mapping(cls, d, "check")
         if (settings.eval_file is None) == (settings.toy_problems is None):
             raise ValueError("check: set exactly one of `eval_file` and `toy_problems`")
+        if settings.engine not in ("auto", "vllm", "transformers"):
+            raise ValueError(f"check.engine: {settings.engine!r} is not one of auto, vllm, transformers")
         if settings.samples_per_problem < 1:
             raise ValueError(f"check.samples_per_problem must be ≥ 1, got {settings.samples_per_problem}")
         return settings
@@ -96,12 +101,26 @@ def build_requests(problems: list[dict], settings: CheckSettings) -> list:
     ]
 
 
-def generate(model_dir: str, requests: list, settings: CheckSettings) -> tuple[dict, float]:
-    """{(problem_id, sample): Sample} from one model through the kit's vLLM engine, and the wall seconds."""
+def choose_engine(settings: CheckSettings) -> tuple[str, str]:
+    """(engine name, why) for `check.engine`; "auto" takes vLLM unless it cannot serve 4-bit weights here."""
+    from inference.cpu_features import vllm_serves_4bit
+
+    if settings.engine != "auto":
+        return settings.engine, "check.engine"
+    ok, why = vllm_serves_4bit()
+    return ("vllm", "vLLM serves 4-bit weights here") if ok else ("transformers", why)
+
+
+def generate(model_dir: str, requests: list, settings: CheckSettings, engine_name: str = "vllm") -> tuple[dict, float]:
+    """{(problem_id, sample): Sample} from one model through one of the kit's engines, and the wall seconds."""
     from inference.engines import make_engine
     from inference.engines.base import EngineError
 
-    engine = make_engine("vllm", model=str(model_dir), engine_args=dict(settings.engine_args))
+    if engine_name == "vllm":
+        engine = make_engine("vllm", model=str(model_dir), engine_args=dict(settings.engine_args))
+    else:  # the engine_args are vLLM's; batch as many samples as vLLM would run at once
+        batch = int(settings.engine_args.get("max_num_seqs", 16))
+        engine = make_engine("transformers", model=str(model_dir), device="cpu", batch_size=batch)
     t0 = time.monotonic()
     engine.start()
     try:
@@ -177,7 +196,9 @@ def check_thresholds(report: dict, min_agreement: float, max_accuracy_drop: floa
     return failures
 
 
-def run_check(settings: CheckSettings, model: str, quantized: str) -> dict:
+def run_check(settings: CheckSettings, model: str, quantized: str, note=None) -> dict:
+    """The report of both models on the check's problems; `note(line)` hears which engine runs and why."""
+    note = note or (lambda line: print(line, file=sys.stderr, flush=True))
     from inference.config import Competition
 
     for name, d in (("model", model), ("quantized", quantized)):
@@ -186,9 +207,15 @@ def run_check(settings: CheckSettings, model: str, quantized: str) -> dict:
     spec = Competition.load(settings.competition).answer
     problems = load_problems(settings)
     requests = build_requests(problems, settings)
-    full_samples, full_seconds = generate(model, requests, settings)
-    quant_samples, quant_seconds = generate(quantized, requests, settings)
+    engine, why = choose_engine(settings)
+    if engine == "transformers" and settings.engine == "auto":
+        note(f"note: {why}; checking both models with the transformers engine instead (slower, same prompts and "
+             "seeds)")
+    full_samples, full_seconds = generate(model, requests, settings, engine)
+    quant_samples, quant_seconds = generate(quantized, requests, settings, engine)
     report = {
+        "engine": engine,
+        "engine_reason": why,
         "problems": len(problems),
         "samples_per_problem": settings.samples_per_problem,
         "full": summarize(full_samples, problems, spec, model, full_seconds),
@@ -212,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="full-precision model directory (default: the recipe's `model`)")
     parser.add_argument("--quantized", help="quantized model directory (default: the recipe's `output_dir`)")
     parser.add_argument("--report", help=f"where to write the JSON report (default: QUANTIZED/{CHECK_REPORT_NAME})")
+    parser.add_argument("--log", default="runs/quantize_check.log", help="the engines' logs go here")
+    parser.add_argument("--verbose", action="store_true", help="show the engines' logs instead")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from inference.local_gateway import engine_logs_to
 
     try:
         recipe = load_recipe(args.config)
@@ -221,7 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         model, quantized = args.model or recipe.model, args.quantized or recipe.output_dir
         if not model or not quantized:
             raise ValueError("pass --model and --quantized, or set model and output_dir in the recipe")
-        report = run_check(settings, model, quantized)
+        log_path = None if args.verbose else Path(args.log)
+        print(f"checking {quantized} against {model}" + (f"; engine logs: {log_path}" if log_path else ""),
+              flush=True)
+        t0 = time.monotonic()
+        with engine_logs_to(log_path) as (_, err):
+            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            try:
+                report = run_check(settings, model, quantized, note=lambda line: print(line, file=err, flush=True))
+            except Exception as e:  # noqa: BLE001 - the log has the engine's side; say where it is
+                if log_path is not None and not isinstance(e, (OSError, ValueError)):
+                    print(f"error: {e!r}; the engine's log is {log_path}", file=err, flush=True)
+                raise
+        print(f"both models answered in {time.monotonic() - t0:.0f}s", flush=True)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -231,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     full, quant, agree = report["full"], report["quantized"], report["agreement"]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    print(f"{report['problems']} problems × {report['samples_per_problem']} seeds")
+    print(f"{report['problems']} problems × {report['samples_per_problem']} seeds, {report['engine']} engine")
     print(f"{'':>10} {'accuracy':>9} {'answered':>9} {'tokens':>8} {'MB':>8}")
     for name, r in (("full", full), ("quantized", quant)):
         mb = r["weights_bytes"] / 1e6 if r["weights_bytes"] else float("nan")
