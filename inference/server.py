@@ -30,6 +30,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -200,18 +201,29 @@ class Predictor:
                 return self._fallback(problem_id, "engine_dead" if self.engine_dead else "engine_busy")
             live = self._fallback(problem_id, "deadline_guard")
             cancel = threading.Event()
+            stretch = self._contested_deadline()
+            current = {"deadline": deadline}  # the deadline this solve works to, stretched or not: the guard's
+            extend = None
+            if stretch is not None:
+
+                def extend(votes, finished, launched) -> float:
+                    if cancel.is_set():  # a solve given up on must not move anything any more
+                        return current["deadline"]
+                    # a deadline pulled back (the votes settled) ends the problem now, not in the past
+                    current["deadline"] = max(stretch(votes, finished, launched),
+                                              min(current["deadline"], self.clock.now()))
+                    return current["deadline"]
 
             def work() -> ProblemResult:
                 solver = self.solver()  # starts the engine again if an earlier start failed
-                return solver.solve(problem_id, problem, deadline, result=live, cancel=cancel,
-                                    extend=self._contested_deadline())  # [sim]
+                return solver.solve(problem_id, problem, deadline, result=live, cancel=cancel, extend=extend)
 
             grace = self.settings.watchdog.answer_grace_seconds
-            # [sim] a contested problem may stretch its deadline up to the budget's latest one
-            finished, box = self._in_worker(f"solve-{problem_id}", work, self.budget.latest_deadline() + grace)
+            finished, box = self._in_worker(f"solve-{problem_id}", work, lambda: current["deadline"] + grace)
+            cancel.set()  # from here on the worker leaves the engine alone as soon as it wakes
+            self._deadline = current["deadline"]
             if finished and "value" in box:
                 return box["value"]
-            cancel.set()  # from here on the worker leaves the engine alone as soon as it wakes
             result = dataclasses.replace(live, votes=dict(live.votes), errors=list(live.errors))
             if finished:
                 result.stop_reason = "error"
@@ -232,13 +244,21 @@ class Predictor:
 
     # -- the guard's threads ----------------------------------------------------------------------------------------
 
-    def _wait(self, done: Callable[[float], bool], until: float) -> bool:
-        """Wait until done(timeout) is true or the clock reaches `until`."""
+    def _wait(self, done: Callable[[float], bool], until: float | Callable[[], float]) -> bool:
+        """Wait until done(timeout) is true or the clock reaches `until` (a time, or a function of the moving
+        deadline of a solve that may stretch it)."""
         if self.clock.virtual:
             return self.clock.wait_for(done, until)
-        return done(max(0.0, until - self.clock.now()))
+        when = until if callable(until) else (lambda: until)
+        while True:
+            limit = when()
+            finished = done(max(0.0, min(limit - self.clock.now(), 0.25 if callable(until) else math.inf)))
+            if finished:
+                return True
+            if self.clock.now() >= limit and when() <= limit:
+                return done(0.0)
 
-    def _in_worker(self, name: str, fn: Callable[[], Any], until: float) -> tuple[bool, dict]:
+    def _in_worker(self, name: str, fn: Callable[[], Any], until: float | Callable[[], float]) -> tuple[bool, dict]:
         """Run fn on a fresh daemon thread and wait for it until `until` (clock). Returns (finished, box) with
         box["value"] or box["error"]; an unfinished thread stays in self._worker."""
         box: dict = {}
