@@ -335,13 +335,29 @@ def _run_chunk(task: tuple[int, int, int]) -> list[dict]:
     return [_compact(simulate_run(settings, ts, slots, speed)) for slots in runs[lo:hi]]
 
 
+def _progress(total: int, show: bool):
+    """A progress bar with an estimate on stderr for long simulations (nothing when `show` is off)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="simulated runs", unit="run", disable=not show, file=sys.stderr, leave=False)
+
+
 def simulate_many(settings_list: list[Settings], ts: TraceSet, runs: list[list[Slot]], speed: SpeedProfile | None,
-                  workers: int = 1) -> list[list[dict]]:
-    """The compact records of every run under every policy (same runs, same order), on `workers` processes."""
+                  workers: int = 1, progress: bool = False) -> list[list[dict]]:
+    """The compact records of every run under every policy (same runs, same order), on `workers` processes;
+    `progress` draws a bar with the time left on stderr."""
     for settings in settings_list:
         warm_cuts(settings, ts)  # before forking: the workers inherit the cuts
+    bar = _progress(len(runs) * len(settings_list), progress)
     if workers <= 1 or len(runs) * len(settings_list) < 2:
-        return [[_compact(simulate_run(st, ts, slots, speed)) for slots in runs] for st in settings_list]
+        out = []
+        for st in settings_list:
+            out.append([])
+            for slots in runs:
+                out[-1].append(_compact(simulate_run(st, ts, slots, speed)))
+                bar.update()
+        bar.close()
+        return out
     import multiprocessing
 
     chunk = max(1, math.ceil(len(runs) / (4 * workers)))  # a few chunks per worker evens out their load
@@ -350,9 +366,13 @@ def simulate_many(settings_list: list[Settings], ts: TraceSet, runs: list[list[S
     _FORKED.update(settings=settings_list, ts=ts, runs=runs, speed=speed)
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            done = pool.map(_run_chunk, tasks)
+            done = []
+            for records in pool.imap(_run_chunk, tasks):  # in task order, so the records line up with `tasks`
+                done.append(records)
+                bar.update(len(records))
     finally:
         _FORKED.clear()
+        bar.close()
     out: list[list[dict]] = [[] for _ in settings_list]
     for (i, _, _), records in zip(tasks, done):
         out[i].extend(records)
@@ -400,7 +420,8 @@ def default_thresholds(all_scores: list[int]) -> list[int]:
 
 def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | Path, orders: int, seed: int,
             problems: int | None = None, total_seconds: float | None = None, only: list[str] | None = None,
-            thresholds: list[int] | None = None, shuffle_samples: bool = True, workers: int = 1) -> dict:
+            thresholds: list[int] | None = None, shuffle_samples: bool = True, workers: int = 1,
+            progress: bool = False) -> dict:
     """Every policy over the same `orders` runs. The result is a plain JSON-able dict (deterministic for a seed,
     whatever the number of worker processes). Each policy's `paired` is its per-order score minus the first
     policy's ("default") on the same order, mean and SD: the SD of a difference, so a tie shows as a tie."""
@@ -416,7 +437,7 @@ def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | 
     results = {}
     fewest = min(len(v) for v in ts.samples.values())
     settings_list = [policy_settings(base, p, comp, ts.path) for p in policies]
-    all_records = simulate_many(settings_list, ts, runs, speed, workers)
+    all_records = simulate_many(settings_list, ts, runs, speed, workers, progress)
     reference = [r["score"] for r in all_records[0]]
     reference_seconds = statistics.fmean(r["seconds"] for r in all_records[0])
     for p, settings, records in zip(policies, settings_list, all_records):
@@ -673,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
             ts = load_trace_set(args.traces, args.problems)
             result = compare(ts, args.competition, args.hardware, args.policies, args.orders, args.seed,
                              args.problems_per_run, args.total_seconds, args.policy, args.thresholds,
-                             workers=workers)
+                             workers=workers, progress=sys.stderr.isatty())
             print(format_comparison(result))
             if args.budget_fractions:
                 result["budget_sweep"] = budget_sweep(ts, args.competition, args.hardware, args.policies,
