@@ -63,16 +63,25 @@ class VirtualClock:
                 if alarm in self._alarms:
                     self._alarms.remove(alarm)
 
-    def wait_for(self, done: Callable[[float], bool], until: float) -> bool:
-        """Wait until done(timeout) is true or the clock reaches `until`; returns done's final answer. Wakes every
-        few milliseconds of real time to ask `done`, and gives up if the clock is stuck for 30 s of real time (a
-        thread blocked in real time will never move a virtual clock)."""
+    def wait_for(self, done: Callable[[float], bool], until: float | Callable[[], float]) -> bool:
+        """Wait until done(timeout) is true or the clock reaches `until` (a time, or a function giving a deadline
+        that may move); returns done's final answer. Wakes every few milliseconds of real time to ask `done`, and
+        gives up if the clock is stuck for 30 s of real time (a thread blocked in real time never moves it)."""
+        when = until if callable(until) else (lambda: until)
         with self._cond:
-            self._alarms.append(until)
+            alarm = when()
+            self._alarms.append(alarm)
         try:
             stuck_since, last = time.monotonic(), self._t
             while not done(0.0):
-                if self._t >= until:
+                with self._cond:
+                    moved = when()
+                    if moved != alarm:  # swap in place, so no advance slips between the old and the new time
+                        self._alarms.remove(alarm)
+                        alarm = moved
+                        self._alarms.append(alarm)
+                        self._cond.notify_all()
+                if self._t >= alarm:
                     return done(0.0)
                 if self._t != last:
                     stuck_since, last = time.monotonic(), self._t
@@ -83,6 +92,6 @@ class VirtualClock:
             return True
         finally:
             with self._cond:
-                if until in self._alarms:
-                    self._alarms.remove(until)
+                if alarm in self._alarms:
+                    self._alarms.remove(alarm)
                 self._cond.notify_all()

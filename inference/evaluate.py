@@ -162,13 +162,12 @@ def evaluate(settings: Settings, problems: list[dict], k: int, traces_path: str 
 
 
 def _same(answer: object, gold: str, mode: str, settings: Settings) -> bool:
-    """Whether a (majority) answer matches the gold, graded as its samples were."""
+    """Whether a (majority) answer matches the gold, by the kit's one scorer (answers.grade, as its samples and the
+    simulator are graded): the answer is graded as the text of a sample boxing it."""
     if answer is None:
         return False
-    if mode == "integer":
-        g = parse_integer(gold)
-        return g is not None and answer == settings.competition.answer.apply(g)
-    return bool(is_equivalent(str(answer), gold))
+    spec = settings.competition.answer if mode == "integer" else None
+    return bool(grade(f"\\boxed{{{answer}}}", gold, spec))
 
 
 def report(rows: list[dict], samples: list[dict], k: int, mode: str, settings: Settings, seconds: float,

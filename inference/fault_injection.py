@@ -235,7 +235,7 @@ def drill(seed: int, clock: str = "virtual", problems: int = 5, plan: FaultPlan 
         "sampling.samples": samples, "sampling.stop_rule": "think", "voting.kind": "k_of_n", "voting.k": 3,
         "prompts.max_problem_chars": 200_000, "watchdog.max_restarts": 2,
         "watchdog.poll_seconds": 1.0 if virtual else 0.05, "watchdog.stall_seconds": 30.0 if virtual else 1.0,
-        "watchdog.answer_grace_seconds": grace_seconds,
+        "watchdog.answer_grace_seconds": grace_seconds, "time.kind": "share", "time.stretch": 1.5,  # the shipped policy
     }, engine="replay", traces="(in memory)", virtual_clock=virtual)
     # The server keeps a margin before the gateway's own limit, as a notebook does with the competition's.
     predictor = Predictor(settings, engine=engine, total_seconds=total_seconds - 1.0, problems=problems,

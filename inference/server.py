@@ -30,6 +30,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from inference.config import Settings
 from inference.engines import Engine, make_engine
 from inference.solver import ProblemResult, Solver
 from inference.time_budget import TimeBudget
+from inference.voting import contention  # [sim]
 
 log = logging.getLogger("inference.server")
 
@@ -85,9 +87,11 @@ class Predictor:
         total_seconds: float | None = None,
         problems: int | None = None,
         isolate: bool | None = None,
+        run_started_at: float | None = None,
     ) -> None:
         """`total_seconds` and `problems` override the competition's (e.g. a rehearsal on 10 problems in 20 min).
-        `isolate`: solve on a worker thread with a hard deadline (default: yes on a real clock, no on a virtual one)."""
+        `isolate`: solve on a worker thread with a hard deadline (default: yes on a real clock, no on a virtual one).
+        `run_started_at` ([sim]): time.time() when the notebook started; the time since counts against the run."""
         self.settings = settings
         comp = settings.competition
         if engine is not None:
@@ -96,13 +100,16 @@ class Predictor:
             self.clock = VirtualClock() if settings.virtual_clock else RealClock()
         self._engine = engine
         self._solver: Solver | None = None
+        total = total_seconds if total_seconds is not None else comp.total_seconds
         self.budget = TimeBudget(
             settings.time,
-            total_seconds=total_seconds if total_seconds is not None else comp.total_seconds,
+            total_seconds=total,
             problems=problems if problems is not None else comp.problems,
             clock=self.clock,
-            safety_margin_seconds=comp.safety_margin_seconds if total_seconds is None else 0.0,
+            # [sim] a shorter run keeps the competition's margin in proportion (it used to drop it silently)
+            safety_margin_seconds=comp.safety_margin_seconds * min(1.0, total / comp.total_seconds),
             per_call_seconds=comp.per_call_seconds,
+            elapsed_seconds=0.0 if run_started_at is None else max(0.0, time.time() - run_started_at),  # [sim]
         )
         self.results: dict[str, ProblemResult] = {}
         self._lock = threading.Lock()
@@ -168,7 +175,7 @@ class Predictor:
             return self._fallback(problem_id, "engine_error", f"engine start failed: {e!r}")
         deadline = self._deadline = self.budget.start_problem()
         try:
-            return solver.solve(problem_id, problem, deadline)
+            return solver.solve(problem_id, problem, deadline, extend=self._contested_deadline())  # [sim]
         finally:
             self.budget.finish_problem()
 
@@ -194,16 +201,29 @@ class Predictor:
                 return self._fallback(problem_id, "engine_dead" if self.engine_dead else "engine_busy")
             live = self._fallback(problem_id, "deadline_guard")
             cancel = threading.Event()
+            stretch = self._contested_deadline()
+            current = {"deadline": deadline}  # the deadline this solve works to, stretched or not: the guard's
+            extend = None
+            if stretch is not None:
+
+                def extend(votes, finished, launched) -> float:
+                    if cancel.is_set():  # a solve given up on must not move anything any more
+                        return current["deadline"]
+                    # a deadline pulled back (the votes settled) ends the problem now, not in the past
+                    current["deadline"] = max(stretch(votes, finished, launched),
+                                              min(current["deadline"], self.clock.now()))
+                    return current["deadline"]
 
             def work() -> ProblemResult:
                 solver = self.solver()  # starts the engine again if an earlier start failed
-                return solver.solve(problem_id, problem, deadline, result=live, cancel=cancel)
+                return solver.solve(problem_id, problem, deadline, result=live, cancel=cancel, extend=extend)
 
             grace = self.settings.watchdog.answer_grace_seconds
-            finished, box = self._in_worker(f"solve-{problem_id}", work, deadline + grace)
+            finished, box = self._in_worker(f"solve-{problem_id}", work, lambda: current["deadline"] + grace)
+            cancel.set()  # from here on the worker leaves the engine alone as soon as it wakes
+            self._deadline = current["deadline"]
             if finished and "value" in box:
                 return box["value"]
-            cancel.set()  # from here on the worker leaves the engine alone as soon as it wakes
             result = dataclasses.replace(live, votes=dict(live.votes), errors=list(live.errors))
             if finished:
                 result.stop_reason = "error"
@@ -215,15 +235,30 @@ class Predictor:
         finally:
             self.budget.finish_problem()
 
+    def _contested_deadline(self) -> Callable | None:
+        """[sim] For the solver: the deadline of the problem being solved, stretched while its votes are split
+        (time.stretch > 1; TimeBudget.extend), or None for a fixed deadline."""
+        if self.settings.time.stretch <= 1:
+            return None
+        return lambda votes, finished, launched: self.budget.extend(contention(votes, finished, launched))
+
     # -- the guard's threads ----------------------------------------------------------------------------------------
 
-    def _wait(self, done: Callable[[float], bool], until: float) -> bool:
-        """Wait until done(timeout) is true or the clock reaches `until`."""
+    def _wait(self, done: Callable[[float], bool], until: float | Callable[[], float]) -> bool:
+        """Wait until done(timeout) is true or the clock reaches `until` (a time, or a function of the moving
+        deadline of a solve that may stretch it)."""
         if self.clock.virtual:
             return self.clock.wait_for(done, until)
-        return done(max(0.0, until - self.clock.now()))
+        when = until if callable(until) else (lambda: until)
+        while True:
+            limit = when()
+            finished = done(max(0.0, min(limit - self.clock.now(), 0.25 if callable(until) else math.inf)))
+            if finished:
+                return True
+            if self.clock.now() >= limit and when() <= limit:
+                return done(0.0)
 
-    def _in_worker(self, name: str, fn: Callable[[], Any], until: float) -> tuple[bool, dict]:
+    def _in_worker(self, name: str, fn: Callable[[], Any], until: float | Callable[[], float]) -> tuple[bool, dict]:
         """Run fn on a fresh daemon thread and wait for it until `until` (clock). Returns (finished, box) with
         box["value"] or box["error"]; an unfinished thread stays in self._worker."""
         box: dict = {}

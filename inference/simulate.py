@@ -8,18 +8,24 @@ and a hardware speed model, and compare policies (configs/simulate/policies.yaml
         --orders 200 --plot runs/sim_budget.png          # simulated score against the time budget, per policy
     python inference/simulate.py --rank ckpt1/traces.jsonl ckpt2/traces.jsonl --hardware h100   # checkpoints
     python inference/simulate.py --write-synthetic runs/synthetic.jsonl   # made-up traces shaped like a 14B model's
+    python inference/simulate.py --benchmark --orders 1000               # how fast the simulator is, old vs new
 
 Traces are evaluate.py's JSONL (one line per sample, the replay format) with a `gold` field, or any replay traces
 plus `--problems FILE` for the gold answers. Each simulated run serves `competition.problems` problems (the traces'
 problems shuffled, tiled and topped up at random when there are fewer) one at a time to `Predictor.predict`; each
 served problem gets its recorded samples in a random order, so a run with 16 recorded samples and 8 launched sees a
-fresh draw. Every policy sees the same orders and draws (paired comparison), and a seed fixes everything.
+fresh draw. Every policy sees the same orders and draws (paired comparison: the table prints each policy's
+per-order score difference from the first policy, mean ± SD), and a seed fixes everything. `--workers N` spreads
+the orders over N processes (default: one per core) with identical results.
 
 Time comes from one of two places:
 - `--hardware recorded`: each sample takes its recorded seconds (the kit's ReplayEngine, as the local gateway's
   `--engine replay --virtual-clock` does);
 - a profile of configs/simulate/hardware.yaml: an aggregate tokens/s for each number of samples running at once;
-  the running samples share it equally and speed up as others finish or are aborted (ThroughputReplayEngine).
+  the running samples share it equally and speed up as others finish or are aborted (the same ReplayEngine with
+  a `speed` profile).
+Each recorded text is cut (stop rule, max_tokens) once per policy, not once per order: the trace set holds the
+cuts every simulated engine shares.
 """
 
 from __future__ import annotations
@@ -35,20 +41,19 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Sequence  # noqa: E402
 
 import yaml  # noqa: E402
 
-from inference.answers import AnswerSpec, extract_answer, is_equivalent, parse_integer  # noqa: E402
+from inference.answers import AnswerSpec, extract_answer, grade  # noqa: E402
 from inference.clock import VirtualClock  # noqa: E402
 from inference.config import REPO, Competition, Settings, load_settings  # noqa: E402
-from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest  # noqa: E402
-from inference.engines.replay import REQUIRED, ReplayEngine, _cut, load_traces  # noqa: E402
+from inference.engines.replay import ReplayCuts, ReplayEngine, load_traces  # noqa: E402
 from inference.server import Predictor  # noqa: E402
 from inference.voting import ENTROPY_WEIGHTS, Votes, uses_entropy  # noqa: E402
 
@@ -114,125 +119,6 @@ def load_hardware(name: str, path: str | Path = HARDWARE_FILE) -> SpeedProfile |
         raise ValueError(f"{path}: profile {name!r} has no {e.args[0]!r}") from None
 
 
-@dataclass
-class _Running:
-    request: SampleRequest
-    trace: dict
-    text: str  # what the request produces (after the stop rule / max_tokens)
-    tokens: int
-    reason: str
-    start: float
-    done: float = 0.0  # tokens generated so far
-
-
-class ThroughputReplayEngine(Engine):
-    """Replays recorded samples at the speed of a hardware profile instead of their recorded seconds.
-
-    The running samples share the profile's aggregate tokens/s equally (continuous batching); when one finishes or
-    is aborted the others speed up. Text, tokens and stop rules are those of the kit's ReplayEngine. Virtual clock
-    only: nothing here ever sleeps.
-    """
-
-    name = "replay"
-
-    def __init__(self, traces: dict[tuple[str, int], dict], speed: SpeedProfile, clock: VirtualClock,
-                 cut_cache: dict | None = None) -> None:
-        if not getattr(clock, "virtual", False):
-            raise ValueError("ThroughputReplayEngine needs a VirtualClock")
-        super().__init__(clock)
-        self.traces = traces
-        self.speed = speed
-        self._cut_cache = {} if cut_cache is None else cut_cache  # keyed by the recorded (problem_id, sample)
-        self._running: dict[tuple[str, int], _Running] = {}
-        self._finished: list[Sample] = []
-        self._t = clock.now()  # time up to which the running samples' progress is accounted
-        self._loaded = False
-
-    def start(self) -> None:
-        if not self._loaded:  # the model load the profile says the first call pays for
-            self.clock.sleep(self.speed.load_seconds)
-            self._loaded = True
-        self._t = max(self._t, self.clock.now())
-
-    def _cut(self, trace: dict, req: SampleRequest) -> tuple[str, int, str]:
-        key = (trace["problem_id"], trace["sample"], req.stop_rule, req.max_tokens)
-        if key not in self._cut_cache:
-            text, tokens, reason, _fraction = _cut(trace, req)
-            self._cut_cache[key] = (text, max(1, tokens), reason)
-        return self._cut_cache[key]
-
-    def submit(self, requests: Sequence[SampleRequest]) -> None:
-        self._advance(self.clock.now())
-        for req in requests:
-            trace = self.traces.get((req.problem_id, req.sample))
-            if trace is None:
-                continue  # not recorded: never finishes, as in ReplayEngine
-            text, tokens, reason = self._cut(trace, req)
-            self._running[(req.problem_id, req.sample)] = _Running(req, trace, text, tokens, reason, self._t)
-
-    def _next_finish(self) -> float | None:
-        if not self._running:
-            return None
-        left = min(r.tokens - r.done for r in self._running.values())
-        return self._t + max(0.0, left) / self.speed.per_sample(len(self._running))
-
-    def _advance(self, now: float) -> None:
-        """Generate up to `now`: finish samples in order, re-sharing the throughput each time the batch shrinks."""
-        running = self._running
-        while running:
-            rate = self.speed.per_sample(len(running))
-            first, left = None, math.inf
-            for r in running.values():
-                if r.tokens - r.done < left:
-                    first, left = r, r.tokens - r.done
-            nxt = self._t + max(0.0, left) / rate
-            step = rate * (min(now, nxt) - self._t)
-            for r in running.values():
-                r.done += step
-            if nxt > now:
-                break
-            self._t = nxt
-            first.done = first.tokens  # exact, whatever the rounding
-            for key in [k for k, r in running.items() if r.tokens - r.done <= 1e-9 * r.tokens]:
-                r = running.pop(key)
-                self._finished.append(self._sample(r, r.text, r.tokens, r.reason))
-        self._t = max(self._t, now)
-
-    def _sample(self, r: _Running, text: str, tokens: int, reason: str) -> Sample:
-        skip = ("finish_reason", "variant", "seed")  # as ReplayEngine: the request's own values are used
-        extra = {k: v for k, v in r.trace.items() if k not in REQUIRED and k not in skip}
-        return Sample(r.request.problem_id, r.request.sample, text, tokens, self._t - r.start, reason,
-                      variant=r.request.variant, seed=r.request.seed, extra=extra)
-
-    def poll(self, timeout: float) -> list[Sample]:
-        now = self.clock.now()
-        self._advance(now)
-        if not self._finished:
-            nxt = self._next_finish()
-            target = now + max(0.0, timeout) if nxt is None else min(now + max(0.0, timeout), nxt)
-            self.clock.advance_to(target)
-            self._advance(self.clock.now())
-        done, self._finished = self._finished, []
-        return done
-
-    def abort(self, problem_id: str) -> list[Sample]:
-        self._advance(self.clock.now())
-        aborted = []
-        for key in [k for k in self._running if k[0] == problem_id]:
-            r = self._running.pop(key)
-            frac = min(1.0, r.done / r.tokens)
-            aborted.append(self._sample(r, r.text[: int(len(r.text) * frac)], int(r.tokens * frac), "aborted"))
-        return aborted
-
-    def progress(self) -> EngineProgress:
-        in_flight = int(sum(r.done for r in self._running.values()))
-        return EngineProgress(running=len(self._running), tokens_in_flight=in_flight, seconds_since_token=0.0)
-
-    def shutdown(self) -> None:
-        self._running.clear()
-        self._finished.clear()
-
-
 # -- traces and gold answers ---------------------------------------------------------------------------------------
 @dataclass
 class TraceSet:
@@ -242,7 +128,14 @@ class TraceSet:
     samples: dict[str, list[dict]]  # problem_id → its traces, by sample index
     gold: dict[str, str]
     problems: dict[str, str] = field(default_factory=dict)  # problem text where known (prompts only)
-    cut_cache: dict = field(default_factory=dict, repr=False)  # shared by every simulated engine on these traces
+    cuts: ReplayCuts = field(default_factory=ReplayCuts, repr=False)  # shared by every engine replaying these
+    graded: dict = field(default_factory=dict, repr=False)  # (problem, answer, spec) → correct, graded once
+
+    def correct(self, problem_id: str, answer: int | None, spec: AnswerSpec) -> bool:
+        key = (problem_id, answer, spec)
+        if key not in self.graded:
+            self.graded[key] = is_correct(answer, self.gold[problem_id], spec)
+        return self.graded[key]
 
     @property
     def ids(self) -> list[str]:
@@ -276,11 +169,9 @@ def load_trace_set(path: str | Path, problems: str | Path | None = None) -> Trac
 
 
 def is_correct(answer: int | None, gold: str, spec: AnswerSpec) -> bool:
-    """An integer answer against the gold, the gold reduced by the competition's modulus as grade() does."""
-    if answer is None:
-        return False
-    g = parse_integer(gold)
-    return answer == spec.apply(g) if g is not None else bool(is_equivalent(str(answer), gold))
+    """Whether a voted answer scores against the gold, by the kit's one scorer (answers.grade, which evaluate.py and
+    the GRPO rewards use too): the vote is graded as the text a sample boxing it would be."""
+    return answer is not None and bool(grade(f"\\boxed{{{answer}}}", gold, spec))
 
 
 def trace_accuracy(ts: TraceSet, spec: AnswerSpec) -> dict:
@@ -347,12 +238,8 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
         watchdog = dataclasses.replace(settings.watchdog, poll_seconds=settings.competition.total_seconds)
         settings = dataclasses.replace(settings, watchdog=watchdog)
     clock = VirtualClock()
-    index = {(s.id, i): t for s in slots for i, t in enumerate(s.traces)}
-    if speed is None:
-        engine: Engine = ReplayEngine([], clock=clock)
-        engine.traces = index  # already checked when the trace set was loaded
-    else:
-        engine = ThroughputReplayEngine(index, speed, clock, cut_cache=ts.cut_cache)
+    index = {(s.id, i): t for s in slots for i, t in enumerate(s.traces)}  # checked when the trace set was loaded
+    engine = ReplayEngine(index, clock=clock, speed=speed, cuts=ts.cuts)
     predictor = Predictor(settings, engine=engine, problems=len(slots))
     # Start the engine now rather than inside the first call (the same moment on the clock: before the first
     # problem's deadline is set).
@@ -363,7 +250,7 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
         r = predictor.solve(s.id, ts.problems.get(s.problem_id) or f"Problem {s.problem_id}")
         answer = r.answer
         problems.append({"id": s.id, "problem_id": s.problem_id, "answer": answer,
-                         "correct": is_correct(answer, ts.gold[s.problem_id], settings.competition.answer),
+                         "correct": ts.correct(s.problem_id, answer, settings.competition.answer),
                          "stop_reason": r.stop_reason,
                          "seconds": r.seconds, "tokens": r.tokens, "samples": r.samples, "launched": r.launched})
     predictor.shutdown()
@@ -423,9 +310,80 @@ def _summary(values: list[float], digits: int = 3) -> dict:
             "min": round(min(values), digits), "max": round(max(values), digits)}
 
 
-def simulate_policy(settings: Settings, ts: TraceSet, runs: list[list[Slot]], speed: SpeedProfile | None) -> dict:
+def _compact(record: dict) -> dict:
+    """What the summaries need of a run's record (small, for passing between processes)."""
+    return {"score": record["score"], "seconds": record["seconds"], "tokens": record["tokens"],
+            "problems": [{"problem_id": p["problem_id"], "correct": p["correct"], "stop_reason": p["stop_reason"]}
+                         for p in record["problems"]]}
+
+
+def warm_cuts(settings: Settings, ts: TraceSet) -> None:
+    """Cut every recorded text for this policy's stop rule and max_tokens, and extract each cut's vote, once."""
+    s, spec = settings.sampling, settings.competition.answer
+    for traces in ts.samples.values():
+        for t in traces:
+            ts.cuts.answer(ts.cuts.get(t, s.stop_rule, s.max_tokens).text, spec)
+
+
+# Parallel orders: worker processes are forked with this state, so the trace set and its cuts are never pickled.
+_FORKED: dict = {}
+
+
+def _run_chunk(task: tuple[int, int, int]) -> list[dict]:
+    policy, lo, hi = task
+    settings, ts, runs, speed = _FORKED["settings"][policy], _FORKED["ts"], _FORKED["runs"], _FORKED["speed"]
+    return [_compact(simulate_run(settings, ts, slots, speed)) for slots in runs[lo:hi]]
+
+
+def _progress(total: int, show: bool):
+    """A progress bar with an estimate on stderr for long simulations (nothing when `show` is off)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="simulated runs", unit="run", disable=not show, file=sys.stderr, leave=False)
+
+
+def simulate_many(settings_list: list[Settings], ts: TraceSet, runs: list[list[Slot]], speed: SpeedProfile | None,
+                  workers: int = 1, progress: bool = False) -> list[list[dict]]:
+    """The compact records of every run under every policy (same runs, same order), on `workers` processes;
+    `progress` draws a bar with the time left on stderr."""
+    for settings in settings_list:
+        warm_cuts(settings, ts)  # before forking: the workers inherit the cuts
+    bar = _progress(len(runs) * len(settings_list), progress)
+    if workers <= 1 or len(runs) * len(settings_list) < 2:
+        out = []
+        for st in settings_list:
+            out.append([])
+            for slots in runs:
+                out[-1].append(_compact(simulate_run(st, ts, slots, speed)))
+                bar.update()
+        bar.close()
+        return out
+    import multiprocessing
+
+    chunk = max(1, math.ceil(len(runs) / (4 * workers)))  # a few chunks per worker evens out their load
+    tasks = [(i, lo, min(lo + chunk, len(runs))) for i in range(len(settings_list))
+             for lo in range(0, len(runs), chunk)]
+    _FORKED.update(settings=settings_list, ts=ts, runs=runs, speed=speed)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            done = []
+            for records in pool.imap(_run_chunk, tasks):  # in task order, so the records line up with `tasks`
+                done.append(records)
+                bar.update(len(records))
+    finally:
+        _FORKED.clear()
+        bar.close()
+    out: list[list[dict]] = [[] for _ in settings_list]
+    for (i, _, _), records in zip(tasks, done):
+        out[i].extend(records)
+    return out
+
+
+def simulate_policy(settings: Settings, ts: TraceSet, runs: list[list[Slot]], speed: SpeedProfile | None,
+                    records: list[dict] | None = None) -> dict:
     """Every run under one policy; the distribution of scores, time, tokens and how problems ended."""
-    records = [simulate_run(settings, ts, slots, speed) for slots in runs]
+    if records is None:
+        records = [simulate_run(settings, ts, slots, speed) for slots in runs]
     scores = [r["score"] for r in records]
     reasons: Counter = Counter()
     per_problem: dict[str, list[bool]] = defaultdict(list)
@@ -462,8 +420,11 @@ def default_thresholds(all_scores: list[int]) -> list[int]:
 
 def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | Path, orders: int, seed: int,
             problems: int | None = None, total_seconds: float | None = None, only: list[str] | None = None,
-            thresholds: list[int] | None = None, shuffle_samples: bool = True) -> dict:
-    """Every policy over the same `orders` runs. The result is a plain JSON-able dict (deterministic for a seed)."""
+            thresholds: list[int] | None = None, shuffle_samples: bool = True, workers: int = 1,
+            progress: bool = False) -> dict:
+    """Every policy over the same `orders` runs. The result is a plain JSON-able dict (deterministic for a seed,
+    whatever the number of worker processes). Each policy's `paired` is its per-order score minus the first
+    policy's ("default") on the same order, mean and SD: the SD of a difference, so a tie shows as a tie."""
     speed = load_hardware(hardware)
     base, policies = load_policies(policies_path, competition)
     if only:
@@ -475,16 +436,25 @@ def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | 
     runs = plan_runs(ts, problems or comp.problems, orders, seed, shuffle_samples)
     results = {}
     fewest = min(len(v) for v in ts.samples.values())
-    for p in policies:
-        settings = policy_settings(base, p, comp, ts.path)
-        # Entropy-weighted policies need traces recorded with logprobs; without them they vote plainly, and say so.
-        plain = uses_entropy(settings.voting) and not all("entropy" in t for v in ts.samples.values() for t in v)
-        if plain:
-            settings.voting.weights = [w for w in settings.voting.weights if w not in ENTROPY_WEIGHTS]
-        results[p.name] = simulate_policy(settings, ts, runs, speed)
+    settings_list = [policy_settings(base, p, comp, ts.path) for p in policies]
+    # Entropy-weighted policies need traces recorded with logprobs; without them they vote plainly, and say so.
+    has_entropy = all("entropy" in t for v in ts.samples.values() for t in v)
+    plain = {p.name for p, s in zip(policies, settings_list) if uses_entropy(s.voting) and not has_entropy}
+    for p, s in zip(policies, settings_list):
+        if p.name in plain:
+            s.voting.weights = [w for w in s.voting.weights if w not in ENTROPY_WEIGHTS]
+    all_records = simulate_many(settings_list, ts, runs, speed, workers, progress)
+    reference = [r["score"] for r in all_records[0]]
+    reference_seconds = statistics.fmean(r["seconds"] for r in all_records[0])
+    for p, settings, records in zip(policies, settings_list, all_records):
+        results[p.name] = simulate_policy(settings, ts, runs, speed, records)
+        diffs = [r["score"] - ref for r, ref in zip(records, reference)]
+        results[p.name]["paired"] = {"vs": policies[0].name, **_summary(diffs)}
+        results[p.name]["seconds_vs_first"] = round(results[p.name]["seconds"]["mean"] / max(reference_seconds, 1e-9),
+                                                    4)
         results[p.name]["overrides"] = p.overrides
         results[p.name]["note"] = p.note
-        if plain:
+        if p.name in plain:
             results[p.name]["warning"] = (f"policy {p.name}: the traces carry no `entropy` (recorded without logprobs): "
                                           "it voted without entropy weights")
             log.warning(results[p.name]["warning"])
@@ -530,12 +500,31 @@ def rank(paths: list[str], competition: str, hardware: str, policies_path: str |
 
 
 # -- synthetic traces ----------------------------------------------------------------------------------------------
-def synthetic_traces(problems: int = 30, samples: int = 16, seed: int = 0, max_tokens: int = 16384) -> list[dict]:
+def _reasoning(rng: random.Random, chars: int) -> str:
+    """About `chars` characters of made-up working, with the braces, numbers and intermediate boxes of real
+    reasoning text (what makes finding a stop point and an answer cost something)."""
+    lines, size = [], 0
+    while size < chars:
+        a, b = rng.randint(2, 999), rng.randint(2, 999)
+        line = rng.choice([f"Step: we have {a} + {b} = {a + b}, so the next case is n = {a % 17}.",
+                           f"Consider \\frac{{{a}}}{{{b}}} and reduce it; the remainder mod {b} is {a % b}.",
+                           f"Wait, let me check {{a_{{{a % 9}}}}} again: {a} \\cdot {b} = {a * b}.",
+                           f"So far the candidate is \\boxed{{{a}}}? No, that ignores the case {b}."])
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(lines) + "\n"
+
+
+def synthetic_traces(problems: int = 30, samples: int = 16, seed: int = 0, max_tokens: int = 16384,
+                     text_chars: int = 0) -> list[dict]:
     """Made-up traces shaped like a 14B reasoning model on AIME-level problems, for trying policies before real
     traces exist: a mix of easy, medium and hard problems (per-sample accuracy ≈ 0.9 / 0.5 / 0.1), wrong answers
     clustering on a few distractors, lengths log-normal around ~7k tokens, longer for wrong answers and hard problems
-    (the "long ⇒ wrong" pattern of peers.md §8.2), samples past `max_tokens` cut without an answer."""
+    (the "long ⇒ wrong" pattern of peers.md §8.2), samples past `max_tokens` cut without an answer.
+    `text_chars` > 0 pads each text with about that many characters of reasoning (the simulator benchmark's ≥ 40 kB
+    texts); the answers and token counts do not change."""
     rng = random.Random(seed)
+    text_rng = random.Random(f"{seed}:text")  # its own stream: padding leaves the answers and lengths as they were
     out = []
     for i in range(problems):
         pid = f"syn-{i:03d}"
@@ -548,6 +537,8 @@ def synthetic_traces(problems: int = 30, samples: int = 16, seed: int = 0, max_t
             answer = gold if correct else (rng.choice(distractors) if rng.random() < 0.6 else rng.randint(0, 999))
             tokens = int(rng.lognormvariate(math.log(length * (1.0 if correct else 1.5)), 0.4))
             text = "<think>\n" + "Let me work this out step by step.\n" * 6
+            if text_chars > 0:
+                text += _reasoning(text_rng, text_chars)
             reason = "stop"
             if tokens >= max_tokens:
                 tokens, reason, answer = max_tokens, "length", None
@@ -560,6 +551,69 @@ def synthetic_traces(problems: int = 30, samples: int = 16, seed: int = 0, max_t
     return out
 
 
+# -- benchmark -------------------------------------------------------------------------------------------------------
+def benchmark(competition: str, hardware: str, policies_path: str | Path, orders: int, workers: int,
+              baseline_orders: int = 5, text_chars: int = 40_000) -> dict:
+    """Seconds for `orders` orders × every policy over 80 synthetic samples of ≥ `text_chars` characters, and the
+    same work per order without parse-once caching (each order cutting and parsing every text again, as the
+    simulator used to), measured in the same process on `baseline_orders` orders."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.jsonl"
+        records = synthetic_traces(problems=5, samples=16, seed=0, text_chars=text_chars)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        n_policies = len(load_policies(policies_path, competition)[1])
+        # The full run first, in a fresh process (the workers fork it), then the baseline and the one-process run.
+        fast = load_trace_set(path)
+        t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
+        compare(fast, competition, hardware, policies_path, orders, seed=0, workers=workers)
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0 + _children_cpu() - k0  # the workers' CPU too: the figure on a shared machine
+        slow = load_trace_set(path)
+        slow.cuts = ReplayCuts(parse_once=False)
+        t0, c0 = time.perf_counter(), time.process_time()
+        compare(slow, competition, hardware, policies_path, baseline_orders, seed=0, workers=1)
+        base_wall, base_cpu = time.perf_counter() - t0, time.process_time() - c0
+        fast = load_trace_set(path)
+        t0, c0 = time.perf_counter(), time.process_time()
+        compare(fast, competition, hardware, policies_path, baseline_orders, seed=0, workers=1)
+        one_wall, one_cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"samples": len(records), "min_text_chars": min(len(r["text"]) for r in records), "policies": n_policies,
+            "orders": orders, "workers": workers, "hardware": hardware, "seconds": round(wall, 2),
+            "cpu_seconds": round(cpu, 2),
+            "baseline_orders": baseline_orders,
+            "baseline_seconds_per_order": round(base_wall / baseline_orders, 4),
+            "baseline_cpu_per_order": round(base_cpu / baseline_orders, 4),
+            "parse_once_seconds_per_order": round(one_wall / baseline_orders, 4),
+            "parse_once_cpu_per_order": round(one_cpu / baseline_orders, 4),
+            "speedup_one_process": round(base_cpu / max(one_cpu, 1e-9), 1)}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def format_benchmark(b: dict) -> str:
+    projected = b["baseline_seconds_per_order"] * b["orders"]
+    ratio = b["baseline_cpu_per_order"] * b["orders"] / max(b["cpu_seconds"], 1e-9)
+    return "\n".join([
+        f"simulator benchmark: {b['orders']} orders × {b['policies']} policies, {b['samples']} samples of ≥ "
+        f"{b['min_text_chars']} characters (5 problems × 16), hardware {b['hardware']}",
+        f"  parse every order (old):   {b['baseline_seconds_per_order']:.3f} s per order "
+        f"({b['baseline_cpu_per_order']:.3f} s CPU; {b['baseline_orders']} orders) → ≈ {projected:.0f} s for "
+        f"{b['orders']}",
+        f"  parse once, one process:   {b['parse_once_seconds_per_order']:.3f} s per order "
+        f"({b['parse_once_cpu_per_order']:.3f} s CPU); {b['speedup_one_process']}× less CPU than the old way",
+        f"  parse once, {b['workers']} worker(s): {b['seconds']:.1f} s for {b['orders']} orders "
+        f"({'meets' if b['seconds'] <= 60 else 'misses'} the 60 s target); {b['cpu_seconds']:.1f} CPU-seconds in all, "
+        f"{b['cpu_seconds'] / max(1, b['workers']):.1f} s per worker on idle cores",
+        f"  old / new, CPU per order: {ratio:.0f}×"])
+
+
 # -- command line --------------------------------------------------------------------------------------------------
 def format_comparison(result: dict) -> str:
     rec = result["recorded"]
@@ -568,12 +622,14 @@ def format_comparison(result: dict) -> str:
              f"({rec['samples']} samples; pass@1 {rec['pass@1']:.3f}, maj@all {rec['maj@all']:.3f}), "
              f"{result['total_seconds'] - result['safety_margin_seconds']:.0f}s usable"]
     xs = result["thresholds"]
-    head = (f"{'policy':<18} {'score':>13} {'min':>4} {'max':>4} {'seconds':>8} {'tokens':>10} {'deadline':>8} "
-            f"{'cutoff':>6}  " + " ".join(f"P(≥{x})".rjust(7) for x in xs))
+    first = next(iter(result["policies"]))
+    head = (f"{'policy':<18} {'score':>13} {'Δ vs ' + first:>16} {'min':>4} {'max':>4} {'seconds':>8} "
+            f"{'tokens':>10} {'deadline':>8} {'cutoff':>6}  " + " ".join(f"P(≥{x})".rjust(7) for x in xs))
     lines += [head, "-" * len(head)]
     for name, r in result["policies"].items():
-        s = r["score"]
-        lines.append(f"{name:<18} {s['mean']:>6.2f} ± {s['sd']:<4.2f} {s['min']:>4.0f} {s['max']:>4.0f} "
+        s, d = r["score"], r["paired"]
+        lines.append(f"{name:<18} {s['mean']:>6.2f} ± {s['sd']:<4.2f} {d['mean']:>+7.2f} ± {d['sd']:<6.2f} "
+                     f"{s['min']:>4.0f} {s['max']:>4.0f} "
                      f"{r['seconds']['mean']:>8.0f} {r['tokens']['mean']:>10.0f} {r['deadline_problems']:>8.2f} "
                      f"{r['cutoff_problems']:>6.2f}  "
                      + " ".join(f"{r['p_score_at_least'][str(x)]:>7.3f}" for x in xs))
@@ -602,18 +658,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", nargs="+", metavar="TRACES", help="rank checkpoints by simulated score")
     parser.add_argument("--rank-policy", default="default", help="the policy --rank simulates")
     parser.add_argument("--write-synthetic", metavar="PATH", help="write synthetic traces and exit")
+    parser.add_argument("--synthetic-problems", type=int, default=30, help="--write-synthetic: problems")
+    parser.add_argument("--synthetic-samples", type=int, default=16, help="--write-synthetic: samples per problem")
+    parser.add_argument("--text-chars", type=int, default=0,
+                        help="--write-synthetic: pad each text to about this many characters (e.g. 40000)")
+    parser.add_argument("--workers", type=int, default=0, help="processes for the orders (0: one per CPU core)")
+    parser.add_argument("--benchmark", action="store_true",
+                        help="time the simulator: --orders orders × every policy over 80 synthetic samples of ≥ 40 kB "
+                             "(5 problems × 16), against the parse-every-order baseline in the same process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("inference.server").setLevel(logging.ERROR)  # it logs every problem
 
+    workers = args.workers or len(os.sched_getaffinity(0))
     t0 = time.monotonic()
     try:
         if args.write_synthetic:
             Path(args.write_synthetic).parent.mkdir(parents=True, exist_ok=True)
             with open(args.write_synthetic, "w") as f:
-                for record in synthetic_traces(seed=args.seed):
+                for record in synthetic_traces(args.synthetic_problems, args.synthetic_samples, args.seed,
+                                               text_chars=args.text_chars):
                     f.write(json.dumps(record) + "\n")
             print(f"wrote synthetic traces to {args.write_synthetic}")
+            return 0
+        if args.benchmark:
+            print(format_benchmark(benchmark(args.competition, args.hardware, args.policies, args.orders, workers)))
             return 0
         if args.rank:
             rows = rank(args.rank, args.competition, args.hardware, args.policies, args.rank_policy, args.orders,
@@ -634,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--plot draws the budget sweep: add --budget-fractions, e.g. 0.1 0.25 0.5 1")
             ts = load_trace_set(args.traces, args.problems)
             result = compare(ts, args.competition, args.hardware, args.policies, args.orders, args.seed,
-                             args.problems_per_run, args.total_seconds, args.policy, args.thresholds)
+                             args.problems_per_run, args.total_seconds, args.policy, args.thresholds,
+                             workers=workers, progress=sys.stderr.isatty())
             print(format_comparison(result))
             if args.budget_fractions:
                 result["budget_sweep"] = budget_sweep(ts, args.competition, args.hardware, args.policies,

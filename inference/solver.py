@@ -147,21 +147,24 @@ class Solver:
             self.trace_sink(record)
 
     def solve(self, problem_id: str, problem: str, deadline: float, result: ProblemResult | None = None,
-              cancel: threading.Event | None = None) -> ProblemResult:
+              cancel: threading.Event | None = None,
+              extend: Callable[[Votes, int, int], float] | None = None) -> ProblemResult:
         """Answer one problem by `deadline` (engine clock). `result`, if given, is filled in as votes arrive, so a
         caller that stops waiting can answer its current leader; once `cancel` is set the solve returns at its next
-        step without waiting on the engine again."""
+        step without waiting on the engine again. `extend(votes, finished, launched)`, if given, re-sets the
+        deadline after each poll ([sim]: the time budget stretches contested problems; see TimeBudget.extend)."""
         with self._inbox_lock:
             early = self._inbox.pop(problem_id, [])
             self._inbox[problem_id] = []
         try:
-            return self._solve(problem_id, problem, deadline, result, cancel or threading.Event(), early)
+            return self._solve(problem_id, problem, deadline, result, cancel or threading.Event(), early, extend)
         finally:
             with self._inbox_lock:
                 self._inbox.pop(problem_id, None)
 
     def _solve(self, problem_id: str, problem: str, deadline: float, result: ProblemResult | None,
-               cancel: threading.Event, early: list[Sample]) -> ProblemResult:
+               cancel: threading.Event, early: list[Sample],
+               extend: Callable[[Votes, int, int], float] | None = None) -> ProblemResult:
         settings, clock = self.settings, self.clock
         spec, rule = settings.competition.answer, settings.voting
         start = clock.now()
@@ -178,7 +181,9 @@ class Solver:
             """Votes of finished samples; `result` keeps the current leader for a caller that stops waiting."""
             for s in finished:
                 samples.append(s)
-                answer = extract_answer(s.text, spec)
+                # [sim] an engine that knows a sample's vote already (the replay engine parses each text once) says so
+                answer = (self.engine.answer_of(s, spec) if hasattr(self.engine, "answer_of")
+                          else extract_answer(s.text, spec))
                 weight = vote_weight(rule, answer, s.tokens, settings.sampling.max_tokens)
                 votes.add(answer, weight)
                 choice.add(answer, weight * selection_weight(rule, s.extra))
@@ -255,6 +260,8 @@ class Solver:
                     break
             tally(finished)
             reason = stop_reason(votes, len(samples), result.launched - lost, rule)
+            if extend is not None:  # [sim] a difficulty-aware deadline
+                deadline = extend(votes, len(samples), result.launched - lost)
             if reason is None and progress is not None and not finished and progress.running == 0:
                 reason = "engine_idle"  # nothing in flight and nothing coming (e.g. a replay without this problem)
             if reason is None and progress is not None and progress.running:

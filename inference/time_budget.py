@@ -1,14 +1,20 @@
-"""Per-problem deadlines from the time left, the problems left, a bounded bank and a hard global cutoff.
+"""Per-problem deadlines from the time left, the problems left and a hard global cutoff.
 
 All numbers come from configs: the competition's total time and safety margin (configs/competitions/*.yaml) and the
 policy below (configs/inference/*.yaml, `time:`). The peers' policies are configurations of this one class:
 
-- kit default:   kind "fixed", base = (total − margin) / problems, unused time banked (≤ bank_max_seconds)
+- kit default:   kind "share", re-planned for every problem: an even share of the time left over the problems left
+                 (so time one problem saves, the model load and the notebook start are spread over all the others);
+                 a contested problem may stretch to `stretch` × its share while it stays contested
 - NemoSkills:    kind "fixed", base_seconds 350, bank_max_seconds 210
 - AIMO-3 public: kind "reserve", reserve_seconds 240, min 240, max 840 → clamp(left − (remaining−1)·240, 240, 840)
 
 Whatever the policy says, a problem's deadline never passes the global cutoff or the competition's per-call limit,
-and with "fixed" it never takes the `min_seconds` each later problem keeps for itself.
+with "share" and "fixed" it never takes the `min_seconds` each later problem keeps for itself, and when the run is
+behind (less left than those minimums) a problem gets an even share of what is left instead of nothing.
+
+The run's clock starts before the TimeBudget exists (notebook start, imports): pass `elapsed_seconds`, the time
+already gone, and it counts against the run like any other.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 
 from inference.clock import RealClock, VirtualClock
 
-KINDS = ("fixed", "reserve")
+KINDS = ("share", "fixed", "reserve")
 
 
 @dataclass
@@ -29,6 +35,10 @@ class TimePolicy:
     bank_max_seconds: float = 0.0  # "fixed": unused time carried forward, at most this much
     min_seconds: float = 0.0  # floor of a problem's budget while time allows; also kept back for each later problem
     max_seconds: float = math.inf  # cap of a problem's budget
+    stretch: float = 1.0  # a contested problem may run to this multiple of its budget (the solver asks; see extend)
+    # "share": once 3 problems are done, keep back only this multiple of their mean use for each later problem and
+    # give the current one the rest, when that is more than its even share (None: the even share only)
+    expected_use_factor: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -38,6 +48,10 @@ class TimePolicy:
                 raise ValueError(f"time.{name} must be ≥ 0, got {getattr(self, name)}")
         if self.max_seconds < self.min_seconds:
             raise ValueError(f"time.max_seconds ({self.max_seconds}) is below time.min_seconds ({self.min_seconds})")
+        if self.expected_use_factor is not None and not self.expected_use_factor > 0:
+            raise ValueError(f"time.expected_use_factor must be > 0 or null, got {self.expected_use_factor}")
+        if not self.stretch >= 1:
+            raise ValueError(f"time.stretch must be ≥ 1, got {self.stretch}")
         if self.base_seconds is not None and self.base_seconds <= 0:
             raise ValueError(f"time.base_seconds must be > 0 or null, got {self.base_seconds}")
 
@@ -53,13 +67,19 @@ class TimeBudget:
         clock: RealClock | VirtualClock,
         safety_margin_seconds: float = 0.0,
         per_call_seconds: float | None = None,
+        elapsed_seconds: float = 0.0,
     ) -> None:
         if problems < 1:
             raise ValueError(f"problems must be ≥ 1, got {problems}")
+        if not 0 <= safety_margin_seconds < total_seconds:
+            raise ValueError(f"safety_margin_seconds ({safety_margin_seconds}) must be ≥ 0 and below total_seconds "
+                             f"({total_seconds})")
+        if elapsed_seconds < 0:
+            raise ValueError(f"elapsed_seconds must be ≥ 0, got {elapsed_seconds}")
         self.policy = policy
         self.clock = clock
         self.problems = problems
-        self.start = clock.now()
+        self.start = clock.now() - elapsed_seconds  # when the run began (the notebook's start)
         self.cutoff = self.start + total_seconds - safety_margin_seconds  # hard global cutoff
         self.per_call_seconds = per_call_seconds
         self.base = policy.base_seconds or (total_seconds - safety_margin_seconds) / problems
@@ -67,6 +87,9 @@ class TimeBudget:
         self.done = 0
         self._problem_start: float | None = None
         self._allowance = 0.0
+        self.used: list[float] = []  # seconds each finished problem took
+        self._planned = 0.0  # the current problem's budget before any stretch
+        self._stretch_limit = 0.0  # the most the current problem may take
 
     @property
     def problems_left(self) -> int:
@@ -76,27 +99,56 @@ class TimeBudget:
     def time_left(self) -> float:
         return self.cutoff - self.clock.now()
 
+    def _hard_limit(self, left: float, later: int) -> float:
+        """The most the problem starting now may take: the later problems' minimums, or when the run is already
+        behind an even share of what is left; never past the cutoff or the per-call limit."""
+        limit = max(left - later * self.policy.min_seconds, left / (later + 1))
+        limit = min(limit, left)
+        if self.per_call_seconds is not None:
+            limit = min(limit, self.per_call_seconds)
+        return max(limit, 0.0)
+
     def start_problem(self) -> float:
         """The absolute deadline (on the clock) for the problem starting now."""
         now = self.clock.now()
         left = self.cutoff - now
         later = self.problems_left - 1
         p = self.policy
-        if p.kind == "fixed":
+        if p.kind == "share":
+            budget = left / self.problems_left
+            if p.expected_use_factor is not None and len(self.used) >= 3:
+                # Problems so far took less than their share: plan the later ones at what they are likely to take.
+                expected = p.expected_use_factor * sum(self.used) / len(self.used)
+                budget = max(budget, left - later * max(expected, p.min_seconds))
+        elif p.kind == "fixed":
             self._allowance = self.base
             budget = self.base + self.bank
         else:  # reserve
             budget = left - later * p.reserve_seconds
         budget = min(max(budget, p.min_seconds), p.max_seconds)
-        if p.kind == "fixed":  # later problems keep their minimum ("reserve" keeps reserve_seconds by itself)
-            budget = min(budget, left - later * p.min_seconds)
-        # Hard limits: the global cutoff, then the per-call limit.
-        budget = min(budget, left)
-        if self.per_call_seconds is not None:
-            budget = min(budget, self.per_call_seconds)
-        budget = max(budget, 0.0)
+        if p.kind == "reserve":  # the AIMO-3 notebook's formula as it is: reserve_seconds is its own guard
+            hard = max(0.0, min(left, self.per_call_seconds if self.per_call_seconds is not None else left))
+        else:
+            hard = self._hard_limit(left, later)
+        budget = min(budget, hard)
         self._problem_start = now
+        self._planned = budget
+        self._stretch_limit = min(hard, budget * p.stretch)
         return now + budget
+
+    def extend(self, contention: float) -> float:
+        """The current problem's deadline given how contested it is now (0 settled … 1 split; see
+        inference.voting.contention): its planned budget stretched by up to `stretch`, within the hard limits."""
+        if self._problem_start is None:  # the problem was already given up (a late call from its solver): stop now
+            return self.clock.now()
+        c = min(max(contention, 0.0), 1.0)
+        return self._problem_start + self._planned + c * max(0.0, self._stretch_limit - self._planned)
+
+    def latest_deadline(self) -> float:
+        """The latest deadline `extend` can give the current problem (a guard waiting on the solver waits this long)."""
+        if self._problem_start is None:
+            raise RuntimeError("TimeBudget.latest_deadline: no problem started")
+        return self._problem_start + max(self._planned, self._stretch_limit)
 
     def finish_problem(self) -> float:
         """Record that the current problem is answered; returns the seconds it used."""
@@ -105,5 +157,6 @@ class TimeBudget:
         if self.policy.kind == "fixed":
             self.bank = min(self.policy.bank_max_seconds, max(0.0, self.bank + self._allowance - used))
         self.done += 1
+        self.used.append(used)
         self._problem_start = None
         return used

@@ -3,13 +3,15 @@ replay simulator and the tests run exactly the same decisions.
 
 The solver adds each finished sample's answer (`Votes.add`), then asks `stop_reason(votes, finished, launched,
 rule)` whether the samples still running can be cancelled. The rules cover what the winning AIMO solutions shipped
-(their write-ups and code: NVIDIA/NeMo-Skills, imagination-research/aimo2, AIMO-3 notebooks), as configs (the `voting:` section of configs/inference/*.yaml):
+(their write-ups and code: NVIDIA/NeMo-Skills, imagination-research/aimo2, AIMO-3 notebooks), as configs (the
+`voting:` section of configs/inference/*.yaml):
 
     kind: k_of_n, k: 4                      # AIMO-3 winners: stop at 4 identical answers (of 8)
     kind: k_of_n, k: 4, n: 5                # NemoSkills: "the first 4-5 completions agreed" (4 of the first 5)
     kind: leader_safe                       # AIMO-3 2nd place: stop when second + remaining ≤ leader
     kind: calibrated, confidence: 0.95      # stop when the leader will still lead with probability ≥ 95 %
     straggler_fraction: 0.8                 # NemoSkills: cancel the last pending samples once most have finished
+    hopeless_after: 4                       # give up once 4 finished and no two agree (the kit's default)
 
 Weights (`length_weight`, `answer_prior_weight`) are off unless the `voting.weights` setting names them.
 
@@ -129,6 +131,9 @@ class StopRule:
       times the other weights; stop rules still count votes. The engine then asks for `entropy_top_k` logprobs.
     entropy_top_k: logprobs per token the entropy is computed over (the AIMO-3 notebooks: 5).
     entropy_tail_tokens: the tail window of "entropy_tail" (AIMO-3 2nd place: 256 in the write-up, 96 in the code).
+    hopeless_after: give up once this many samples finished and no two of them agree (reason "hopeless"): the
+      model is guessing, the remaining samples rarely change that, and the time goes to the problems left (the
+      time budget re-plans). None disables it.
     """
 
     kind: str = "k_of_n"
@@ -143,6 +148,7 @@ class StopRule:
     weights: list[str] = field(default_factory=list)
     entropy_top_k: int = 5
     entropy_tail_tokens: int = 256
+    hopeless_after: int | None = None
 
     def __post_init__(self) -> None:
         bad = [w for w in self.weights if w not in VOTE_WEIGHTS]
@@ -153,6 +159,8 @@ class StopRule:
         for name in ("k", "simulations", "min_votes", "entropy_top_k", "entropy_tail_tokens"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        if self.hopeless_after is not None:
+            _check_int("hopeless_after", self.hopeless_after, minimum=2)
         if self.n is not None:
             _check_int("n", self.n, minimum=1)
             if self.n < self.k:
@@ -192,7 +200,8 @@ def stop_reason(votes: Votes, finished: int, launched: int, rule: StopRule) -> s
       the rule's kind - "k_of_n" whenever k agree (also when the k-th vote came last); "leader_safe" and
                         "calibrated" only while samples are running (with none left they would hold trivially);
       "all_finished"  - nothing left running;
-      "stragglers"    - straggler_fraction of the launched samples finished and there is a leader.
+      "stragglers"    - straggler_fraction of the launched samples finished and there is a leader;
+      "hopeless"      - hopeless_after samples finished and no two agree.
     No early stop (rule or stragglers) before `min_votes` valid votes.
     """
     remaining = launched - finished
@@ -208,6 +217,9 @@ def stop_reason(votes: Votes, finished: int, launched: int, rule: StopRule) -> s
                 return "calibrated"
     if remaining <= 0:
         return "all_finished"
+    no_two_agree = max(votes.counts.values(), default=0) < 2
+    if rule.hopeless_after is not None and finished >= rule.hopeless_after and no_two_agree:
+        return "hopeless"
     if votes.valid >= rule.min_votes and rule.straggler_fraction is not None:
         if finished >= math.ceil(rule.straggler_fraction * launched - 1e-9):
             return "stragglers"
@@ -242,10 +254,23 @@ def leader_keeps_lead_probability(votes: Votes, remaining: int, rule: StopRule) 
         return 0.0
     if remaining <= 0 or not _can_be_caught(votes, remaining):
         return 1.0
+    answers = votes.ranking()  # leader first
+    weights = tuple(votes.weights[a] for a in answers) + (float(votes.invalid), 0.0)  # + invalid, + one new answer
+    key = (weights, remaining, rule.prior, rule.simulations, rule.seed)
+    if key not in _KEEP_LEAD_MEMO:  # the same tally always gives the same estimate: compute each once
+        if len(_KEEP_LEAD_MEMO) >= 100_000:
+            _KEEP_LEAD_MEMO.clear()
+        _KEEP_LEAD_MEMO[key] = _keep_lead_estimate(weights, remaining, rule)
+    return _KEEP_LEAD_MEMO[key]
+
+
+_KEEP_LEAD_MEMO: dict[tuple, float] = {}
+
+
+def _keep_lead_estimate(weights: tuple[float, ...], remaining: int, rule: StopRule) -> float:
     import numpy as np
 
-    answers = votes.ranking()  # leader first
-    tally = np.array([votes.weights[a] for a in answers] + [votes.invalid, 0.0])  # + invalid, + one new answer
+    tally = np.array(weights)
     rng = np.random.default_rng(rule.seed)
     probabilities = rng.dirichlet(tally + rule.prior, size=rule.simulations)
     future = rng.multinomial(remaining, probabilities)  # (simulations, buckets) future votes per bucket
@@ -296,6 +321,26 @@ def answer_prior_weight(answer: int | None, small: int = 20, round_multiple: int
     if abs(answer) <= small or (round_multiple and answer % round_multiple == 0):
         return weight
     return 1.0
+
+
+# -- how contested a problem is (the time budget stretches contested problems) -------------------------------------
+
+
+def contention(votes: Votes, finished: int, launched: int) -> float:
+    """How contested a problem looks from its finished samples, 0 (settled or nothing to go on) … 1 (a real split),
+    for the time budget (TimeBudget.extend: a contested problem may run longer, the others keep their share).
+
+    The runner-up's votes over the leader's: 1-1 and 3-3 are 1, 2-1 is 0.5, 4-1 is 0.25. A lone answer (however
+    many votes) is 0, and so is a problem with no valid vote yet: more time there mostly buys the long samples,
+    which are the wrong ones more often (imagination-research's length figure). Nothing running
+    (finished ≥ launched): 0.
+    """
+    if finished >= launched or votes.valid == 0:
+        return 0.0
+    ranking = votes.ranking()
+    if len(ranking) < 2:
+        return 0.0
+    return votes.counts[ranking[1]] / votes.counts[ranking[0]]
 
 
 # -- the AIMO-3 inverse-entropy vote -----------------------------------------------------------------------------

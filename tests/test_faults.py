@@ -164,7 +164,7 @@ def test_the_last_sample_finishing_between_poll_and_progress_votes():
 
         def progress(self):
             p = super().progress()
-            p.running = sum(1 for key in self._pending if self._pending[key].end > self.clock.now())
+            p.running = sum(1 for r in self._running.values() if r.end > self.clock.now())
             return p
 
     engine = Race(traces({"p": [9, 9, 4, 9]}, seconds=5.0), clock=VirtualClock())

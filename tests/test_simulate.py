@@ -7,11 +7,11 @@ import pytest
 from inference.clock import VirtualClock
 from inference.config import Competition, load_settings
 from inference.engines.base import SampleRequest
+from inference.engines.replay import ReplayEngine
 from inference.local_gateway import main as gateway_main
 from inference.simulate import (
     POLICIES_FILE,
     SpeedProfile,
-    ThroughputReplayEngine,
     compare,
     load_hardware,
     load_policies,
@@ -63,7 +63,7 @@ def test_running_samples_share_throughput_and_speed_up_when_one_ends():
               ("p", 1): {"problem_id": "p", "sample": 1, "text": "b" * 300, "tokens": 300, "seconds": 1.0},
               ("q", 0): {"problem_id": "q", "sample": 0, "text": "c" * 100, "tokens": 100, "seconds": 1.0}}
     clock = VirtualClock()
-    engine = ThroughputReplayEngine(traces, SpeedProfile("x", {1: 10.0, 2: 10.0}), clock)
+    engine = ReplayEngine(traces, clock, speed=SpeedProfile("x", {1: 10.0, 2: 10.0}))
     engine.start()
     engine.submit([request("p", 0), request("p", 1)])
     # Two running share 10 tokens/s: sample 0 ends at 100 / 5 = 20 s; sample 1 has 200 left at 10/s → 40 s.
@@ -82,7 +82,7 @@ def test_running_samples_share_throughput_and_speed_up_when_one_ends():
 def test_stop_rule_and_max_tokens_cut_the_recorded_sample():
     text = "<think>\n\\boxed{7}\n</think>" + "x" * 74  # 26 + 74 characters
     traces = {("p", 0): {"problem_id": "p", "sample": 0, "text": text, "tokens": 100, "seconds": 1.0}}
-    engine = ThroughputReplayEngine(traces, SpeedProfile("x", {1: 10.0}), VirtualClock())
+    engine = ReplayEngine(traces, VirtualClock(), speed=SpeedProfile("x", {1: 10.0}))
     engine.submit([request("p", 0, stop_rule="think")])
     [s] = engine.poll(1000)
     assert s.text.endswith("</think>") and s.finish_reason == "answer" and s.tokens == 26
@@ -226,3 +226,63 @@ def test_policies_launching_more_samples_than_recorded_are_flagged(tmp_path):
                      only=["fixed_n8", "nemoskills"])
     assert "warning" not in result["policies"]["fixed_n8"]
     assert "launches 12 samples" in result["policies"]["nemoskills"]["warning"]
+
+
+def test_each_recorded_text_is_cut_and_parsed_once_per_stop_rule_however_many_orders(synthetic, tmp_path):
+    ts = load_trace_set(synthetic)
+    samples = sum(len(v) for v in ts.samples.values())
+    compare(ts, "aimo3", "h100", POLICIES_FILE, orders=6, seed=1, problems=20)
+    assert len(ts.cuts) == samples  # every policy keeps aimo3.yaml's stop rule and max_tokens: one cut each
+    compare(ts, "aimo3", "h100", POLICIES_FILE, orders=12, seed=2, problems=20, only=["default"])
+    assert len(ts.cuts) == samples  # more orders: no new cuts
+    shorter = tmp_path / "policies.yaml"
+    shorter.write_text("base: configs/inference/{competition}.yaml\n"
+                       "policies:\n  short:\n    overrides: {sampling.max_tokens: 5000}\n")
+    compare(ts, "aimo3", "h100", shorter, orders=3, seed=2, problems=20)
+    assert len(ts.cuts) == 2 * samples  # another max_tokens: each text cut once more
+
+
+def test_parallel_orders_give_the_same_result_as_one_process(synthetic):
+    one = compare(load_trace_set(synthetic), "aimo3", "l4x4", POLICIES_FILE, orders=6, seed=3, problems=15)
+    two = compare(load_trace_set(synthetic), "aimo3", "l4x4", POLICIES_FILE, orders=6, seed=3, problems=15,
+                  workers=2)
+    assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
+
+
+def test_paired_differences_are_per_order_score_differences_against_the_first_policy(synthetic):
+    ts = load_trace_set(synthetic)
+    result = compare(ts, "aimo3", "l4x4", POLICIES_FILE, orders=10, seed=0, problems=20,
+                     only=["default", "fixed_n8"])
+    default, other = result["policies"]["default"], result["policies"]["fixed_n8"]
+    assert default["paired"] == {"vs": "default", "mean": 0.0, "sd": 0.0, "min": 0.0, "max": 0.0}
+    assert other["paired"]["mean"] == pytest.approx(other["score"]["mean"] - default["score"]["mean"], abs=2e-3)
+    from inference.simulate import format_comparison
+
+    text = format_comparison(result)
+    assert "Δ vs default" in text and f"{other['paired']['mean']:+.2f} ± {other['paired']['sd']:.2f}" in text
+
+
+def test_the_synthetic_benchmark_fixture_has_long_texts_and_unchanged_answers():
+    short = synthetic_traces(problems=5, samples=16, seed=0)
+    long = synthetic_traces(problems=5, samples=16, seed=0, text_chars=40_000)
+    assert len(long) == 80 and min(len(r["text"]) for r in long) >= 40_000
+    assert [(r["answer"], r["tokens"]) for r in long] == [(r["answer"], r["tokens"]) for r in short]
+
+
+def test_benchmark_runs_the_old_and_new_way_and_reports_both(capsys):
+    from inference.simulate import benchmark, format_benchmark
+
+    b = benchmark("aimo3", "h100", POLICIES_FILE, orders=2, workers=1, baseline_orders=1, text_chars=2_000)
+    assert b["samples"] == 80 and b["orders"] == 2 and b["baseline_seconds_per_order"] > 0
+    assert "parse every order (old)" in format_benchmark(b)
+
+
+def test_one_replay_engine_times_by_recorded_seconds_or_by_a_speed_profile():
+    traces = {("p", 0): {"problem_id": "p", "sample": 0, "text": "a" * 100, "tokens": 100, "seconds": 7.0}}
+    recorded = ReplayEngine(traces, VirtualClock())
+    recorded.submit([request("p", 0)])
+    assert [s.seconds for s in recorded.poll(1000)] == [pytest.approx(7.0)]
+    with pytest.raises(ValueError, match="VirtualClock"):
+        from inference.clock import RealClock
+
+        ReplayEngine(traces, RealClock(), speed=SpeedProfile("x", {1: 10.0}))

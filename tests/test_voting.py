@@ -305,3 +305,40 @@ def test_prior_weight_changes_the_leader():
         plain.add(a)
         weighted.add(a, answer_prior_weight(a))
     assert plain.leader() == 0 and weighted.leader() == 137
+
+
+# -- contention (the time budget's difficulty signal) and the "hopeless" give-up ----------------------------------
+def test_contention_is_the_runner_up_over_the_leader_and_zero_when_settled_or_unknown():
+    from inference.voting import contention
+
+    assert contention(Votes.of([1, 2]), 2, 8) == 1.0  # a real split
+    assert contention(Votes.of([1, 1, 2]), 3, 8) == 0.5
+    assert contention(Votes.of([1, 1, 1, 1, 2]), 5, 8) == 0.25
+    assert contention(Votes.of([1, 1, 1]), 3, 8) == 0.0  # one answer: settled
+    assert contention(Votes.of([None, None]), 2, 8) == 0.0  # nothing to go on
+    assert contention(Votes.of([1, 2]), 8, 8) == 0.0  # nothing left running
+
+
+def test_hopeless_gives_up_when_enough_finished_and_no_two_agree():
+    rule = StopRule(kind="k_of_n", k=4, hopeless_after=4)
+    assert stop_reason(Votes.of([1, 2, 3]), 3, 16, rule) is None
+    assert stop_reason(Votes.of([1, 2, 3, None]), 4, 16, rule) == "hopeless"
+    assert stop_reason(Votes.of([1, 2, 3, 1]), 4, 16, rule) is None  # two agree: worth waiting for
+    assert stop_reason(Votes.of([1, 2, 3, 4]), 4, 16, StopRule(kind="k_of_n", k=4)) is None  # off by default
+    with pytest.raises(ValueError, match="voting.hopeless_after"):
+        StopRule(hopeless_after=1)
+
+
+def test_the_calibrated_estimate_is_computed_once_per_tally_and_stays_the_same():
+    from inference.voting import _KEEP_LEAD_MEMO, leader_keeps_lead_probability
+
+    rule = StopRule(kind="calibrated", simulations=500, seed=3)
+    votes = Votes.of([7, 7, 9, None])
+    _KEEP_LEAD_MEMO.clear()
+    first = leader_keeps_lead_probability(votes, 5, rule)
+    assert len(_KEEP_LEAD_MEMO) == 1
+    again = leader_keeps_lead_probability(Votes.of([7, 9, 7, None]), 5, rule)  # same tally, other order
+    assert again == first and len(_KEEP_LEAD_MEMO) == 1
+    _KEEP_LEAD_MEMO.clear()
+    assert leader_keeps_lead_probability(votes, 5, rule) == first  # recomputed: the same estimate
+    assert 0 < first < 1

@@ -2,17 +2,24 @@
 
     {"problem_id": "abc", "sample": 0, "text": "...", "tokens": 812, "seconds": 41.5, ...extra fields}
 
-A request for (problem_id, sample) gets that recorded sample, streamed over its recorded `seconds` from the moment
-it is submitted. The request's stop rule and max_tokens are applied to the recorded text, so traces recorded
-without early stopping (inference/evaluate.py records full samples) replay what a stopping policy would have seen;
-a cut sample's tokens and seconds shrink in proportion to the text kept. Problems or sample indices that are not in
-the file never produce a sample: the policy must then fall back, as it would on a model that never answers.
+A request for (problem_id, sample) gets that recorded sample. The request's stop rule and max_tokens are applied to
+the recorded text, so traces recorded without early stopping (inference/evaluate.py records full samples) replay
+what a stopping policy would have seen; a cut sample's tokens and seconds shrink in proportion to the text kept.
+Problems or sample indices that are not in the file never produce a sample: the policy must then fall back, as it
+would on a model that never answers.
+
+How long a sample takes comes from one of two timings:
+- recorded (the default): its recorded `seconds` from the moment it is submitted;
+- a speed profile (`speed=`, virtual clock only; inference/simulate.py's hardware models): the running samples
+  share the profile's aggregate tokens/s equally (continuous batching) and speed up when others finish or are
+  aborted.
 
 Tool-using samples (inference/tools.py) carry their `turns`: cut short, such a sample keeps the turns, tokens and
 tool seconds up to the cut, and its seconds follow the turns' timeline (a tool call's seconds pass whole).
 
 With a VirtualClock, waiting advances simulated time instead of sleeping, so a 5-hour run replays in seconds.
-The simulator (inference/simulate.py) replaces recorded seconds with a speed model of other hardware in its own engine.
+Cutting a 40 kB recorded text (finding its stop point) is the expensive part of a replay: pass a shared
+`ReplayCuts` and every text is cut once per (stop rule, max_tokens), however many engines replay it.
 """
 
 from __future__ import annotations
@@ -23,14 +30,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
-from inference.answers import find_stop
+from inference.answers import AnswerSpec, extract_answer, find_stop
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest
 from inference.tools import cut_tool_trace
 
 REQUIRED = {"problem_id": str, "sample": int, "text": str, "tokens": int, "seconds": (int, float)}
+NOT_EXTRA = set(REQUIRED) | {"finish_reason", "variant", "seed"}  # a replayed sample uses the request's own values
 
 
 def load_traces(source: str | Path | Iterable[dict]) -> dict[tuple[str, int], dict]:
@@ -65,33 +73,91 @@ def load_traces(source: str | Path | Iterable[dict]) -> dict[tuple[str, int], di
     return index
 
 
-@dataclass
-class _Pending:
-    request: SampleRequest
-    trace: dict
-    text: str  # what the request will produce (after stop rule / max_tokens)
+@dataclass(frozen=True)
+class Cut:
+    """What a request produces from a recorded sample: its text after the stop rule and max_tokens."""
+
+    text: str
     tokens: int
     finish_reason: str
-    start: float
-    end: float
+    fraction: float  # of the recorded text kept
+    seconds: float  # of the recorded seconds it takes (the fraction of them, or a tool-using sample's timeline)
+    extra: dict  # the record's other fields, passed through to the Sample
+    trace: dict  # the record it was cut from
 
 
-def _cut(trace: dict, request: SampleRequest) -> tuple[str, int, str, float]:
-    """Text, tokens, finish reason and fraction of the recorded duration this request would produce."""
+def cut_sample(trace: dict, stop_rule: str, max_tokens: int) -> Cut:
+    """Apply a stop rule and max_tokens to one recorded sample."""
     text, tokens = trace["text"], trace["tokens"]
     reason = trace.get("finish_reason", "stop")
     fraction = 1.0
-    stop = find_stop(text, request.stop_rule)
+    stop = find_stop(text, stop_rule)
     if stop is not None and stop < len(text):
         fraction = stop / max(1, len(text))
         text, tokens, reason = text[:stop], max(1, round(tokens * fraction)), "answer"
     elif stop is not None:
         reason = "answer"
-    if tokens > request.max_tokens:
-        keep = request.max_tokens / tokens
+    if tokens > max_tokens:
+        keep = max_tokens / tokens
         fraction *= keep
-        text, tokens, reason = text[: int(len(text) * keep)], request.max_tokens, "length"
-    return text, tokens, reason, fraction
+        text, tokens, reason = text[: int(len(text) * keep)], max_tokens, "length"
+    extra = {k: v for k, v in trace.items() if k not in NOT_EXTRA}
+    seconds = float(trace["seconds"]) * fraction
+    if trace.get("turns") and len(text) < len(trace["text"]):
+        tokens, seconds, fields = cut_tool_trace(trace, len(text))
+        extra.update(fields)
+    return Cut(text, tokens, reason, fraction, seconds, extra, trace)
+
+
+class ReplayCuts:
+    """Cuts shared by many replay engines over the same recorded samples: each is computed once per
+    (recorded sample, stop rule, max_tokens). Keyed by the record object itself, which the cache keeps alive."""
+
+    def __init__(self, parse_once: bool = True) -> None:
+        self.parse_once = parse_once  # False: cut and parse again on every call (the simulator benchmark's baseline)
+        self._cuts: dict[tuple[int, str, int], tuple[dict, Cut]] = {}
+        self._answers: dict[tuple[int, AnswerSpec | None], tuple[str, int | None]] = {}
+
+    def get(self, trace: dict, stop_rule: str, max_tokens: int) -> Cut:
+        if not self.parse_once:
+            return cut_sample(trace, stop_rule, max_tokens)
+        key = (id(trace), stop_rule, max_tokens)
+        hit = self._cuts.get(key)
+        if hit is None:
+            hit = self._cuts[key] = (trace, cut_sample(trace, stop_rule, max_tokens))
+        return hit[1]
+
+    def answer(self, text: str, spec: AnswerSpec | None) -> int | None:
+        """extract_answer(text, spec), computed once per text object (a cut's text is one object however often
+        it is replayed; the cache keeps it alive, so its id is never reused)."""
+        if not self.parse_once:
+            return extract_answer(text, spec)
+        key = (id(text), spec)
+        hit = self._answers.get(key)
+        if hit is None or hit[0] is not text:
+            hit = self._answers[key] = (text, extract_answer(text, spec))
+        return hit[1]
+
+    def __len__(self) -> int:
+        return len(self._cuts)
+
+
+class SpeedModel(Protocol):
+    """What the replay engine needs of a hardware speed profile (inference.simulate.SpeedProfile)."""
+
+    load_seconds: float
+
+    def per_sample(self, running: int) -> float:
+        """Tokens/s of each of `running` samples sharing the engine."""
+
+
+@dataclass
+class _Running:
+    request: SampleRequest
+    cut: Cut
+    start: float  # clock time it was submitted
+    begin: float  # position at submission: clock time (recorded timing) or per-sample work (speed profile)
+    end: float  # position at which it finishes
 
 
 class ReplayEngine(Engine):
@@ -99,63 +165,124 @@ class ReplayEngine(Engine):
 
     def __init__(
         self,
-        traces: str | Path | Iterable[dict],
+        traces: str | Path | Iterable[dict] | dict[tuple[str, int], dict],
         clock: RealClock | VirtualClock | None = None,
+        speed: SpeedModel | None = None,
+        cuts: ReplayCuts | None = None,
     ) -> None:
-        """A sample takes its recorded seconds, scaled by the fraction of its text kept."""
+        """`traces`: a JSONL path or records (checked by load_traces), or an index load_traces already returned.
+        `speed`: time samples by this profile instead of their recorded seconds (virtual clock only).
+        `cuts`: a cache shared with other engines on the same records (default: this engine's own)."""
         super().__init__(clock)
-        self.traces = load_traces(traces)
-        self._pending: dict[tuple[str, int], _Pending] = {}
-        self._finish_heap: list[tuple[float, int, tuple[str, int]]] = []
+        if speed is not None and not getattr(self.clock, "virtual", False):
+            raise ValueError("replay: a speed profile needs a VirtualClock (--virtual-clock)")
+        self.traces = traces if isinstance(traces, dict) else load_traces(traces)
+        self.speed = speed
+        self.cuts = cuts if cuts is not None else ReplayCuts()
+        self._running: dict[tuple[str, int], _Running] = {}
+        self._finished: list[Sample] = []  # finished, not yet polled
+        # Samples in finishing order: (end position, submission order, key). Aborted ones are skipped when popped.
+        self._heap: list[tuple[float, int, tuple[str, int]]] = []
         self._order = 0
+        # Speed-profile timing. Every running sample gets the same share of the throughput, so one number tracks
+        # them all: `_work`, the tokens each running sample has generated since the engine started. A sample
+        # submitted at work w with n tokens finishes when _work reaches w + n.
+        self._t = self.clock.now()  # the time up to which _work is accounted
+        self._work = 0.0
+        self._loaded = False
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        pass
+        if self.speed is not None and not self._loaded:  # the model load the profile says the first call pays for
+            self.clock.sleep(self.speed.load_seconds)
+            self._loaded = True
+        self._t = max(self._t, self.clock.now())
 
     def submit(self, requests: Sequence[SampleRequest]) -> None:
         now = self.clock.now()
         with self._lock:
+            self._advance(now)
             for req in requests:
                 trace = self.traces.get((req.problem_id, req.sample))
                 if trace is None:
                     continue  # not recorded: this sample never finishes
-                text, tokens, reason, fraction = _cut(trace, req)
-                seconds = float(trace["seconds"]) * fraction
-                if trace.get("turns") and len(text) < len(trace["text"]):
-                    tokens, seconds, _ = cut_tool_trace(trace, len(text))
+                cut = self.cuts.get(trace, req.stop_rule, req.max_tokens)
                 key = (req.problem_id, req.sample)
-                self._pending[key] = _Pending(req, trace, text, tokens, reason, now, now + seconds)
+                if self.speed is None:
+                    r = _Running(req, cut, now, now, now + cut.seconds)
+                else:
+                    r = _Running(req, cut, now, self._work, self._work + max(1, cut.tokens))
+                self._running[key] = r
                 self._order += 1
-                heapq.heappush(self._finish_heap, (now + seconds, self._order, key))
+                heapq.heappush(self._heap, (r.end, self._order, key))
 
-    def _pop_due(self, now: float) -> list[Sample]:
-        done = []
-        while self._finish_heap and self._finish_heap[0][0] <= now:
-            _, _, key = heapq.heappop(self._finish_heap)
-            p = self._pending.pop(key, None)
-            if p is None:
-                continue  # aborted
-            done.append(self._sample(p, p.text, p.tokens, p.end - p.start, p.finish_reason))
-        return done
+    # -- timing -------------------------------------------------------------------------------------------------
+    def _first(self) -> _Running | None:
+        """The running sample that finishes first."""
+        while self._heap:
+            r = self._running.get(self._heap[0][2])
+            if r is not None and r.end == self._heap[0][0]:
+                return r
+            heapq.heappop(self._heap)  # aborted (or a stale entry of a resubmitted key)
+        return None
 
-    def _sample(self, p: _Pending, text: str, tokens: int, seconds: float, reason: str) -> Sample:
-        extra = {k: v for k, v in p.trace.items() if k not in REQUIRED and k not in ("finish_reason", "variant", "seed")}
-        if p.trace.get("turns") and len(text) < len(p.trace["text"]):
-            extra.update(cut_tool_trace(p.trace, len(text))[2])
-        return Sample(p.request.problem_id, p.request.sample, text, tokens, seconds, reason,
-                      variant=p.request.variant, seed=p.request.seed, extra=extra)
+    def _finish_first(self, at: float) -> None:
+        _, _, key = heapq.heappop(self._heap)
+        r = self._running.pop(key)
+        self._finished.append(self._sample(r, r.cut.text, r.cut.tokens, at - r.start, r.cut.finish_reason))
+
+    def _advance(self, now: float) -> None:
+        """Finish, in order, every sample due by `now` (into self._finished)."""
+        if self.speed is None:
+            while (r := self._first()) is not None and r.end <= now:
+                self._finish_first(r.end)
+            return
+        while (r := self._first()) is not None:  # the throughput is re-shared each time the batch shrinks
+            rate = self.speed.per_sample(len(self._running))
+            due = self._t + (r.end - self._work) / rate
+            if due > now:
+                break
+            self._t, self._work = due, r.end
+            self._finish_first(due)
+        if self._running:
+            self._work += self.speed.per_sample(len(self._running)) * (now - self._t)
+        self._t = max(self._t, now)
 
     def _next_finish(self) -> float | None:
-        while self._finish_heap and self._finish_heap[0][2] not in self._pending:
-            heapq.heappop(self._finish_heap)
-        return self._finish_heap[0][0] if self._finish_heap else None
+        r = self._first()
+        if r is None:
+            return None
+        if self.speed is None:
+            return r.end
+        return self._t + max(0.0, r.end - self._work) / self.speed.per_sample(len(self._running))
+
+    def _fraction_done(self, r: _Running, now: float) -> float:
+        position = now if self.speed is None else self._work
+        return min(1.0, max(0.0, (position - r.begin) / max(r.end - r.begin, 1e-9)))
+
+    def _sample(self, r: _Running, text: str, tokens: int, seconds: float, reason: str) -> Sample:
+        return Sample(r.request.problem_id, r.request.sample, text, tokens, seconds, reason,
+                      variant=r.request.variant, seed=r.request.seed, extra=dict(r.cut.extra))
+
+    def _partial(self, r: _Running, now: float) -> Sample:
+        frac = self._fraction_done(r, now)
+        text = r.cut.text[: int(len(r.cut.text) * frac)]
+        sample = self._sample(r, text, int(r.cut.tokens * frac), now - r.start, "aborted")
+        if r.cut.trace.get("turns") and len(text) < len(r.cut.trace["text"]):
+            sample.extra.update(cut_tool_trace(r.cut.trace, len(text))[2])  # the turns up to where it stopped
+        return sample
+
+    # -- the Engine interface ------------------------------------------------------------------------------------
+    def answer_of(self, sample: Sample, spec: AnswerSpec | None) -> int | None:
+        """The sample's vote, as extract_answer gives it; each replayed text is parsed once (the solver asks)."""
+        return self.cuts.answer(sample.text, spec)
 
     def poll(self, timeout: float) -> list[Sample]:
         until = self.clock.now() + max(0.0, timeout)
         while True:
             with self._lock:
-                done = self._pop_due(self.clock.now())
+                self._advance(self.clock.now())
+                done, self._finished = self._finished, []
                 nxt = self._next_finish()
             if done or self.clock.now() >= until:
                 return done
@@ -165,34 +292,30 @@ class ReplayEngine(Engine):
             else:
                 time.sleep(max(0.0, min(target - self.clock.now(), 0.05)))
 
-    def _partial(self, p: _Pending, now: float) -> Sample:
-        span = max(p.end - p.start, 1e-9)
-        frac = min(1.0, max(0.0, (now - p.start) / span))
-        return self._sample(p, p.text[: int(len(p.text) * frac)], int(p.tokens * frac), now - p.start, "aborted")
-
     def abort(self, problem_id: str) -> list[Sample]:
         """Unfinished samples as "aborted" partials; samples already due but not yet polled keep their own finish
         reason (they finished, so they vote)."""
         now = self.clock.now()
         with self._lock:
-            keys = [k for k in self._pending if k[0] == problem_id]
-            out = []
-            for k in keys:
-                p = self._pending.pop(k)
-                done = p.end <= now
-                out.append(self._sample(p, p.text, p.tokens, p.end - p.start, p.finish_reason) if done
-                           else self._partial(p, now))
-            return out
+            self._advance(now)
+            # Finished by now but not yet polled: they keep their own finish reason (they finished, so they vote).
+            done = [s for s in self._finished if s.problem_id == problem_id]
+            self._finished = [s for s in self._finished if s.problem_id != problem_id]
+            keys = [k for k in self._running if k[0] == problem_id]
+            return done + [self._partial(self._running.pop(k), now) for k in keys]  # their heap entries go stale
 
     def progress(self) -> EngineProgress:
-        now = self.clock.now()
         with self._lock:
-            partial = [self._partial(p, now) for p in self._pending.values()]
+            position = self.clock.now() if self.speed is None else self._work
+            tokens = 0.0
+            for r in self._running.values():
+                tokens += r.cut.tokens * min(1.0, max(0.0, (position - r.begin) / max(r.end - r.begin, 1e-9)))
+            running = len(self._running)
         # Recorded samples stream steadily, so a replay never looks stalled.
-        return EngineProgress(running=len(partial), tokens_in_flight=sum(s.tokens for s in partial),
-                              seconds_since_token=0.0)
+        return EngineProgress(running=running, tokens_in_flight=int(tokens), seconds_since_token=0.0)
 
     def shutdown(self) -> None:
         with self._lock:
-            self._pending.clear()
-            self._finish_heap.clear()
+            self._running.clear()
+            self._finished.clear()
+            self._heap.clear()
