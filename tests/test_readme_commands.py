@@ -18,7 +18,8 @@ TOP = ("configs/", "models/", "runs/", "inference/", "train/", "kaggle_notebooks
 WRITES = {
     "inference/evaluate.py": {"--traces", "--out"},
     "inference/local_gateway.py": {"--submission", "--report", "--record-traces", "--log"},
-    "inference/simulate.py": {"--out"},
+    "inference/simulate.py": {"--out", "--write-synthetic"},
+    "train.toy.gpt_oss_factory": {"--out"},
     "inference/benchmark.py": {"--out"},
 }
 

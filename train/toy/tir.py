@@ -1,6 +1,6 @@
 """The tool-integrated reasoning (TIR) toy: products the toy model cannot work out in its head but can with Python.
 
-    python -m train.toy.tir --config configs/toy/tir.yaml     # data → tokenizer + tiny Qwen2 → SFT → models/toy-math-tir
+    python -m train.toy.tir --config configs/toy/tir.yaml     # data → tokenizer + tiny Qwen2 → SFT → runs/toy-tir/model
 
 `What is 347 * 29?` is answered by one tool call, written in the kit's `python_block` format (inference/formats.py):
 
