@@ -203,16 +203,16 @@ class Predictor:
             cancel = threading.Event()
             stretch = self._contested_deadline()
             current = {"deadline": deadline}  # the deadline this solve works to, stretched or not: the guard's
-            extend = None
-            if stretch is not None:
 
-                def extend(votes, finished, launched) -> float:
-                    if cancel.is_set():  # a solve given up on must not move anything any more
-                        return current["deadline"]
-                    # a deadline pulled back (the votes settled) ends the problem now, not in the past
-                    current["deadline"] = max(stretch(votes, finished, launched),
-                                              min(current["deadline"], self.clock.now()))
+            def follow(votes, finished, launched) -> float:
+                if cancel.is_set():  # a solve given up on must not move anything any more
                     return current["deadline"]
+                # a deadline pulled back (the votes settled) ends the problem now, not in the past
+                current["deadline"] = max(stretch(votes, finished, launched),
+                                          min(current["deadline"], self.clock.now()))
+                return current["deadline"]
+
+            extend = follow if stretch is not None else None
 
             def work() -> ProblemResult:
                 solver = self.solver()  # starts the engine again if an earlier start failed

@@ -17,6 +17,7 @@ ones, its seconds the wall time including the tool calls.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from inference.formats import ChatFormat, ToolCall
@@ -54,6 +55,19 @@ class ToolSettings:
         isolate = {"auto": "auto", "always": True, "never": False}[self.isolation]
         return SandboxPool(size=self.pool_size, timeout=self.timeout_seconds, memory_mb=self.memory_mb,
                            max_output_chars=self.max_output_chars, setup_code=self.setup_code, isolate=isolate)
+
+
+def start_tools(tools: ToolSettings) -> tuple[SandboxPool, ThreadPoolExecutor]:
+    """An engine's tool machinery: the interpreter pool and the threads that run calls off the generation loop."""
+    return tools.make_pool(), ThreadPoolExecutor(max(1, tools.pool_size), thread_name_prefix="tool-call")
+
+
+def stop_tools(pool: SandboxPool | None, threads: ThreadPoolExecutor | None) -> None:
+    """Undo start_tools: queued calls are dropped, every interpreter is killed."""
+    if threads is not None:
+        threads.shutdown(wait=False, cancel_futures=True)
+    if pool is not None:
+        pool.close()
 
 
 class Conversation:

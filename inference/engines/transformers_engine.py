@@ -47,7 +47,7 @@ from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 from inference.entropy import EntropyMeter, token_entropy
 from inference.formats import get_format
-from inference.tools import Conversation, ToolSettings
+from inference.tools import Conversation, ToolSettings, start_tools, stop_tools
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,7 @@ class TransformersEngine(Engine):
             return
         t0 = time.monotonic()
         if self.tools is not None and self._pool is None:  # interpreters start in the background while the model loads
-            self._pool = self.tools.make_pool()
-            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
+            self._pool, self._tool_threads = start_tools(self.tools)
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -178,12 +177,8 @@ class TransformersEngine(Engine):
         if self._worker is not None:
             self._worker.join(timeout=60)
             self._worker = None
-        if self._tool_threads is not None:
-            self._tool_threads.shutdown(wait=False, cancel_futures=True)
-            self._tool_threads = None
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        stop_tools(self._pool, self._tool_threads)
+        self._pool = self._tool_threads = None
         self._model = self._tokenizer = None
         gc.collect()
         if torch.cuda.is_available():

@@ -37,7 +37,7 @@ from inference.clock import RealClock, VirtualClock
 from inference.entropy import EntropyMeter
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 from inference.formats import get_format
-from inference.tools import Conversation, ToolSettings
+from inference.tools import Conversation, ToolSettings, start_tools, stop_tools
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,7 @@ class VLLMEngine(Engine):
         except TypeError as e:  # an unknown key
             raise ValueError(f"engine_args: not an AsyncEngineArgs field ({e})") from None
         if self.tools is not None and self._pool is None:  # interpreters start in the background while vLLM loads
-            self._pool = self.tools.make_pool()
-            self._tool_threads = ThreadPoolExecutor(max(1, self.tools.pool_size), thread_name_prefix="tool-call")
+            self._pool, self._tool_threads = start_tools(self.tools)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
@@ -195,12 +194,8 @@ class VLLMEngine(Engine):
                 llm.shutdown()
         self._stop_loop()
         self._tokenizer = None
-        if self._tool_threads is not None:
-            self._tool_threads.shutdown(wait=False, cancel_futures=True)
-            self._tool_threads = None
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        stop_tools(self._pool, self._tool_threads)
+        self._pool = self._tool_threads = None
 
     def _stop_loop(self) -> None:
         loop, thread = self._loop, self._thread
