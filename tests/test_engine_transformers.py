@@ -33,22 +33,17 @@ def make_scripted_model(out_dir: str | Path, script: str = SCRIPT, after: str = 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from train.toy.model_factory import make_tiny_model
+    from train.toy.model_factory import make_tiny_model, successor_head
 
     out = make_tiny_model(out_dir, seed=0, num_layers=1)
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     ids = tokenizer.encode(after + script, add_special_tokens=False)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"script: tokens must all differ, got {tokenizer.convert_ids_to_tokens(ids)}")
+    head = successor_head(model.model.embed_tokens.weight.detach(), ids, scale=4.0)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
-        embeddings = model.model.embed_tokens.weight
-        head = torch.zeros_like(embeddings)
-        for current, following in zip(ids, ids[1:]):
-            head[following] = 4.0 * embeddings[current] / embeddings[current].norm()
     model.config.tie_word_embeddings = False
     model.lm_head.weight = torch.nn.Parameter(head)
     model.save_pretrained(out)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from inference.harmony import encoding as harmony_encoding
 from inference.harmony import write_o200k_base
+from train.toy.model_factory import successor_head
 
 GPT_OSS_VOCAB = 201088  # gpt-oss embedding rows (o200k_harmony incl. reserved specials, padded)
 
@@ -97,18 +98,13 @@ def script_model(model, script: str, after: str = "<|start|>assistant"):
 
     ids = harmony_encoding().encode(after + script, allowed_special="all")[len(
         harmony_encoding().encode(after, allowed_special="all")) - 1:]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"script: its tokens must all differ, got {ids}")
+    head = successor_head(model.model.embed_tokens.weight.detach(), ids, scale=6.0)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.self_attn.o_proj.bias.zero_()
             layer.mlp.experts.down_proj.zero_()
             layer.mlp.experts.down_proj_bias.zero_()
-        embeddings = model.model.embed_tokens.weight
-        head = torch.zeros_like(embeddings)
-        for current, following in zip(ids, ids[1:]):
-            head[following] = 6.0 * embeddings[current] / embeddings[current].float().norm()
         model.lm_head.weight.copy_(head)
     return model
 

@@ -90,6 +90,21 @@ def build_model(tokenizer, hidden_size: int = 128, num_layers: int = 4, intermed
     return model
 
 
+def successor_head(embeddings, ids: list[int], scale: float):
+    """An output head that maps each token of `ids` onto the next one with a logit of about `scale` × the token's
+    normalized embedding norm, and every other token to 0. With attention and MLP outputs zeroed (the last hidden
+    state is then the current token's normalized embedding), a model with this head writes `ids` in order whatever
+    the seed: how the tests script tiny models. The tokens must all differ (each has one successor)."""
+    import torch
+
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"script: its tokens must all differ, got {ids}")
+    head = torch.zeros_like(embeddings)
+    for current, following in zip(ids, ids[1:]):
+        head[following] = scale * embeddings[current] / embeddings[current].float().norm()
+    return head
+
+
 def make_tiny_model(out_dir: str | Path, seed: int = 0, corpus: list[str] | None = None, **model_kwargs) -> Path:
     """Build, save and return the directory of a random-weight tiny model with its tokenizer."""
     from train.toy.task import tokenizer_corpus
