@@ -30,7 +30,6 @@ import dataclasses
 import inspect
 import json
 import logging
-import math
 import threading
 import time
 from pathlib import Path
@@ -186,7 +185,7 @@ class Predictor:
             return self._fallback(problem_id, "global_cutoff")
         if self.engine_dead:
             return self._fallback(problem_id, "engine_dead")
-        if self.load_seconds is None and self._idle():
+        if self.load_seconds is None and self._joined(0.0):
             # The first call loads the model. Kaggle gives it no per-problem deadline; the run's cutoff still holds.
             finished, box = self._in_worker("engine-start", self.solver, self.budget.cutoff)
             if not finished:
@@ -250,9 +249,9 @@ class Predictor:
         if self.clock.virtual:
             return self.clock.wait_for(done, until)
         when = until if callable(until) else (lambda: until)
-        while True:
+        while True:  # wake every 0.25 s to see whether a stretched deadline moved
             limit = when()
-            finished = done(max(0.0, min(limit - self.clock.now(), 0.25 if callable(until) else math.inf)))
+            finished = done(max(0.0, min(limit - self.clock.now(), 0.25)))
             if finished:
                 return True
             if self.clock.now() >= limit and when() <= limit:
@@ -284,16 +283,13 @@ class Predictor:
             worker.join(timeout)
         return worker is None or not worker.is_alive()
 
-    def _idle(self) -> bool:
-        return self._worker is None or not self._worker.is_alive()
-
     def _engine_free(self, deadline: float) -> bool:
         """Whether this problem may use the engine now: True once no earlier thread is inside it. Waits for a
         finishing or restarting worker while that leaves time to solve; gives up a wedged one (restarting the engine
         in the background); False means answer the fallback at once."""
         self.abandoned = [t for t in self.abandoned if t.is_alive()]
         grace = self.settings.watchdog.answer_grace_seconds
-        if self._idle() or self._wait(self._joined, min(deadline, self.clock.now() + grace)):
+        if self._joined(0.0) or self._wait(self._joined, min(deadline, self.clock.now() + grace)):
             return True
         now = self.clock.now()
         restarting = self._solver.restarting_since if self._solver is not None else None
