@@ -39,6 +39,14 @@ $(VENV)/.ready-gpu: requirements-gpu.txt
 	$(PYTHON) -c "import torch, vllm, deepspeed, flash_attn, peft, bitsandbytes; assert torch.cuda.is_available(), 'no CUDA GPU visible'"
 	touch $@
 
+# On a GPU node after setup-gpu: one SFT and one GRPO step of the 1.5B recipes (random weights, synthetic data) and one
+# gpt-oss-20b LoRA step, each peak memory measured next to train/memory.py's plan (train/gpu_check.py).
+GPU_PYTHON ?= $(PYTHON)
+.PHONY: gpu-check
+gpu-check:
+	@mkdir -p runs
+	$(GPU_PYTHON) -m train.gpu_check --grpo-completion-tokens 2048 --gpt-oss-lora --out runs/gpu-check.json
+
 demo: setup
 	@test -f models/toy-math/config.json || { echo "models/toy-math missing: building a random-weight model (run 'make toy' to train one)"; \
 	  $(PYTHON) -m train.toy.model_factory --out models/toy-math; }
