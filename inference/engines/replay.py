@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -146,6 +147,7 @@ class SpeedModel(Protocol):
     """What the replay engine needs of a hardware speed profile (inference.simulate.SpeedProfile)."""
 
     load_seconds: float
+    tool_call_seconds: float  # each tool call's overhead (dispatch, prefill of its output) on top of its run time
 
     def per_sample(self, running: int) -> float:
         """Tokens/s of each of `running` samples sharing the engine."""
@@ -158,6 +160,7 @@ class _Running:
     start: float  # clock time it was submitted
     begin: float  # position at submission: clock time (recorded timing) or per-sample work (speed profile)
     end: float  # position at which it finishes
+    tool_seconds: float = 0.0  # speed profile: wall time in tool calls, out of the batch, after its tokens
 
 
 class ReplayEngine(Engine):
@@ -190,6 +193,7 @@ class ReplayEngine(Engine):
         self._t = self.clock.now()  # the time up to which _work is accounted
         self._work = 0.0
         self._loaded = False
+        self._tools: list[tuple[float, int, tuple[str, int]]] = []  # (tool calls end, order, key): off the batch
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -211,7 +215,10 @@ class ReplayEngine(Engine):
                 if self.speed is None:
                     r = _Running(req, cut, now, now, now + cut.seconds)
                 else:
-                    r = _Running(req, cut, now, self._work, self._work + max(1, cut.tokens))
+                    calls = int(cut.extra.get("tool_calls") or 0)
+                    tool = float(cut.extra.get("tool_seconds") or 0.0) + calls * getattr(self.speed,
+                                                                                           "tool_call_seconds", 0.0)
+                    r = _Running(req, cut, now, self._work, self._work + max(1, cut.tokens), tool)
                 self._running[key] = r
                 self._order += 1
                 heapq.heappush(self._heap, (r.end, self._order, key))
@@ -237,24 +244,47 @@ class ReplayEngine(Engine):
             while (r := self._first()) is not None and r.end <= now:
                 self._finish_first(r.end)
             return
-        while (r := self._first()) is not None:  # the throughput is re-shared each time the batch shrinks
-            rate = self.speed.per_sample(len(self._running))
-            due = self._t + (r.end - self._work) / rate
-            if due > now:
+        while True:  # the throughput is re-shared each time the batch shrinks
+            r = self._first()
+            due = math.inf
+            if r is not None:
+                due = self._t + (r.end - self._work) / self.speed.per_sample(self._decoding())
+            tool_due = self._tools[0][0] if self._tools else math.inf
+            if min(due, tool_due) > now:
                 break
+            if tool_due <= due:  # a sample's tool calls end: it finishes
+                _, _, key = heapq.heappop(self._tools)
+                w = self._running.pop(key)
+                self._work += self.speed.per_sample(self._decoding()) * (tool_due - self._t) if self._decoding() else 0
+                self._t = tool_due
+                self._finished.append(self._sample(w, w.cut.text, w.cut.tokens, tool_due - w.start,
+                                                   w.cut.finish_reason))
+                continue
             self._t, self._work = due, r.end
+            if r.tool_seconds > 0:  # its tokens are out; its tool calls take wall time, off the batch
+                heapq.heappop(self._heap)
+                self._order += 1
+                heapq.heappush(self._tools, (due + r.tool_seconds, self._order, (r.request.problem_id,
+                                                                                 r.request.sample)))
+                continue
             self._finish_first(due)
-        if self._running:
-            self._work += self.speed.per_sample(len(self._running)) * (now - self._t)
+        if self._decoding():
+            self._work += self.speed.per_sample(self._decoding()) * (now - self._t)
         self._t = max(self._t, now)
+
+    def _decoding(self) -> int:
+        """Samples generating tokens now (speed profile): the running ones not waiting on a tool call."""
+        return len(self._running) - len(self._tools)
 
     def _next_finish(self) -> float | None:
         r = self._first()
-        if r is None:
-            return None
         if self.speed is None:
-            return r.end
-        return self._t + max(0.0, r.end - self._work) / self.speed.per_sample(len(self._running))
+            return None if r is None else r.end
+        tool_due = self._tools[0][0] if self._tools else None
+        if r is None:
+            return tool_due
+        due = self._t + max(0.0, r.end - self._work) / self.speed.per_sample(self._decoding())
+        return due if tool_due is None else min(due, tool_due)
 
     def _fraction_done(self, r: _Running, now: float) -> float:
         position = now if self.speed is None else self._work
@@ -302,6 +332,9 @@ class ReplayEngine(Engine):
             done = [s for s in self._finished if s.problem_id == problem_id]
             self._finished = [s for s in self._finished if s.problem_id != problem_id]
             keys = [k for k in self._running if k[0] == problem_id]
+            if self._tools:
+                self._tools = [t for t in self._tools if t[2][0] != problem_id]
+                heapq.heapify(self._tools)
             return done + [self._partial(self._running.pop(k), now) for k in keys]  # their heap entries go stale
 
     def progress(self) -> EngineProgress:
@@ -319,3 +352,4 @@ class ReplayEngine(Engine):
             self._running.clear()
             self._finished.clear()
             self._heap.clear()
+            self._tools.clear()
