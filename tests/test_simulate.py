@@ -286,3 +286,72 @@ def test_one_replay_engine_times_by_recorded_seconds_or_by_a_speed_profile():
         from inference.clock import RealClock
 
         ReplayEngine(traces, RealClock(), speed=SpeedProfile("x", {1: 10.0}))
+
+
+def test_hard_heavy_mix_has_its_difficulties_long_tails_and_time_outs():
+    from inference.simulate import hard_heavy_traces
+
+    records = hard_heavy_traces(seed=1)
+    kinds = {}
+    for r in records:
+        kinds.setdefault(r["problem_id"], r["difficulty"])
+    assert sorted(kinds.values()).count("easy") == 20 and list(kinds.values()).count("hard") == 10
+    assert len(records) == 50 * 16
+    timed_out = [r for r in records if r["finish_reason"] == "length"]
+    assert timed_out and all(r["answer"] is None and r["tokens"] == 16384 for r in timed_out)
+    # 16 samples of every problem at the recorded pace need more than AIMO-3's 5 hours (time binds)
+    slowest = {}
+    for r in records:
+        slowest[r["problem_id"]] = max(slowest.get(r["problem_id"], 0), r["seconds"])
+    assert sum(slowest.values()) > 18000
+    assert hard_heavy_traces(seed=1) == records and hard_heavy_traces(seed=2) != records
+
+
+def test_two_run_score_is_each_problem_1_if_both_runs_right_and_half_if_one(tmp_path, synthetic):
+    from inference.simulate import rerun_plan
+
+    ts = load_trace_set(synthetic)
+    runs = plan_runs(ts, 20, 3, seed=4)
+    again = rerun_plan(runs, seed=4)
+    for a, b in zip(runs, again):  # the same problems served, in another order with other sample draws
+        assert sorted(s.id for s in a) == sorted(s.id for s in b)
+        assert [s.id for s in a] != [s.id for s in b]
+    result = compare(ts, "aimo3", "l4x4", POLICIES_FILE, orders=3, seed=4, problems=20, only=["default", "fixed_n8"],
+                     two_runs=True)
+    base, policies = load_policies(POLICIES_FILE, "aimo3")
+    settings = policy_settings(base, policies[0], Competition.load("aimo3"), ts.path)
+    expected = []
+    for first, second in zip(runs, again):
+        r1, r2 = simulate_run(settings, ts, first, load_hardware("l4x4")), simulate_run(settings, ts, second,
+                                                                                          load_hardware("l4x4"))
+        right1 = {p["id"]: p["correct"] for p in r1["problems"]}
+        right2 = {p["id"]: p["correct"] for p in r2["problems"]}
+        expected.append(sum(1.0 if right1[i] and right2[i] else 0.5 if right1[i] or right2[i] else 0.0
+                            for i in right1))
+    two = result["policies"]["default"]["two_run"]
+    assert two["mean"] == pytest.approx(sum(expected) / 3, abs=1e-3)
+    assert "two_run" in result["policies"]["fixed_n8"] and two["paired"]["mean"] == 0
+
+
+def test_tool_calls_cost_time_under_a_speed_profile():
+    # Two samples share 20 tokens/s (15 alone). The tool-using one has 300 tokens, done at 30 s; it then waits its
+    # 20 s of tool calls plus the profile's cost per call (2 calls), out of the batch, so the other runs alone at
+    # 15 tokens/s: its last 300 tokens take 20 s (done at 50 s).
+    text = "<think>x</think> \\boxed{7}"
+    traces = [{"problem_id": "p", "sample": 0, "text": text, "tokens": 600, "seconds": 1.0},
+              {"problem_id": "p", "sample": 1, "text": text, "tokens": 300, "seconds": 1.0,
+               "tool_calls": 2, "tool_seconds": 20.0}]
+    for cost in (0.0, 5.0):
+        clock = VirtualClock()
+        speed = SpeedProfile("x", {1: 15.0, 2: 20.0}, tool_call_seconds=cost)
+        engine = ReplayEngine(traces, clock=clock, speed=speed)
+        engine.submit([request("p", 0), request("p", 1)])
+        done = {}
+        while len(done) < 2:
+            for s in engine.poll(1000):
+                done[s.sample] = (clock.now(), s.seconds)
+        assert done[0][0] == pytest.approx(50)
+        assert done[1][0] == pytest.approx(30 + 20 + 2 * cost) and done[1][1] == pytest.approx(30 + 20 + 2 * cost)
+    with pytest.raises(ValueError, match="tool_call_seconds"):
+        SpeedProfile("bad", {1: 10.0}, tool_call_seconds=-1)
+    assert load_hardware("h100").tool_call_seconds > 0
