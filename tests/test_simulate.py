@@ -272,8 +272,9 @@ def test_the_synthetic_benchmark_fixture_has_long_texts_and_unchanged_answers():
 def test_benchmark_runs_the_old_and_new_way_and_reports_both(capsys):
     from inference.simulate import benchmark, format_benchmark
 
-    b = benchmark("aimo3", "h100", POLICIES_FILE, orders=2, workers=1, baseline_orders=1, text_chars=2_000)
-    assert b["samples"] == 80 and b["orders"] == 2 and b["baseline_seconds_per_order"] > 0
+    b = benchmark("aimo3", "h100", POLICIES_FILE, orders=2, workers=1, baseline_orders=1, text_chars=2_000,
+                  problems=5, samples=16)
+    assert b["samples"] == 80 and "5 problems × 16" in format_benchmark(b) and b["orders"] == 2 and b["baseline_seconds_per_order"] > 0
     assert "parse every order (old)" in format_benchmark(b)
 
 

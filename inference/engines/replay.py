@@ -246,16 +246,16 @@ class ReplayEngine(Engine):
             return
         while True:  # the throughput is re-shared each time the batch shrinks
             r = self._first()
-            due = math.inf
-            if r is not None:
-                due = self._t + (r.end - self._work) / self.speed.per_sample(self._decoding())
+            decoding = len(self._running) - len(self._tools)
+            due = math.inf if r is None else self._t + (r.end - self._work) / self.speed.per_sample(decoding)
             tool_due = self._tools[0][0] if self._tools else math.inf
-            if min(due, tool_due) > now:
+            if due > now and tool_due > now:
                 break
             if tool_due <= due:  # a sample's tool calls end: it finishes
                 _, _, key = heapq.heappop(self._tools)
                 w = self._running.pop(key)
-                self._work += self.speed.per_sample(self._decoding()) * (tool_due - self._t) if self._decoding() else 0
+                if decoding:
+                    self._work += self.speed.per_sample(decoding) * (tool_due - self._t)
                 self._t = tool_due
                 self._finished.append(self._sample(w, w.cut.text, w.cut.tokens, tool_due - w.start,
                                                    w.cut.finish_reason))
@@ -268,8 +268,9 @@ class ReplayEngine(Engine):
                                                                                  r.request.sample)))
                 continue
             self._finish_first(due)
-        if self._decoding():
-            self._work += self.speed.per_sample(self._decoding()) * (now - self._t)
+        decoding = len(self._running) - len(self._tools)
+        if decoding:
+            self._work += self.speed.per_sample(decoding) * (now - self._t)
         self._t = max(self._t, now)
 
     def _decoding(self) -> int:
