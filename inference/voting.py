@@ -130,6 +130,8 @@ class StopRule:
       weighs the product. Empty (the default): plain majority. "entropy" / "entropy_tail" (AIMO-3): the answer is
       picked by Σ 1/(the sample's mean token entropy) (over all its tokens / its last `entropy_tail_tokens`),
       times the other weights; stop rules still count votes. The engine then asks for `entropy_top_k` logprobs.
+      "votes_then_tail": most votes wins, Σ inverse tail entropy only breaks ties (AIMO-3 runner-up);
+      "confidence": each vote weighs its sample's lowest sliding-window confidence (DeepConf, `conf_min`).
     entropy_top_k: logprobs per token the entropy is computed over (the AIMO-3 notebooks: 5).
     entropy_tail_tokens: the tail window of "entropy_tail" (AIMO-3 2nd place: 256 in the write-up, 96 in the code).
     hopeless_after: give up once this many samples finished and no two of them agree (reason "hopeless"): the
@@ -354,7 +356,10 @@ def length_weight(tokens: int, max_tokens: int, floor: float = 0.5) -> float:
     return 1.0 - (1.0 - floor) * fraction
 
 
-ENTROPY_WEIGHTS = ("entropy", "entropy_tail")  # choose the answer only; stop rules never see them
+# choose the answer only; stop rules never see them. "votes_then_tail": the AIMO-3 runner-up's vote-first rule (most
+# votes wins, tail entropy only breaks ties); "confidence": DeepConf's vote weighted by the sample's lowest
+# sliding-window confidence (`conf_min`, inference/entropy.py).
+ENTROPY_WEIGHTS = ("entropy", "entropy_tail", "votes_then_tail", "confidence")
 VOTE_WEIGHTS = ("length", "prior") + ENTROPY_WEIGHTS
 
 
@@ -428,6 +433,13 @@ def selection_weight(rule: StopRule, extra: dict) -> float:
             raise ValueError(f"voting.entropy_tail_tokens is {rule.entropy_tail_tokens} but the sample's entropy_tail "
                              f"was measured over the last {window} tokens")
         w *= inverse_entropy_weight(_trace_field(extra, "entropy_tail"))
+    if "votes_then_tail" in rule.weights:
+        # 1 + a bounded tie-breaker: 1e-3 · x / (1 + x) < 1e-3 per sample, so up to 999 samples can never outweigh
+        # one vote, and among equal counts the larger Σ of inverse tail entropies wins.
+        x = inverse_entropy_weight(_trace_field(extra, "entropy_tail"))
+        w *= 1.0 + 1e-3 * x / (1.0 + x)
+    if "confidence" in rule.weights:
+        w *= max(0.0, float(_trace_field(extra, "conf_min")))
     return w
 
 
