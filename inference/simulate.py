@@ -603,7 +603,7 @@ def synthetic_traces(problems: int = 30, samples: int = 16, seed: int = 0, max_t
 
 
 def hard_heavy_traces(easy: int = 20, medium: int = 20, hard: int = 10, samples: int = 16, seed: int = 0,
-                      max_tokens: int = 16384, tokens_per_second: float = 30.0, text_chars: int = 0) -> list[dict]:
+                      max_tokens: int = 16384, tokens_per_second: float = 20.0, text_chars: int = 0) -> list[dict]:
     """Made-up traces where time binds: `easy` / `medium` / `hard` problems (per-sample accuracy ≈ 0.85 / 0.45 /
     0.15, median lengths 4k / 9k / 12k tokens, wrong answers 1.5 × longer), long tails (log-normal σ 0.6, and one
     sample in 8 runs 2-4 × longer still) and samples that time out (past `max_tokens`: cut without an answer).
