@@ -356,3 +356,19 @@ def test_tool_calls_cost_time_under_a_speed_profile():
     with pytest.raises(ValueError, match="tool_call_seconds"):
         SpeedProfile("bad", {1: 10.0}, tool_call_seconds=-1)
     assert load_hardware("h100").tool_call_seconds > 0
+
+
+def test_default_gives_time_easy_problems_leave_to_the_hard_ones(tmp_path):
+    # On a hard-heavy mix the old default (an even share, re-planned, capped at 1200 s) hit deadlines while time
+    # was left at the end; planning later problems at their expected use spends it on the problems still running.
+    from inference.simulate import hard_heavy_traces
+
+    ts = load_trace_set(write_jsonl(tmp_path / "hh.jsonl", hard_heavy_traces(seed=1)))
+    policies = tmp_path / "p.yaml"
+    policies.write_text("base: configs/inference/{competition}.yaml\npolicies:\n  default: {}\n  even_share:\n"
+                        "    overrides: {time.expected_use_factor: null, time.max_seconds: 1200}\n")
+    result = compare(ts, "aimo3", "recorded", policies, orders=6, seed=0)
+    new, old = result["policies"]["default"], result["policies"]["even_share"]
+    assert new["deadline_problems"] < old["deadline_problems"]
+    assert new["seconds"]["mean"] > old["seconds"]["mean"]
+    assert old["unspent_when_bound"] > 0.1 and new["unspent_when_bound"] < old["unspent_when_bound"]
