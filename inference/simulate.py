@@ -260,7 +260,9 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
     # Only the samples the policy launches (the solver asks for sample 0 … samples − 1; checked when loaded).
     n = settings.sampling.samples
     index = {(s.id, i): t for s in slots for i, t in enumerate(s.traces[:n])}
-    engine = ReplayEngine(index, clock=clock, speed=speed, cuts=ts.cuts)
+    engine = ReplayEngine(index, clock=clock, speed=speed, cuts=ts.cuts,
+                          confidence_stop=settings.voting.confidence_stop,
+                          confidence_warmup=settings.voting.confidence_warmup)
     predictor = Predictor(settings, engine=engine, problems=len(slots))
     # Start the engine now rather than inside the first call (the same moment on the clock: before the first
     # problem's deadline is set).

@@ -140,6 +140,9 @@ class StopRule:
     stop_table: a table `python -m inference.calibrate` fitted on recorded traces (a path; relative ones from the
       repository root). With it, while the leader has ≤ 2 votes the table decides instead of the rule's kind: stop
       (reason "stop_table") only in a cell (leader, runner-up, finished) whose fitted risk is ≤ `max_risk`.
+    confidence_stop: DeepConf online termination, in the replay engine (simulator) only so far: once
+      `confidence_warmup` samples finished, a sample whose window confidence falls below this quantile of their
+      lowest window confidence ends there without a vote (inference/engines/replay.py). None: off.
     """
 
     kind: str = "k_of_n"
@@ -157,6 +160,8 @@ class StopRule:
     hopeless_after: int | None = None
     stop_table: str | None = None
     max_risk: float = 0.05
+    confidence_stop: float | None = None
+    confidence_warmup: int = 4
 
     def __post_init__(self) -> None:
         bad = [w for w in self.weights if w not in VOTE_WEIGHTS]
@@ -177,6 +182,10 @@ class StopRule:
             raise ValueError(f"voting.confidence must be a number in (0, 1), got {self.confidence!r}")
         if not _is_number(self.prior) or self.prior <= 0:
             raise ValueError(f"voting.prior must be a number > 0, got {self.prior!r}")
+        if self.confidence_stop is not None and (not _is_number(self.confidence_stop)
+                                                 or not 0 < self.confidence_stop < 1):
+            raise ValueError(f"voting.confidence_stop must be in (0, 1) or null, got {self.confidence_stop!r}")
+        _check_int("confidence_warmup", self.confidence_warmup, minimum=1)
         if not _is_number(self.max_risk) or not 0 <= self.max_risk < 1:
             raise ValueError(f"voting.max_risk must be a number in [0, 1), got {self.max_risk!r}")
         if self.stop_table is not None:

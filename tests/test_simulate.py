@@ -372,3 +372,31 @@ def test_default_gives_time_easy_problems_leave_to_the_hard_ones(tmp_path):
     assert new["deadline_problems"] < old["deadline_problems"]
     assert new["seconds"]["mean"] > old["seconds"]["mean"]
     assert old["unspent_when_bound"] > 0.1 and new["unspent_when_bound"] < old["unspent_when_bound"]
+
+
+@pytest.mark.parametrize("hardware", ["recorded", "speed"])
+def test_deepconf_online_terminates_unsure_samples_once_the_first_ones_set_the_threshold(hardware):
+    # Samples 0-1 are short and sure (their lowest window confidence 5 and 6); with warmup 2 and quantile 0.5 the
+    # threshold is 6. Sample 2's third window (tokens 200-300) is at 3: it ends at 300 tokens, empty, no vote.
+    # Sample 3 never dips below 6 and runs to its end; with confidence_stop off sample 2 runs to its end too.
+    def trace(i, tokens, windows):
+        return {"problem_id": "p", "sample": i, "text": "</think> \\boxed{5}", "tokens": tokens,
+                "seconds": tokens / 10, "conf_window": 100, "conf_windows": windows, "conf_min": min(windows)}
+
+    traces = [trace(0, 100, [5.0]), trace(1, 120, [6.0, 7.0]), trace(2, 1000, [8.0] * 2 + [3.0] + [8.0] * 7),
+              trace(3, 1000, [7.0] * 10)]
+    for stop, ends in ((0.5, {2: (300, "low_confidence", "")}), (None, {2: (1000, "answer", "</think>")})):
+        clock = VirtualClock()
+        speed = SpeedProfile("x", {1: 10.0, 4: 40.0}) if hardware == "speed" else None
+        engine = ReplayEngine(traces, clock=clock, speed=speed, confidence_stop=stop, confidence_warmup=2)
+        engine.submit([request("p", i, stop_rule="boxed_after_think") for i in range(4)])
+        done = {}
+        while len(done) < 4:
+            for s in engine.poll(10_000):
+                done[s.sample] = s
+        tokens, reason, text = ends[2]
+        assert done[2].tokens == tokens and done[2].finish_reason == reason and done[2].text.startswith(text)
+        assert done[3].tokens == 1000 and done[3].finish_reason == "answer"
+        assert done[2].seconds < done[3].seconds if stop else True
+    with pytest.raises(ValueError, match="voting.confidence_stop"):
+        load_settings(POLICIES_FILE.parents[2] / "configs/inference/aimo3.yaml", {"voting.confidence_stop": 1.5})

@@ -161,6 +161,7 @@ class _Running:
     begin: float  # position at submission: clock time (recorded timing) or per-sample work (speed profile)
     end: float  # position at which it finishes
     tool_seconds: float = 0.0  # speed profile: wall time in tool calls, out of the batch, after its tokens
+    stopped_at: int | None = None  # tokens after which DeepConf's online rule terminated it (no vote)
 
 
 class ReplayEngine(Engine):
@@ -172,10 +173,16 @@ class ReplayEngine(Engine):
         clock: RealClock | VirtualClock | None = None,
         speed: SpeedModel | None = None,
         cuts: ReplayCuts | None = None,
+        confidence_stop: float | None = None,
+        confidence_warmup: int = 4,
     ) -> None:
         """`traces`: a JSONL path or records (checked by load_traces), or an index load_traces already returned.
         `speed`: time samples by this profile instead of their recorded seconds (virtual clock only).
-        `cuts`: a cache shared with other engines on the same records (default: this engine's own)."""
+        `cuts`: a cache shared with other engines on the same records (default: this engine's own).
+        `confidence_stop`: DeepConf online - once `confidence_warmup` samples of a problem finished, the threshold
+        is this quantile of their lowest window confidence (`conf_min`), and a sample of that problem whose window
+        confidence (`conf_windows`, blocks of `conf_window` tokens) falls below it is terminated at the end of that
+        window: it finishes then, empty, with reason "low_confidence" (no vote). Samples without the fields run on."""
         super().__init__(clock)
         if speed is not None and not getattr(self.clock, "virtual", False):
             raise ValueError("replay: a speed profile needs a VirtualClock (--virtual-clock)")
@@ -194,6 +201,11 @@ class ReplayEngine(Engine):
         self._work = 0.0
         self._loaded = False
         self._tools: list[tuple[float, int, tuple[str, int]]] = []  # (tool calls end, order, key): off the batch
+        if confidence_stop is not None and not 0 < confidence_stop < 1:
+            raise ValueError(f"replay: confidence_stop must be in (0, 1), got {confidence_stop}")
+        self.confidence_stop, self.confidence_warmup = confidence_stop, confidence_warmup
+        self._conf_seen: dict[str, list[float]] = {}  # problem → conf_min of its first finished samples
+        self._conf_threshold: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -222,6 +234,8 @@ class ReplayEngine(Engine):
                 self._running[key] = r
                 self._order += 1
                 heapq.heappush(self._heap, (r.end, self._order, key))
+                if req.problem_id in self._conf_threshold:
+                    self._terminate_if_unsure(r, self._conf_threshold[req.problem_id], r.begin)
 
     # -- timing -------------------------------------------------------------------------------------------------
     def _first(self) -> _Running | None:
@@ -236,7 +250,38 @@ class ReplayEngine(Engine):
     def _finish_first(self, at: float) -> None:
         _, _, key = heapq.heappop(self._heap)
         r = self._running.pop(key)
+        if r.stopped_at is not None:
+            self._finished.append(self._sample(r, "", r.stopped_at, at - r.start, "low_confidence"))
+            return
         self._finished.append(self._sample(r, r.cut.text, r.cut.tokens, at - r.start, r.cut.finish_reason))
+        if self.confidence_stop is not None and r.cut.extra.get("conf_min") is not None:
+            pid = r.request.problem_id
+            seen = self._conf_seen.setdefault(pid, [])
+            if len(seen) < self.confidence_warmup:
+                seen.append(float(r.cut.extra["conf_min"]))
+                if len(seen) == self.confidence_warmup:
+                    ordered = sorted(seen)
+                    threshold = ordered[min(len(ordered) - 1, int(self.confidence_stop * len(ordered)))]
+                    self._conf_threshold[pid] = threshold
+                    position = at if self.speed is None else self._work
+                    for other in list(self._running.values()):
+                        if other.request.problem_id == pid:
+                            self._terminate_if_unsure(other, threshold, position)
+
+    def _terminate_if_unsure(self, r: _Running, threshold: float, position: float) -> None:
+        """DeepConf online: end `r` after the first window whose confidence is below `threshold`, if any, but not
+        before `position` (now, on the clock or in per-sample work)."""
+        windows, size = r.cut.extra.get("conf_windows"), r.cut.extra.get("conf_window")
+        if not windows or not size or r.stopped_at is not None or r.tool_seconds > 0:
+            return
+        low = next((i for i, c in enumerate(windows) if c < threshold), None)
+        if low is None or (low + 1) * size >= r.cut.tokens:
+            return
+        r.stopped_at = (low + 1) * size
+        fraction = r.stopped_at / max(1, r.cut.tokens)
+        r.end = max(position, r.begin + (r.end - r.begin) * fraction)
+        self._order += 1
+        heapq.heappush(self._heap, (r.end, self._order, (r.request.problem_id, r.request.sample)))
 
     def _advance(self, now: float) -> None:
         """Finish, in order, every sample due by `now` (into self._finished)."""
@@ -354,3 +399,5 @@ class ReplayEngine(Engine):
             self._finished.clear()
             self._heap.clear()
             self._tools.clear()
+            self._conf_seen.clear()
+            self._conf_threshold.clear()
