@@ -523,7 +523,8 @@ def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | 
     return {"traces": ts.path, "competition": competition, "hardware": hardware, "base_config": str(base),
             "total_seconds": comp.total_seconds, "safety_margin_seconds": comp.safety_margin_seconds,
             "problems_per_run": problems or comp.problems, "orders": orders, "seed": seed,
-            "shuffle_samples": shuffle_samples, "two_runs": two_runs, "recorded": trace_accuracy(ts, comp.answer), "thresholds": thresholds,
+            "shuffle_samples": shuffle_samples, "two_runs": two_runs, "recorded": trace_accuracy(ts, comp.answer),
+            "thresholds": thresholds,
             "policies": results}
 
 
@@ -673,7 +674,8 @@ def benchmark(competition: str, hardware: str, policies_path: str | Path, orders
         t0, c0 = time.perf_counter(), time.process_time()
         compare(fast, competition, hardware, policies_path, baseline_orders, seed=0, workers=1)
         one_wall, one_cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"samples": len(records), "problems": problems, "min_text_chars": min(len(r["text"]) for r in records), "policies": n_policies,
+    return {"samples": len(records), "problems": problems, "min_text_chars": min(len(r["text"]) for r in records),
+            "policies": n_policies,
             "orders": orders, "workers": workers, "hardware": hardware, "seconds": round(wall, 2),
             "cpu_seconds": round(cpu, 2),
             "baseline_orders": baseline_orders,
@@ -723,7 +725,8 @@ def format_comparison(result: dict) -> str:
     xs = result["thresholds"]
     first = next(iter(result["policies"]))
     head = (f"{'policy':<18} {'score':>13} {'Δ vs ' + first:>16} {'min':>4} {'max':>4} {'seconds':>8} "
-            f"{'tokens':>10} {'deadline':>8} {'cutoff':>6} {'unspent':>7}  " + " ".join(f"P(≥{x})".rjust(7) for x in xs))
+            f"{'tokens':>10} {'deadline':>8} {'cutoff':>6} {'unspent':>7}  "
+            + " ".join(f"P(≥{x})".rjust(7) for x in xs))
     lines += [head, "-" * len(head)]
     for name, r in result["policies"].items():
         s, d = r["score"], r["paired"]
@@ -775,8 +778,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--write-synthetic: pad each text to about this many characters (e.g. 40000)")
     parser.add_argument("--workers", type=int, default=0, help="processes for the orders (0: one per CPU core)")
     parser.add_argument("--benchmark", action="store_true",
-                        help="time the simulator: --orders orders × every policy over 800 synthetic samples of ≥ 40 kB "
-                             "(10 problems × 80), against the parse-every-order baseline in the same process")
+                        help="time the simulator: --orders orders × every policy over 800 synthetic samples of "
+                             "≥ 40 kB (10 problems × 80), against the parse-every-order baseline in the same process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("inference.server").setLevel(logging.ERROR)  # it logs every problem
