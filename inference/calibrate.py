@@ -116,6 +116,13 @@ def check(table: dict, paths: list[str], draws: int = 200, seed: int = 1, compet
     return rows
 
 
+def dump(table: dict) -> str:
+    """The table as JSON, one cell per line."""
+    head = {k: v for k, v in table.items() if k != "cells"}
+    cells = ",\n".join("  " + json.dumps(c) for c in table["cells"])
+    return json.dumps(head)[:-1] + ', "cells": [\n' + cells + "\n]}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", nargs="+", required=True, help="traces JSONL (evaluate.py's output)")
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         StopTable(table, "fitted table")  # the policy must be able to read what we write
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
+            Path(args.out).write_text(dump(table))
             print(f"wrote {args.out} ({len(table['cells'])} cells, {table['problems']} problems)")
         safe = [c for c in table["cells"] if c["leader"] == 2 and c["risk"] <= args.max_risk]
         print(f"cells where 2 votes may stop (risk ≤ {args.max_risk}): "
