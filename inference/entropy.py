@@ -6,6 +6,12 @@ weighted each sample's vote by 1 / (mean entropy over its tokens). The 2nd place
 tokens instead (the "tail window": how sure the model was while writing the answer). `EntropyMeter` keeps both as
 tokens stream in; engines put `EntropyMeter.trace()` into each sample's trace (`entropy`, `entropy_tail`,
 `entropy_tail_tokens`), and inference/voting.py turns them into vote weights.
+
+DeepConf (arXiv 2508.15260) reads the same logprobs as token confidence, -(1/k) Σ logprob over the top k (high:
+the model was sure), averaged over sliding windows of tokens. Fed logprobs (`add_logprobs`; vLLM's positions do it),
+the meter also keeps a compact summary for the trace: the mean confidence of each block of `conf_window` tokens
+(`conf_windows`), the lowest sliding-window mean (`conf_min`, DeepConf's "lowest group confidence") and the last
+window's (`conf_tail`) - a few dozen numbers per sample, not every logprob.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ def top_logprobs(position: Mapping, k: int) -> list[float]:
 class EntropyMeter:
     """Running mean token entropy of one sample, over all its tokens and over its last `tail_tokens` tokens."""
 
-    def __init__(self, top_k: int, tail_tokens: int) -> None:
+    def __init__(self, top_k: int, tail_tokens: int, conf_window: int = 256) -> None:
         if top_k < 1:
             raise ValueError(f"EntropyMeter: top_k must be ≥ 1, got {top_k}")
         if tail_tokens < 1:
@@ -46,17 +52,52 @@ class EntropyMeter:
         self.total = 0.0
         self.count = 0
         self.tail: deque[float] = deque(maxlen=tail_tokens)
+        if conf_window < 1:
+            raise ValueError(f"EntropyMeter: conf_window must be ≥ 1, got {conf_window}")
+        self.conf_window = conf_window
+        self._conf: deque[float] = deque(maxlen=conf_window)  # the sliding window of token confidences
+        self._conf_sum = 0.0
+        self.conf_min: float | None = None
+        self.conf_blocks: list[float] = []
+        self._block_sum, self._block_n = 0.0, 0
 
     def add(self, entropy: float) -> None:
         self.total += entropy
         self.count += 1
         self.tail.append(entropy)
 
+    def add_logprobs(self, logprobs: list[float]) -> None:
+        """One token from its top-k logprobs: its entropy and its DeepConf confidence."""
+        self.add(token_entropy(logprobs))
+        c = -sum(logprobs) / max(1, len(logprobs))
+        if len(self._conf) == self.conf_window:
+            self._conf_sum -= self._conf[0]
+        self._conf.append(c)
+        self._conf_sum += c
+        if len(self._conf) == self.conf_window:  # a full window: DeepConf's group confidence
+            mean = self._conf_sum / self.conf_window
+            self.conf_min = mean if self.conf_min is None else min(self.conf_min, mean)
+        self._block_sum += c
+        self._block_n += 1
+        if self._block_n == self.conf_window:
+            self.conf_blocks.append(self._block_sum / self._block_n)
+            self._block_sum, self._block_n = 0.0, 0
+
     def add_positions(self, positions: Iterable[Mapping | None]) -> None:
         """Add the tokens of one streamed delta (vLLM's `CompletionOutput.logprobs`: one mapping per token)."""
         for position in positions:
             if position:  # vLLM gives None for a position without logprobs (e.g. a prompt token)
-                self.add(token_entropy(top_logprobs(position, self.top_k)))
+                self.add_logprobs(top_logprobs(position, self.top_k))
+
+    def confidence(self) -> dict:
+        """The compact confidence summary (empty before any token came with logprobs)."""
+        if not self._conf:
+            return {}
+        blocks = self.conf_blocks + ([self._block_sum / self._block_n] if self._block_n else [])
+        tail = self._conf_sum / len(self._conf)
+        return {"conf_window": self.conf_window, "conf_windows": [round(b, 4) for b in blocks],
+                "conf_min": round(self.conf_min if self.conf_min is not None else tail, 4),
+                "conf_tail": round(tail, 4)}
 
     @property
     def mean(self) -> float | None:
@@ -70,4 +111,5 @@ class EntropyMeter:
 
     def trace(self) -> dict:
         """The fields a sample's trace carries (inference/voting.py reads them)."""
-        return {"entropy": self.mean, "entropy_tail": self.tail_mean, "entropy_tail_tokens": self.tail_tokens}
+        return {"entropy": self.mean, "entropy_tail": self.tail_mean, "entropy_tail_tokens": self.tail_tokens,
+                **self.confidence()}

@@ -8,6 +8,7 @@ and a hardware speed model, and compare policies (configs/simulate/policies.yaml
         --orders 200 --plot runs/sim_budget.png          # simulated score against the time budget, per policy
     python inference/simulate.py --rank ckpt1/traces.jsonl ckpt2/traces.jsonl --hardware h100   # checkpoints
     python inference/simulate.py --write-synthetic runs/synthetic.jsonl   # made-up traces shaped like a 14B model's
+    python inference/simulate.py --write-synthetic runs/hard.jsonl --mix hard-heavy --seed 1   # where time binds
     python inference/simulate.py --benchmark --orders 1000               # how fast the simulator is, old vs new
 
 Traces are evaluate.py's JSONL (one line per sample, the replay format) with a `gold` field, or any replay traces
@@ -23,7 +24,8 @@ Time comes from one of two places:
   `--engine replay --virtual-clock` does);
 - a profile of configs/simulate/hardware.yaml: an aggregate tokens/s for each number of samples running at once;
   the running samples share it equally and speed up as others finish or are aborted (the same ReplayEngine with
-  a `speed` profile).
+  a `speed` profile). A tool-using sample then also waits its recorded `tool_seconds` plus the profile's
+  `tool_call_seconds` per call, out of the batch (its calls are charged after its tokens, not between turns).
 Each recorded text is cut (stop rule, max_tokens) once per policy, not once per order: the trace set holds the
 cuts every simulated engine shares.
 """
@@ -71,9 +73,12 @@ class SpeedProfile:
     name: str
     tokens_per_second: dict[int, float]  # concurrency → aggregate tokens/s; linear in between, flat past the ends
     load_seconds: float = 0.0  # model load on the first call; it counts against the run's 5 hours
+    tool_call_seconds: float = 0.0  # per tool call on top of its recorded run time (dispatch, prefill of its output)
     description: str = ""
 
     def __post_init__(self) -> None:
+        if self.tool_call_seconds < 0:
+            raise ValueError(f"hardware {self.name}: tool_call_seconds must be ≥ 0, got {self.tool_call_seconds}")
         if not self.tokens_per_second:
             raise ValueError(f"hardware {self.name}: tokens_per_second is empty")
         for n, tps in self.tokens_per_second.items():
@@ -114,7 +119,9 @@ def load_hardware(name: str, path: str | Path = HARDWARE_FILE) -> SpeedProfile |
     p = profiles[name]
     try:
         return SpeedProfile(name=name, tokens_per_second={int(k): float(v) for k, v in p["tokens_per_second"].items()},
-                            load_seconds=float(p.get("load_seconds", 0.0)), description=p.get("description", ""))
+                            load_seconds=float(p.get("load_seconds", 0.0)),
+                            tool_call_seconds=float(p.get("tool_call_seconds", 0.0)),
+                            description=p.get("description", ""))
     except KeyError as e:
         raise ValueError(f"{path}: profile {name!r} has no {e.args[0]!r}") from None
 
@@ -218,6 +225,18 @@ def plan_runs(ts: TraceSet, problems: int, orders: int, seed: int, shuffle_sampl
     return runs
 
 
+def rerun_plan(runs: list[list[Slot]], seed: int) -> list[list[Slot]]:
+    """AIMO-3's second private run of each order: the same served problems, in a fresh order with fresh sample
+    draws (an independent run of the same submission on the same problem set)."""
+    out = []
+    for o, run in enumerate(runs):
+        rng = random.Random(f"{seed}:{o}:rerun")
+        slots = [Slot(s.id, s.problem_id, rng.sample(s.traces, len(s.traces))) for s in run]
+        rng.shuffle(slots)
+        out.append(slots)
+    return out
+
+
 def served_in_gateway_order(ts: TraceSet, seed: int) -> list[Slot]:
     """The one run the local gateway serves with this seed: every problem of the problems file (in its file order
     before the shuffle, as run_gateway reads it; the recorded ones if there is no file) once, samples as recorded."""
@@ -238,8 +257,12 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
         watchdog = dataclasses.replace(settings.watchdog, poll_seconds=settings.competition.total_seconds)
         settings = dataclasses.replace(settings, watchdog=watchdog)
     clock = VirtualClock()
-    index = {(s.id, i): t for s in slots for i, t in enumerate(s.traces)}  # checked when the trace set was loaded
-    engine = ReplayEngine(index, clock=clock, speed=speed, cuts=ts.cuts)
+    # Only the samples the policy launches (the solver asks for sample 0 … samples − 1; checked when loaded).
+    n = settings.sampling.samples
+    index = {(s.id, i): t for s in slots for i, t in enumerate(s.traces[:n])}
+    engine = ReplayEngine(index, clock=clock, speed=speed, cuts=ts.cuts,
+                          confidence_stop=settings.voting.confidence_stop,
+                          confidence_warmup=settings.voting.confidence_warmup)
     predictor = Predictor(settings, engine=engine, problems=len(slots))
     # Start the engine now rather than inside the first call (the same moment on the clock: before the first
     # problem's deadline is set).
@@ -393,6 +416,11 @@ def simulate_policy(settings: Settings, ts: TraceSet, runs: list[list[Slot]], sp
             per_problem[p["problem_id"]].append(p["correct"])
     comp = settings.competition
     n = len(records)
+    limit = comp.total_seconds - comp.safety_margin_seconds
+    # Runs where some problem hit its deadline: how much usable time they left unspent (the policy should have
+    # given it to that problem).
+    bound = [max(0.0, limit - r["seconds"]) / limit for r in records
+             if any(p["stop_reason"] in ("deadline", "deadline_guard") for p in r["problems"])]
     return {
         "score": _summary(scores),
         "seconds": _summary([r["seconds"] for r in records], 1),
@@ -401,6 +429,9 @@ def simulate_policy(settings: Settings, ts: TraceSet, runs: list[list[Slot]], sp
         "stop_reasons": {k: round(v / n, 3) for k, v in sorted(reasons.items())},  # problems per run
         "deadline_problems": round(reasons["deadline"] / n, 3),
         "cutoff_problems": round((reasons["global_cutoff"] + reasons["no_time"]) / n, 3),
+        "deadline_runs": round(len(bound) / n, 3),
+        "unspent_when_bound": round(statistics.fmean(bound), 4) if bound else 0.0,  # fraction of usable time
+        "bound_runs_within_5pct": round(sum(u <= 0.05 for u in bound) / len(bound), 3) if bound else 1.0,
         "p_correct": {pid: round(statistics.fmean(v), 3) for pid, v in sorted(per_problem.items())},
         "scores": scores,
     }
@@ -421,10 +452,12 @@ def default_thresholds(all_scores: list[int]) -> list[int]:
 def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | Path, orders: int, seed: int,
             problems: int | None = None, total_seconds: float | None = None, only: list[str] | None = None,
             thresholds: list[int] | None = None, shuffle_samples: bool = True, workers: int = 1,
-            progress: bool = False) -> dict:
+            progress: bool = False, two_runs: bool = False) -> dict:
     """Every policy over the same `orders` runs. The result is a plain JSON-able dict (deterministic for a seed,
     whatever the number of worker processes). Each policy's `paired` is its per-order score minus the first
-    policy's ("default") on the same order, mean and SD: the SD of a difference, so a tie shows as a tie."""
+    policy's ("default") on the same order, mean and SD: the SD of a difference, so a tie shows as a tie.
+    `two_runs`: also AIMO-3's private-leaderboard score, each order run a second time independently (rerun_plan)
+    and each problem scoring 1 if both runs got it right, 0.5 if one did: the mean of the two runs' scores."""
     speed = load_hardware(hardware)
     base, policies = load_policies(policies_path, competition)
     if only:
@@ -443,15 +476,33 @@ def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | 
     for p, s in zip(policies, settings_list):
         if p.name in plain:
             s.voting.weights = [w for w in s.voting.weights if w not in ENTROPY_WEIGHTS]
-    all_records = simulate_many(settings_list, ts, runs, speed, workers, progress)
+    # Policies whose settings are the same (e.g. two entropy votes on traces without entropy) are simulated once.
+    unique: list[Settings] = []
+    slot = []
+    for s in settings_list:
+        if s not in unique:
+            unique.append(s)
+        slot.append(unique.index(s))
+    all_records = simulate_many(unique, ts, runs, speed, workers, progress)
+    all_records = [all_records[i] for i in slot]
+    two: list[list[float]] = []
+    if two_runs:
+        again = simulate_many(unique, ts, rerun_plan(runs, seed), speed, workers, progress)
+        again = [again[i] for i in slot]
+        two = [[(a["score"] + b["score"]) / 2 for a, b in zip(first, second)]
+               for first, second in zip(all_records, again)]
     reference = [r["score"] for r in all_records[0]]
     reference_seconds = statistics.fmean(r["seconds"] for r in all_records[0])
-    for p, settings, records in zip(policies, settings_list, all_records):
+    for i, (p, settings, records) in enumerate(zip(policies, settings_list, all_records)):
         results[p.name] = simulate_policy(settings, ts, runs, speed, records)
         diffs = [r["score"] - ref for r, ref in zip(records, reference)]
         results[p.name]["paired"] = {"vs": policies[0].name, **_summary(diffs)}
         results[p.name]["seconds_vs_first"] = round(results[p.name]["seconds"]["mean"] / max(reference_seconds, 1e-9),
                                                     4)
+        if two:
+            results[p.name]["two_run"] = _summary(two[i])
+            results[p.name]["two_run"]["paired"] = _summary([x - ref for x, ref in zip(two[i], two[0])])
+            results[p.name]["two_run_scores"] = two[i]
         results[p.name]["overrides"] = p.overrides
         results[p.name]["note"] = p.note
         if p.name in plain:
@@ -467,10 +518,13 @@ def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | 
     thresholds = thresholds or default_thresholds([s for r in results.values() for s in r["scores"]])
     for r in results.values():
         r["p_score_at_least"] = p_at_least(r.pop("scores"), thresholds)
+        if "two_run_scores" in r:
+            r["two_run"]["p_score_at_least"] = p_at_least(r.pop("two_run_scores"), thresholds)
     return {"traces": ts.path, "competition": competition, "hardware": hardware, "base_config": str(base),
             "total_seconds": comp.total_seconds, "safety_margin_seconds": comp.safety_margin_seconds,
             "problems_per_run": problems or comp.problems, "orders": orders, "seed": seed,
-            "shuffle_samples": shuffle_samples, "recorded": trace_accuracy(ts, comp.answer), "thresholds": thresholds,
+            "shuffle_samples": shuffle_samples, "two_runs": two_runs, "recorded": trace_accuracy(ts, comp.answer),
+            "thresholds": thresholds,
             "policies": results}
 
 
@@ -551,17 +605,58 @@ def synthetic_traces(problems: int = 30, samples: int = 16, seed: int = 0, max_t
     return out
 
 
+def hard_heavy_traces(easy: int = 20, medium: int = 20, hard: int = 10, samples: int = 16, seed: int = 0,
+                      max_tokens: int = 16384, tokens_per_second: float = 20.0, text_chars: int = 0) -> list[dict]:
+    """Made-up traces where time binds: `easy` / `medium` / `hard` problems (per-sample accuracy ≈ 0.85 / 0.45 /
+    0.15, median lengths 4k / 9k / 12k tokens, wrong answers 1.5 × longer), long tails (log-normal σ 0.6, and one
+    sample in 8 runs 2-4 × longer still) and samples that time out (past `max_tokens`: cut without an answer).
+    Recorded seconds are tokens / `tokens_per_second` × a per-sample factor in [0.8, 1.25] (as if 8-16 ran at
+    once): the run's 50 problems at that pace need more than AIMO-3's 5 hours with 16 samples."""
+    rng = random.Random(f"hard-heavy:{seed}")
+    text_rng = random.Random(f"hard-heavy:{seed}:text")
+    kinds = ["easy"] * easy + ["medium"] * medium + ["hard"] * hard
+    rng.shuffle(kinds)
+    shapes = {"easy": (0.85, 4000), "medium": (0.45, 9000), "hard": (0.15, 12000)}
+    out = []
+    for i, kind in enumerate(kinds):
+        pid = f"hh-{i:03d}"
+        gold = rng.randint(0, 999)
+        p, length = shapes[kind]
+        p = min(0.98, max(0.02, p + rng.uniform(-0.1, 0.1)))  # problems of one kind differ a little
+        distractors = [rng.randint(0, 999) for _ in range(2)]
+        for s in range(samples):
+            correct = rng.random() < p
+            answer = gold if correct else (rng.choice(distractors) if rng.random() < 0.6 else rng.randint(0, 999))
+            tokens = rng.lognormvariate(math.log(length * (1.0 if correct else 1.5)), 0.6)
+            if rng.random() < 1 / 8:
+                tokens *= rng.uniform(2.0, 4.0)  # the long tail: a sample that goes round in circles
+            tokens = max(200, int(tokens))
+            text = "<think>\n" + "Let me work this out step by step.\n" * 6
+            if text_chars > 0:
+                text += _reasoning(text_rng, text_chars)
+            reason = "stop"
+            if tokens >= max_tokens:
+                tokens, reason, answer = max_tokens, "length", None
+            else:
+                text += f"\\boxed{{{answer}}}\n</think>\nThe answer is \\boxed{{{answer}}}."
+            seconds = tokens / tokens_per_second * rng.uniform(0.8, 1.25)
+            out.append({"problem_id": pid, "sample": s, "text": text, "tokens": tokens, "seconds": round(seconds, 2),
+                        "finish_reason": reason, "answer": answer, "gold": str(gold),
+                        "correct": answer is not None and answer == gold, "difficulty": kind})
+    return out
+
+
 # -- benchmark -------------------------------------------------------------------------------------------------------
 def benchmark(competition: str, hardware: str, policies_path: str | Path, orders: int, workers: int,
-              baseline_orders: int = 5, text_chars: int = 40_000) -> dict:
-    """Seconds for `orders` orders × every policy over 80 synthetic samples of ≥ `text_chars` characters, and the
-    same work per order without parse-once caching (each order cutting and parsing every text again, as the
-    simulator used to), measured in the same process on `baseline_orders` orders."""
+              baseline_orders: int = 2, text_chars: int = 40_000, problems: int = 10, samples: int = 80) -> dict:
+    """Seconds (wall and CPU) for `orders` orders × every policy over `problems` × `samples` synthetic samples of
+    ≥ `text_chars` characters, and the same work per order without parse-once caching (each order cutting and
+    parsing every text again, as the simulator used to), measured in the same process on `baseline_orders` orders."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.jsonl"
-        records = synthetic_traces(problems=5, samples=16, seed=0, text_chars=text_chars)
+        records = synthetic_traces(problems=problems, samples=samples, seed=0, text_chars=text_chars)
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
         n_policies = len(load_policies(policies_path, competition)[1])
         # The full run first, in a fresh process (the workers fork it), then the baseline and the one-process run.
@@ -579,7 +674,8 @@ def benchmark(competition: str, hardware: str, policies_path: str | Path, orders
         t0, c0 = time.perf_counter(), time.process_time()
         compare(fast, competition, hardware, policies_path, baseline_orders, seed=0, workers=1)
         one_wall, one_cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"samples": len(records), "min_text_chars": min(len(r["text"]) for r in records), "policies": n_policies,
+    return {"samples": len(records), "problems": problems, "min_text_chars": min(len(r["text"]) for r in records),
+            "policies": n_policies,
             "orders": orders, "workers": workers, "hardware": hardware, "seconds": round(wall, 2),
             "cpu_seconds": round(cpu, 2),
             "baseline_orders": baseline_orders,
@@ -600,9 +696,11 @@ def _children_cpu() -> float:
 def format_benchmark(b: dict) -> str:
     projected = b["baseline_seconds_per_order"] * b["orders"]
     ratio = b["baseline_cpu_per_order"] * b["orders"] / max(b["cpu_seconds"], 1e-9)
+    per_1000 = b["cpu_seconds"] * 1000 / max(1, b["orders"])
     return "\n".join([
         f"simulator benchmark: {b['orders']} orders × {b['policies']} policies, {b['samples']} samples of ≥ "
-        f"{b['min_text_chars']} characters (5 problems × 16), hardware {b['hardware']}",
+        f"{b['min_text_chars']} characters ({b['problems']} problems × {b['samples'] // b['problems']}), "
+        f"hardware {b['hardware']}",
         f"  parse every order (old):   {b['baseline_seconds_per_order']:.3f} s per order "
         f"({b['baseline_cpu_per_order']:.3f} s CPU; {b['baseline_orders']} orders) → ≈ {projected:.0f} s for "
         f"{b['orders']}",
@@ -611,6 +709,9 @@ def format_benchmark(b: dict) -> str:
         f"  parse once, {b['workers']} worker(s): {b['seconds']:.1f} s for {b['orders']} orders "
         f"({'meets' if b['seconds'] <= 60 else 'misses'} the 60 s target); {b['cpu_seconds']:.1f} CPU-seconds in all, "
         f"{b['cpu_seconds'] / max(1, b['workers']):.1f} s per worker on idle cores",
+        f"  per 1000 orders: {per_1000:.0f} CPU-seconds, ≈ {per_1000 / 2:.0f} s on 2 idle cores "
+        f"({'meets' if per_1000 / 2 <= 60 else 'misses'} the 60 s target; wall time counts other jobs on a shared "
+        f"machine, CPU-seconds do not)",
         f"  old / new, CPU per order: {ratio:.0f}×"])
 
 
@@ -624,15 +725,23 @@ def format_comparison(result: dict) -> str:
     xs = result["thresholds"]
     first = next(iter(result["policies"]))
     head = (f"{'policy':<18} {'score':>13} {'Δ vs ' + first:>16} {'min':>4} {'max':>4} {'seconds':>8} "
-            f"{'tokens':>10} {'deadline':>8} {'cutoff':>6}  " + " ".join(f"P(≥{x})".rjust(7) for x in xs))
+            f"{'tokens':>10} {'deadline':>8} {'cutoff':>6} {'unspent':>7}  "
+            + " ".join(f"P(≥{x})".rjust(7) for x in xs))
     lines += [head, "-" * len(head)]
     for name, r in result["policies"].items():
         s, d = r["score"], r["paired"]
         lines.append(f"{name:<18} {s['mean']:>6.2f} ± {s['sd']:<4.2f} {d['mean']:>+7.2f} ± {d['sd']:<6.2f} "
                      f"{s['min']:>4.0f} {s['max']:>4.0f} "
                      f"{r['seconds']['mean']:>8.0f} {r['tokens']['mean']:>10.0f} {r['deadline_problems']:>8.2f} "
-                     f"{r['cutoff_problems']:>6.2f}  "
+                     f"{r['cutoff_problems']:>6.2f} {100 * r['unspent_when_bound']:>6.1f}%  "
                      + " ".join(f"{r['p_score_at_least'][str(x)]:>7.3f}" for x in xs))
+    if result.get("two_runs"):
+        lines += ["", f"AIMO-3 two-run score (each order run twice; 1 if both right, 0.5 if one; Δ vs {first})"]
+        for name, r in result["policies"].items():
+            t = r["two_run"]
+            lines.append(f"{name:<18} {t['mean']:>6.2f} ± {t['sd']:<4.2f} {t['paired']['mean']:>+7.2f} ± "
+                         f"{t['paired']['sd']:<6.2f}  "
+                         + " ".join(f"{t['p_score_at_least'][str(x)]:>7.3f}" for x in xs))
     return "\n".join(lines)
 
 
@@ -650,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems-per-run", type=int, help="default: the competition's count")
     parser.add_argument("--total-seconds", type=float, help="the run's time limit (default: the competition's)")
     parser.add_argument("--thresholds", type=int, nargs="+", help="report P(score ≥ x) for these x")
+    parser.add_argument("--two-runs", action="store_true",
+                        help="also AIMO-3's private score: every order run twice (1 if both right, 0.5 if one)")
     parser.add_argument("--out", help="write the result JSON here")
     parser.add_argument("--budget-fractions", type=float, nargs="+",
                         help="also sweep the time limit over these fractions of the competition's")
@@ -658,14 +769,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", nargs="+", metavar="TRACES", help="rank checkpoints by simulated score")
     parser.add_argument("--rank-policy", default="default", help="the policy --rank simulates")
     parser.add_argument("--write-synthetic", metavar="PATH", help="write synthetic traces and exit")
+    parser.add_argument("--mix", choices=["standard", "hard-heavy"], default="standard",
+                        help="--write-synthetic: the 14B-shaped mix, or 20 easy + 20 medium + 10 hard problems with "
+                             "long tails and time-outs where time binds")
     parser.add_argument("--synthetic-problems", type=int, default=30, help="--write-synthetic: problems")
     parser.add_argument("--synthetic-samples", type=int, default=16, help="--write-synthetic: samples per problem")
     parser.add_argument("--text-chars", type=int, default=0,
                         help="--write-synthetic: pad each text to about this many characters (e.g. 40000)")
     parser.add_argument("--workers", type=int, default=0, help="processes for the orders (0: one per CPU core)")
     parser.add_argument("--benchmark", action="store_true",
-                        help="time the simulator: --orders orders × every policy over 80 synthetic samples of ≥ 40 kB "
-                             "(5 problems × 16), against the parse-every-order baseline in the same process")
+                        help="time the simulator: --orders orders × every policy over 800 synthetic samples of "
+                             "≥ 40 kB (10 problems × 80), against the parse-every-order baseline in the same process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("inference.server").setLevel(logging.ERROR)  # it logs every problem
@@ -675,9 +789,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.write_synthetic:
             Path(args.write_synthetic).parent.mkdir(parents=True, exist_ok=True)
+            if args.mix == "hard-heavy":
+                records = hard_heavy_traces(samples=args.synthetic_samples, seed=args.seed, text_chars=args.text_chars)
+            else:
+                records = synthetic_traces(args.synthetic_problems, args.synthetic_samples, args.seed,
+                                           text_chars=args.text_chars)
             with open(args.write_synthetic, "w") as f:
-                for record in synthetic_traces(args.synthetic_problems, args.synthetic_samples, args.seed,
-                                               text_chars=args.text_chars):
+                for record in records:
                     f.write(json.dumps(record) + "\n")
             print(f"wrote synthetic traces to {args.write_synthetic}")
             return 0
@@ -704,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             ts = load_trace_set(args.traces, args.problems)
             result = compare(ts, args.competition, args.hardware, args.policies, args.orders, args.seed,
                              args.problems_per_run, args.total_seconds, args.policy, args.thresholds,
-                             workers=workers, progress=sys.stderr.isatty())
+                             workers=workers, progress=sys.stderr.isatty(), two_runs=args.two_runs)
             print(format_comparison(result))
             if args.budget_fractions:
                 result["budget_sweep"] = budget_sweep(ts, args.competition, args.hardware, args.policies,

@@ -39,6 +39,10 @@ class TimePolicy:
     # "share": once 3 problems are done, keep back only this multiple of their mean use for each later problem and
     # give the current one the rest, when that is more than its even share (None: the even share only)
     expected_use_factor: float | None = None
+    # with expected_use_factor: the use expected of each later problem before any finished; it counts as
+    # `expected_prior_weight` problems in the mean, so the plan works from the first problem (None: wait for 3)
+    expected_prior_seconds: float | None = None
+    expected_prior_weight: float = 3.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -50,6 +54,10 @@ class TimePolicy:
             raise ValueError(f"time.max_seconds ({self.max_seconds}) is below time.min_seconds ({self.min_seconds})")
         if self.expected_use_factor is not None and not self.expected_use_factor > 0:
             raise ValueError(f"time.expected_use_factor must be > 0 or null, got {self.expected_use_factor}")
+        if self.expected_prior_seconds is not None and not self.expected_prior_seconds > 0:
+            raise ValueError(f"time.expected_prior_seconds must be > 0 or null, got {self.expected_prior_seconds}")
+        if not self.expected_prior_weight > 0:
+            raise ValueError(f"time.expected_prior_weight must be > 0, got {self.expected_prior_weight}")
         if not self.stretch >= 1:
             raise ValueError(f"time.stretch must be ≥ 1, got {self.stretch}")
         if self.base_seconds is not None and self.base_seconds <= 0:
@@ -116,9 +124,9 @@ class TimeBudget:
         p = self.policy
         if p.kind == "share":
             budget = left / self.problems_left
-            if p.expected_use_factor is not None and len(self.used) >= 3:
+            expected = self.expected_use()
+            if expected is not None:
                 # Problems so far took less than their share: plan the later ones at what they are likely to take.
-                expected = p.expected_use_factor * sum(self.used) / len(self.used)
                 budget = max(budget, left - later * max(expected, p.min_seconds))
         elif p.kind == "fixed":
             self._allowance = self.base
@@ -135,6 +143,19 @@ class TimeBudget:
         self._planned = budget
         self._stretch_limit = min(hard, budget * p.stretch)
         return now + budget
+
+    def expected_use(self) -> float | None:
+        """Seconds each later problem is planned at ("share" with expected_use_factor): the factor × the mean use
+        so far, the prior counting as expected_prior_weight problems; None while there is nothing to go on."""
+        p = self.policy
+        if p.expected_use_factor is None:
+            return None
+        if p.expected_prior_seconds is None:
+            if len(self.used) < 3:
+                return None
+            return p.expected_use_factor * sum(self.used) / len(self.used)
+        w = p.expected_prior_weight
+        return p.expected_use_factor * (w * p.expected_prior_seconds + sum(self.used)) / (w + len(self.used))
 
     def extend(self, contention: float) -> float:
         """The current problem's deadline given how contested it is now (0 settled … 1 split; see

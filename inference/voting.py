@@ -10,6 +10,7 @@ rule)` whether the samples still running can be cancelled. The rules cover what 
     kind: k_of_n, k: 4, n: 5                # NemoSkills: "the first 4-5 completions agreed" (4 of the first 5)
     kind: leader_safe                       # AIMO-3 2nd place: stop when second + remaining ≤ leader
     kind: calibrated, confidence: 0.95      # stop when the leader will still lead with probability ≥ 95 %
+    stop_table: T.json, max_risk: 0.05      # 2 votes stop only where a table fitted on traces says risk ≤ 5 %
     straggler_fraction: 0.8                 # NemoSkills: cancel the last pending samples once most have finished
     hopeless_after: 4                       # give up once 4 finished and no two agree (the kit's default)
 
@@ -129,11 +130,19 @@ class StopRule:
       weighs the product. Empty (the default): plain majority. "entropy" / "entropy_tail" (AIMO-3): the answer is
       picked by Σ 1/(the sample's mean token entropy) (over all its tokens / its last `entropy_tail_tokens`),
       times the other weights; stop rules still count votes. The engine then asks for `entropy_top_k` logprobs.
+      "votes_then_tail": most votes wins, Σ inverse tail entropy only breaks ties (AIMO-3 runner-up);
+      "confidence": each vote weighs its sample's lowest sliding-window confidence (DeepConf, `conf_min`).
     entropy_top_k: logprobs per token the entropy is computed over (the AIMO-3 notebooks: 5).
     entropy_tail_tokens: the tail window of "entropy_tail" (AIMO-3 2nd place: 256 in the write-up, 96 in the code).
     hopeless_after: give up once this many samples finished and no two of them agree (reason "hopeless"): the
       model is guessing, the remaining samples rarely change that, and the time goes to the problems left (the
       time budget re-plans). None disables it.
+    stop_table: a table `python -m inference.calibrate` fitted on recorded traces (a path; relative ones from the
+      repository root). With it, while the leader has ≤ 2 votes the table decides instead of the rule's kind: stop
+      (reason "stop_table") only in a cell (leader, runner-up, finished) whose fitted risk is ≤ `max_risk`.
+    confidence_stop: DeepConf online termination, in the replay engine (simulator) only so far: once
+      `confidence_warmup` samples finished, a sample whose window confidence falls below this quantile of their
+      lowest window confidence ends there without a vote (inference/engines/replay.py). None: off.
     """
 
     kind: str = "k_of_n"
@@ -149,6 +158,10 @@ class StopRule:
     entropy_top_k: int = 5
     entropy_tail_tokens: int = 256
     hopeless_after: int | None = None
+    stop_table: str | None = None
+    max_risk: float = 0.05
+    confidence_stop: float | None = None
+    confidence_warmup: int = 4
 
     def __post_init__(self) -> None:
         bad = [w for w in self.weights if w not in VOTE_WEIGHTS]
@@ -169,6 +182,14 @@ class StopRule:
             raise ValueError(f"voting.confidence must be a number in (0, 1), got {self.confidence!r}")
         if not _is_number(self.prior) or self.prior <= 0:
             raise ValueError(f"voting.prior must be a number > 0, got {self.prior!r}")
+        if self.confidence_stop is not None and (not _is_number(self.confidence_stop)
+                                                 or not 0 < self.confidence_stop < 1):
+            raise ValueError(f"voting.confidence_stop must be in (0, 1) or null, got {self.confidence_stop!r}")
+        _check_int("confidence_warmup", self.confidence_warmup, minimum=1)
+        if not _is_number(self.max_risk) or not 0 <= self.max_risk < 1:
+            raise ValueError(f"voting.max_risk must be a number in [0, 1), got {self.max_risk!r}")
+        if self.stop_table is not None:
+            load_stop_table(self.stop_table)  # a missing or malformed table is an error when the config loads
         if self.straggler_fraction is not None and (
             not _is_number(self.straggler_fraction) or not 0 < self.straggler_fraction <= 1
         ):
@@ -207,7 +228,17 @@ def stop_reason(votes: Votes, finished: int, launched: int, rule: StopRule) -> s
     remaining = launched - finished
     if launched <= 0:
         return "all_finished"
-    if votes.valid >= rule.min_votes:
+    table_decides = False
+    if rule.stop_table is not None and remaining > 0 and votes.valid >= rule.min_votes:
+        ranking = votes.ranking()
+        leader = votes.counts[ranking[0]] if ranking else 0
+        if 0 < leader <= 2:  # a 1- or 2-vote leader: only the fitted table may stop here
+            table_decides = True
+            runner = votes.counts[ranking[1]] if len(ranking) > 1 else 0
+            risk = load_stop_table(rule.stop_table).risk(leader, runner, finished)
+            if risk is not None and risk <= rule.max_risk:
+                return "stop_table"
+    if votes.valid >= rule.min_votes and not table_decides:
         if rule.kind == "k_of_n" and _k_of_n(votes, rule):
             return "k_of_n"
         if remaining > 0 and rule.kind == "leader_safe" and not _can_be_caught(votes, remaining):
@@ -224,6 +255,44 @@ def stop_reason(votes: Votes, finished: int, launched: int, rule: StopRule) -> s
         if finished >= math.ceil(rule.straggler_fraction * launched - 1e-9):
             return "stragglers"
     return None
+
+
+class StopTable:
+    """A fitted stop table (inference/calibrate.py's JSON): risk that the leader of a cell is not the final
+    majority, by (leader votes, runner-up votes, samples finished)."""
+
+    def __init__(self, data: dict, where: str) -> None:
+        try:
+            self.samples = int(data["samples"])
+            self.cells = {(int(c["leader"]), int(c["runner_up"]), int(c["finished"])): float(c["risk"])
+                          for c in data["cells"]}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"voting.stop_table: {where} is not a stop table (inference/calibrate.py writes one): "
+                             f"{e!r}") from None
+
+    def risk(self, leader: int, runner_up: int, finished: int) -> float | None:
+        """The fitted risk of this cell; None where the traces never reached it (then nobody stops there)."""
+        return self.cells.get((leader, runner_up, finished))
+
+
+_TABLES: dict[str, StopTable] = {}
+
+
+def load_stop_table(path: str) -> StopTable:
+    """The table at `path` (relative paths from the repository root), read once per process."""
+    if path not in _TABLES:
+        import json
+        from pathlib import Path
+
+        file = Path(path) if Path(path).is_absolute() else Path(__file__).resolve().parents[1] / path
+        if not file.exists():
+            raise ValueError(f"voting.stop_table: no such file {path}")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"voting.stop_table: {path} is not valid JSON ({e.msg})") from None
+        _TABLES[path] = StopTable(data, path)
+    return _TABLES[path]
 
 
 def _k_of_n(votes: Votes, rule: StopRule) -> bool:
@@ -296,7 +365,10 @@ def length_weight(tokens: int, max_tokens: int, floor: float = 0.5) -> float:
     return 1.0 - (1.0 - floor) * fraction
 
 
-ENTROPY_WEIGHTS = ("entropy", "entropy_tail")  # choose the answer only; stop rules never see them
+# choose the answer only; stop rules never see them. "votes_then_tail": the AIMO-3 runner-up's vote-first rule (most
+# votes wins, tail entropy only breaks ties); "confidence": DeepConf's vote weighted by the sample's lowest
+# sliding-window confidence (`conf_min`, inference/entropy.py).
+ENTROPY_WEIGHTS = ("entropy", "entropy_tail", "votes_then_tail", "confidence")
 VOTE_WEIGHTS = ("length", "prior") + ENTROPY_WEIGHTS
 
 
@@ -370,6 +442,13 @@ def selection_weight(rule: StopRule, extra: dict) -> float:
             raise ValueError(f"voting.entropy_tail_tokens is {rule.entropy_tail_tokens} but the sample's entropy_tail "
                              f"was measured over the last {window} tokens")
         w *= inverse_entropy_weight(_trace_field(extra, "entropy_tail"))
+    if "votes_then_tail" in rule.weights:
+        # 1 + a bounded tie-breaker: 1e-3 · x / (1 + x) < 1e-3 per sample, so up to 999 samples can never outweigh
+        # one vote, and among equal counts the larger Σ of inverse tail entropies wins.
+        x = inverse_entropy_weight(_trace_field(extra, "entropy_tail"))
+        w *= 1.0 + 1e-3 * x / (1.0 + x)
+    if "confidence" in rule.weights:
+        w *= max(0.0, float(_trace_field(extra, "conf_min")))
     return w
 
 

@@ -48,7 +48,10 @@ def test_entropy_meter_mean_and_tail_window_over_vllm_flat_logprobs():
     assert meter.count == 4
     assert meter.mean == 0.75  # (1 + 0 + 1.5 + 0.5) / 4
     assert meter.tail_mean == 1.0  # the last 2: (1.5 + 0.5) / 2
-    assert meter.trace() == {"entropy": 0.75, "entropy_tail": 1.0, "entropy_tail_tokens": 2}
+    trace = meter.trace()
+    assert {k: trace[k] for k in ("entropy", "entropy_tail", "entropy_tail_tokens")} == {
+        "entropy": 0.75, "entropy_tail": 1.0, "entropy_tail_tokens": 2}
+    assert "conf_min" in trace and len(trace["conf_windows"]) == 1  # 4 tokens: one (partial) window of 256
     top1 = EntropyMeter(top_k=1, tail_tokens=8)
     top1.add_positions([position(0.5, 0.25)])
     assert top1.mean == 0.5  # only the top token counts
@@ -135,3 +138,20 @@ def test_simulator_runs_the_entropy_policies_on_traces_with_entropy(tmp_path, wi
     else:
         assert scores == {"aimo3_public": 0, "aimo3_entropy": 0, "aimo3_entropy_tail": 0}
         assert "no `entropy`" in result["policies"]["aimo3_entropy"]["warning"]
+
+
+def test_deepconf_confidence_summary_is_compact_and_finds_the_least_sure_window():
+    # Token confidence = -(mean top-k logprob): a sure token (top 2 logprobs 0 and -8) scores 4, an unsure one (two
+    # halves, ln 0.5 each) 0.693. Windows of 3 slide over sure×3, unsure×3, sure×2: the least confident is the
+    # unsure run; blocks of 3 give sure, unsure, and the partial last block.
+    meter = EntropyMeter(top_k=2, tail_tokens=4, conf_window=3)
+    half = math.log(0.5)
+    for lp in [[0.0, -8.0]] * 3 + [[half, half]] * 3 + [[0.0, -8.0]] * 2:
+        meter.add_logprobs(lp)
+    conf = meter.confidence()
+    assert conf["conf_min"] == pytest.approx(0.6931, abs=1e-4)
+    assert conf["conf_windows"] == [4.0, pytest.approx(0.6931, abs=1e-4), 4.0] and conf["conf_window"] == 3
+    assert conf["conf_tail"] == pytest.approx((0.6931 + 8) / 3, abs=1e-3)
+    assert EntropyMeter(top_k=2, tail_tokens=4).confidence() == {}
+    with pytest.raises(ValueError, match="conf_window"):
+        EntropyMeter(top_k=2, tail_tokens=4, conf_window=0)

@@ -272,8 +272,9 @@ def test_the_synthetic_benchmark_fixture_has_long_texts_and_unchanged_answers():
 def test_benchmark_runs_the_old_and_new_way_and_reports_both(capsys):
     from inference.simulate import benchmark, format_benchmark
 
-    b = benchmark("aimo3", "h100", POLICIES_FILE, orders=2, workers=1, baseline_orders=1, text_chars=2_000)
-    assert b["samples"] == 80 and b["orders"] == 2 and b["baseline_seconds_per_order"] > 0
+    b = benchmark("aimo3", "h100", POLICIES_FILE, orders=2, workers=1, baseline_orders=1, text_chars=2_000,
+                  problems=5, samples=16)
+    assert b["samples"] == 80 and "5 problems × 16" in format_benchmark(b) and b["orders"] == 2 and b["baseline_seconds_per_order"] > 0
     assert "parse every order (old)" in format_benchmark(b)
 
 
@@ -286,3 +287,116 @@ def test_one_replay_engine_times_by_recorded_seconds_or_by_a_speed_profile():
         from inference.clock import RealClock
 
         ReplayEngine(traces, RealClock(), speed=SpeedProfile("x", {1: 10.0}))
+
+
+def test_hard_heavy_mix_has_its_difficulties_long_tails_and_time_outs():
+    from inference.simulate import hard_heavy_traces
+
+    records = hard_heavy_traces(seed=1)
+    kinds = {}
+    for r in records:
+        kinds.setdefault(r["problem_id"], r["difficulty"])
+    assert sorted(kinds.values()).count("easy") == 20 and list(kinds.values()).count("hard") == 10
+    assert len(records) == 50 * 16
+    timed_out = [r for r in records if r["finish_reason"] == "length"]
+    assert timed_out and all(r["answer"] is None and r["tokens"] == 16384 for r in timed_out)
+    # 16 samples of every problem at the recorded pace need more than AIMO-3's 5 hours (time binds)
+    slowest = {}
+    for r in records:
+        slowest[r["problem_id"]] = max(slowest.get(r["problem_id"], 0), r["seconds"])
+    assert sum(slowest.values()) > 18000
+    assert hard_heavy_traces(seed=1) == records and hard_heavy_traces(seed=2) != records
+
+
+def test_two_run_score_is_each_problem_1_if_both_runs_right_and_half_if_one(tmp_path, synthetic):
+    from inference.simulate import rerun_plan
+
+    ts = load_trace_set(synthetic)
+    runs = plan_runs(ts, 20, 3, seed=4)
+    again = rerun_plan(runs, seed=4)
+    for a, b in zip(runs, again):  # the same problems served, in another order with other sample draws
+        assert sorted(s.id for s in a) == sorted(s.id for s in b)
+        assert [s.id for s in a] != [s.id for s in b]
+    result = compare(ts, "aimo3", "l4x4", POLICIES_FILE, orders=3, seed=4, problems=20, only=["default", "fixed_n8"],
+                     two_runs=True)
+    base, policies = load_policies(POLICIES_FILE, "aimo3")
+    settings = policy_settings(base, policies[0], Competition.load("aimo3"), ts.path)
+    expected = []
+    for first, second in zip(runs, again):
+        r1, r2 = simulate_run(settings, ts, first, load_hardware("l4x4")), simulate_run(settings, ts, second,
+                                                                                          load_hardware("l4x4"))
+        right1 = {p["id"]: p["correct"] for p in r1["problems"]}
+        right2 = {p["id"]: p["correct"] for p in r2["problems"]}
+        expected.append(sum(1.0 if right1[i] and right2[i] else 0.5 if right1[i] or right2[i] else 0.0
+                            for i in right1))
+    two = result["policies"]["default"]["two_run"]
+    assert two["mean"] == pytest.approx(sum(expected) / 3, abs=1e-3)
+    assert "two_run" in result["policies"]["fixed_n8"] and two["paired"]["mean"] == 0
+
+
+def test_tool_calls_cost_time_under_a_speed_profile():
+    # Two samples share 20 tokens/s (15 alone). The tool-using one has 300 tokens, done at 30 s; it then waits its
+    # 20 s of tool calls plus the profile's cost per call (2 calls), out of the batch, so the other runs alone at
+    # 15 tokens/s: its last 300 tokens take 20 s (done at 50 s).
+    text = "<think>x</think> \\boxed{7}"
+    traces = [{"problem_id": "p", "sample": 0, "text": text, "tokens": 600, "seconds": 1.0},
+              {"problem_id": "p", "sample": 1, "text": text, "tokens": 300, "seconds": 1.0,
+               "tool_calls": 2, "tool_seconds": 20.0}]
+    for cost in (0.0, 5.0):
+        clock = VirtualClock()
+        speed = SpeedProfile("x", {1: 15.0, 2: 20.0}, tool_call_seconds=cost)
+        engine = ReplayEngine(traces, clock=clock, speed=speed)
+        engine.submit([request("p", 0), request("p", 1)])
+        done = {}
+        while len(done) < 2:
+            for s in engine.poll(1000):
+                done[s.sample] = (clock.now(), s.seconds)
+        assert done[0][0] == pytest.approx(50)
+        assert done[1][0] == pytest.approx(30 + 20 + 2 * cost) and done[1][1] == pytest.approx(30 + 20 + 2 * cost)
+    with pytest.raises(ValueError, match="tool_call_seconds"):
+        SpeedProfile("bad", {1: 10.0}, tool_call_seconds=-1)
+    assert load_hardware("h100").tool_call_seconds > 0
+
+
+def test_default_gives_time_easy_problems_leave_to_the_hard_ones(tmp_path):
+    # On a hard-heavy mix the old default (an even share, re-planned, capped at 1200 s) hit deadlines while time
+    # was left at the end; planning later problems at their expected use spends it on the problems still running.
+    from inference.simulate import hard_heavy_traces
+
+    ts = load_trace_set(write_jsonl(tmp_path / "hh.jsonl", hard_heavy_traces(seed=1)))
+    policies = tmp_path / "p.yaml"
+    policies.write_text("base: configs/inference/{competition}.yaml\npolicies:\n  default: {}\n  even_share:\n"
+                        "    overrides: {time.expected_use_factor: null, time.max_seconds: 1200}\n")
+    result = compare(ts, "aimo3", "recorded", policies, orders=6, seed=0)
+    new, old = result["policies"]["default"], result["policies"]["even_share"]
+    assert new["deadline_problems"] < old["deadline_problems"]
+    assert new["seconds"]["mean"] > old["seconds"]["mean"]
+    assert old["unspent_when_bound"] > 0.1 and new["unspent_when_bound"] < old["unspent_when_bound"]
+
+
+@pytest.mark.parametrize("hardware", ["recorded", "speed"])
+def test_deepconf_online_terminates_unsure_samples_once_the_first_ones_set_the_threshold(hardware):
+    # Samples 0-1 are short and sure (their lowest window confidence 5 and 6); with warmup 2 and quantile 0.5 the
+    # threshold is 6. Sample 2's third window (tokens 200-300) is at 3: it ends at 300 tokens, empty, no vote.
+    # Sample 3 never dips below 6 and runs to its end; with confidence_stop off sample 2 runs to its end too.
+    def trace(i, tokens, windows):
+        return {"problem_id": "p", "sample": i, "text": "</think> \\boxed{5}", "tokens": tokens,
+                "seconds": tokens / 10, "conf_window": 100, "conf_windows": windows, "conf_min": min(windows)}
+
+    traces = [trace(0, 100, [5.0]), trace(1, 120, [6.0, 7.0]), trace(2, 1000, [8.0] * 2 + [3.0] + [8.0] * 7),
+              trace(3, 1000, [7.0] * 10)]
+    for stop, ends in ((0.5, {2: (300, "low_confidence", "")}), (None, {2: (1000, "answer", "</think>")})):
+        clock = VirtualClock()
+        speed = SpeedProfile("x", {1: 10.0, 4: 40.0}) if hardware == "speed" else None
+        engine = ReplayEngine(traces, clock=clock, speed=speed, confidence_stop=stop, confidence_warmup=2)
+        engine.submit([request("p", i, stop_rule="boxed_after_think") for i in range(4)])
+        done = {}
+        while len(done) < 4:
+            for s in engine.poll(10_000):
+                done[s.sample] = s
+        tokens, reason, text = ends[2]
+        assert done[2].tokens == tokens and done[2].finish_reason == reason and done[2].text.startswith(text)
+        assert done[3].tokens == 1000 and done[3].finish_reason == "answer"
+        assert done[2].seconds < done[3].seconds if stop else True
+    with pytest.raises(ValueError, match="voting.confidence_stop"):
+        load_settings(POLICIES_FILE.parents[2] / "configs/inference/aimo3.yaml", {"voting.confidence_stop": 1.5})

@@ -199,3 +199,21 @@ def test_share_with_expected_use_gives_the_current_problem_what_later_ones_will_
     assert plain.start_problem() == pytest.approx(100)
     with pytest.raises(ValueError, match="time.expected_use_factor"):
         TimePolicy(expected_use_factor=0)
+
+
+def test_expected_use_prior_plans_from_the_first_problem_and_gives_way_to_what_problems_use():
+    # 10 problems, 1000 s, a prior of 50 s weighing as 3 problems: the first may take 1000 − 9·50 = 550 s at once
+    # (the old rule waited for 3 finished problems and gave it the even share, 100 s).
+    clock = VirtualClock()
+    policy = TimePolicy(kind="share", expected_use_factor=1.0, expected_prior_seconds=50)
+    b = TimeBudget(policy, 1000, 10, clock)
+    assert b.start_problem() == pytest.approx(1000 - 9 * 50)
+    clock.sleep(10)
+    b.finish_problem()
+    # one 10 s problem pulls the expectation to (3·50 + 10) / 4 = 40 s
+    assert b.expected_use() == pytest.approx(40)
+    assert b.start_problem() - clock.now() == pytest.approx(990 - 8 * 40)
+    without = TimeBudget(TimePolicy(kind="share", expected_use_factor=1.0), 1000, 10, VirtualClock())
+    assert without.start_problem() == pytest.approx(100)
+    with pytest.raises(ValueError, match="time.expected_prior_seconds"):
+        TimePolicy(expected_use_factor=1.0, expected_prior_seconds=0)

@@ -342,3 +342,34 @@ def test_the_calibrated_estimate_is_computed_once_per_tally_and_stays_the_same()
     _KEEP_LEAD_MEMO.clear()
     assert leader_keeps_lead_probability(votes, 5, rule) == first  # recomputed: the same estimate
     assert 0 < first < 1
+
+
+def test_vote_first_rule_lets_tail_entropy_only_break_ties():
+    from inference.voting import selection_weight
+
+    rule = StopRule(weights=["votes_then_tail"])
+    sure = {"entropy_tail": 0.01, "entropy_tail_tokens": 256}  # 1/entropy = 100
+    unsure = {"entropy_tail": 2.0, "entropy_tail_tokens": 256}
+    # 3 unsure votes for 5 beat 2 very sure votes for 6 (the plain entropy vote would pick 6) ...
+    votes = Votes()
+    for answer, extra in [(5, unsure), (6, sure), (5, unsure), (6, sure), (5, unsure)]:
+        votes.add(answer, selection_weight(rule, extra))
+    assert votes.leader() == 5
+    entropy = Votes()
+    for answer, extra in [(5, unsure), (6, sure), (5, unsure), (6, sure), (5, unsure)]:
+        entropy.add(answer, selection_weight(StopRule(weights=["entropy_tail"]), extra))
+    assert entropy.leader() == 6
+    # ... and at 2-2 the surer answer wins, whichever reached 2 first
+    tie = Votes()
+    for answer, extra in [(5, unsure), (5, unsure), (6, sure), (6, sure)]:
+        tie.add(answer, selection_weight(rule, extra))
+    assert tie.leader() == 6
+
+
+def test_confidence_weighted_vote_reads_the_samples_lowest_window_confidence():
+    from inference.voting import selection_weight
+
+    rule = StopRule(weights=["confidence"])
+    assert selection_weight(rule, {"conf_min": 3.5}) == 3.5
+    with pytest.raises(ValueError, match="'conf_min'"):
+        selection_weight(rule, {})

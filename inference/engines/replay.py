@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -146,6 +147,7 @@ class SpeedModel(Protocol):
     """What the replay engine needs of a hardware speed profile (inference.simulate.SpeedProfile)."""
 
     load_seconds: float
+    tool_call_seconds: float  # each tool call's overhead (dispatch, prefill of its output) on top of its run time
 
     def per_sample(self, running: int) -> float:
         """Tokens/s of each of `running` samples sharing the engine."""
@@ -158,6 +160,8 @@ class _Running:
     start: float  # clock time it was submitted
     begin: float  # position at submission: clock time (recorded timing) or per-sample work (speed profile)
     end: float  # position at which it finishes
+    tool_seconds: float = 0.0  # speed profile: wall time in tool calls, out of the batch, after its tokens
+    stopped_at: int | None = None  # tokens after which DeepConf's online rule terminated it (no vote)
 
 
 class ReplayEngine(Engine):
@@ -169,10 +173,16 @@ class ReplayEngine(Engine):
         clock: RealClock | VirtualClock | None = None,
         speed: SpeedModel | None = None,
         cuts: ReplayCuts | None = None,
+        confidence_stop: float | None = None,
+        confidence_warmup: int = 4,
     ) -> None:
         """`traces`: a JSONL path or records (checked by load_traces), or an index load_traces already returned.
         `speed`: time samples by this profile instead of their recorded seconds (virtual clock only).
-        `cuts`: a cache shared with other engines on the same records (default: this engine's own)."""
+        `cuts`: a cache shared with other engines on the same records (default: this engine's own).
+        `confidence_stop`: DeepConf online - once `confidence_warmup` samples of a problem finished, the threshold
+        is this quantile of their lowest window confidence (`conf_min`), and a sample of that problem whose window
+        confidence (`conf_windows`, blocks of `conf_window` tokens) falls below it is terminated at the end of that
+        window: it finishes then, empty, with reason "low_confidence" (no vote). Samples without the fields run on."""
         super().__init__(clock)
         if speed is not None and not getattr(self.clock, "virtual", False):
             raise ValueError("replay: a speed profile needs a VirtualClock (--virtual-clock)")
@@ -190,6 +200,12 @@ class ReplayEngine(Engine):
         self._t = self.clock.now()  # the time up to which _work is accounted
         self._work = 0.0
         self._loaded = False
+        self._tools: list[tuple[float, int, tuple[str, int]]] = []  # (tool calls end, order, key): off the batch
+        if confidence_stop is not None and not 0 < confidence_stop < 1:
+            raise ValueError(f"replay: confidence_stop must be in (0, 1), got {confidence_stop}")
+        self.confidence_stop, self.confidence_warmup = confidence_stop, confidence_warmup
+        self._conf_seen: dict[str, list[float]] = {}  # problem → conf_min of its first finished samples
+        self._conf_threshold: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -211,10 +227,15 @@ class ReplayEngine(Engine):
                 if self.speed is None:
                     r = _Running(req, cut, now, now, now + cut.seconds)
                 else:
-                    r = _Running(req, cut, now, self._work, self._work + max(1, cut.tokens))
+                    calls = int(cut.extra.get("tool_calls") or 0)
+                    tool = float(cut.extra.get("tool_seconds") or 0.0) + calls * getattr(self.speed,
+                                                                                           "tool_call_seconds", 0.0)
+                    r = _Running(req, cut, now, self._work, self._work + max(1, cut.tokens), tool)
                 self._running[key] = r
                 self._order += 1
                 heapq.heappush(self._heap, (r.end, self._order, key))
+                if req.problem_id in self._conf_threshold:
+                    self._terminate_if_unsure(r, self._conf_threshold[req.problem_id], r.begin)
 
     # -- timing -------------------------------------------------------------------------------------------------
     def _first(self) -> _Running | None:
@@ -229,7 +250,38 @@ class ReplayEngine(Engine):
     def _finish_first(self, at: float) -> None:
         _, _, key = heapq.heappop(self._heap)
         r = self._running.pop(key)
+        if r.stopped_at is not None:
+            self._finished.append(self._sample(r, "", r.stopped_at, at - r.start, "low_confidence"))
+            return
         self._finished.append(self._sample(r, r.cut.text, r.cut.tokens, at - r.start, r.cut.finish_reason))
+        if self.confidence_stop is not None and r.cut.extra.get("conf_min") is not None:
+            pid = r.request.problem_id
+            seen = self._conf_seen.setdefault(pid, [])
+            if len(seen) < self.confidence_warmup:
+                seen.append(float(r.cut.extra["conf_min"]))
+                if len(seen) == self.confidence_warmup:
+                    ordered = sorted(seen)
+                    threshold = ordered[min(len(ordered) - 1, int(self.confidence_stop * len(ordered)))]
+                    self._conf_threshold[pid] = threshold
+                    position = at if self.speed is None else self._work
+                    for other in list(self._running.values()):
+                        if other.request.problem_id == pid:
+                            self._terminate_if_unsure(other, threshold, position)
+
+    def _terminate_if_unsure(self, r: _Running, threshold: float, position: float) -> None:
+        """DeepConf online: end `r` after the first window whose confidence is below `threshold`, if any, but not
+        before `position` (now, on the clock or in per-sample work)."""
+        windows, size = r.cut.extra.get("conf_windows"), r.cut.extra.get("conf_window")
+        if not windows or not size or r.stopped_at is not None or r.tool_seconds > 0:
+            return
+        low = next((i for i, c in enumerate(windows) if c < threshold), None)
+        if low is None or (low + 1) * size >= r.cut.tokens:
+            return
+        r.stopped_at = (low + 1) * size
+        fraction = r.stopped_at / max(1, r.cut.tokens)
+        r.end = max(position, r.begin + (r.end - r.begin) * fraction)
+        self._order += 1
+        heapq.heappush(self._heap, (r.end, self._order, (r.request.problem_id, r.request.sample)))
 
     def _advance(self, now: float) -> None:
         """Finish, in order, every sample due by `now` (into self._finished)."""
@@ -237,24 +289,48 @@ class ReplayEngine(Engine):
             while (r := self._first()) is not None and r.end <= now:
                 self._finish_first(r.end)
             return
-        while (r := self._first()) is not None:  # the throughput is re-shared each time the batch shrinks
-            rate = self.speed.per_sample(len(self._running))
-            due = self._t + (r.end - self._work) / rate
-            if due > now:
+        while True:  # the throughput is re-shared each time the batch shrinks
+            r = self._first()
+            decoding = len(self._running) - len(self._tools)
+            due = math.inf if r is None else self._t + (r.end - self._work) / self.speed.per_sample(decoding)
+            tool_due = self._tools[0][0] if self._tools else math.inf
+            if due > now and tool_due > now:
                 break
+            if tool_due <= due:  # a sample's tool calls end: it finishes
+                _, _, key = heapq.heappop(self._tools)
+                w = self._running.pop(key)
+                if decoding:
+                    self._work += self.speed.per_sample(decoding) * (tool_due - self._t)
+                self._t = tool_due
+                self._finished.append(self._sample(w, w.cut.text, w.cut.tokens, tool_due - w.start,
+                                                   w.cut.finish_reason))
+                continue
             self._t, self._work = due, r.end
+            if r.tool_seconds > 0:  # its tokens are out; its tool calls take wall time, off the batch
+                heapq.heappop(self._heap)
+                self._order += 1
+                heapq.heappush(self._tools, (due + r.tool_seconds, self._order, (r.request.problem_id,
+                                                                                 r.request.sample)))
+                continue
             self._finish_first(due)
-        if self._running:
-            self._work += self.speed.per_sample(len(self._running)) * (now - self._t)
+        decoding = len(self._running) - len(self._tools)
+        if decoding:
+            self._work += self.speed.per_sample(decoding) * (now - self._t)
         self._t = max(self._t, now)
+
+    def _decoding(self) -> int:
+        """Samples generating tokens now (speed profile): the running ones not waiting on a tool call."""
+        return len(self._running) - len(self._tools)
 
     def _next_finish(self) -> float | None:
         r = self._first()
-        if r is None:
-            return None
         if self.speed is None:
-            return r.end
-        return self._t + max(0.0, r.end - self._work) / self.speed.per_sample(len(self._running))
+            return None if r is None else r.end
+        tool_due = self._tools[0][0] if self._tools else None
+        if r is None:
+            return tool_due
+        due = self._t + max(0.0, r.end - self._work) / self.speed.per_sample(self._decoding())
+        return due if tool_due is None else min(due, tool_due)
 
     def _fraction_done(self, r: _Running, now: float) -> float:
         position = now if self.speed is None else self._work
@@ -302,6 +378,9 @@ class ReplayEngine(Engine):
             done = [s for s in self._finished if s.problem_id == problem_id]
             self._finished = [s for s in self._finished if s.problem_id != problem_id]
             keys = [k for k in self._running if k[0] == problem_id]
+            if self._tools:
+                self._tools = [t for t in self._tools if t[2][0] != problem_id]
+                heapq.heapify(self._tools)
             return done + [self._partial(self._running.pop(k), now) for k in keys]  # their heap entries go stale
 
     def progress(self) -> EngineProgress:
@@ -319,3 +398,6 @@ class ReplayEngine(Engine):
             self._running.clear()
             self._finished.clear()
             self._heap.clear()
+            self._tools.clear()
+            self._conf_seen.clear()
+            self._conf_threshold.clear()

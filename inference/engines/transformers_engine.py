@@ -45,7 +45,7 @@ from transformers import (
 from inference.answers import StopDetector
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
-from inference.entropy import EntropyMeter, token_entropy
+from inference.entropy import EntropyMeter
 from inference.formats import get_format
 from inference.tools import Conversation, ToolSettings, start_tools, stop_tools
 
@@ -455,7 +455,7 @@ class _SeededSampling(LogitsProcessor):
         for row, job in enumerate(self.batch):  # the entropy vote: top-k of the raw distribution, as vLLM's logprobs
             if job.entropy is not None and not job.done:
                 top = torch.log_softmax(scores[row].float(), dim=-1).topk(job.entropy.top_k).values
-                job.entropy.add(token_entropy(top.tolist()))
+                job.entropy.add_logprobs(top.tolist())  # entropy and DeepConf confidence
         if self.greedy:
             return scores
         probs = torch.softmax(self.warpers(input_ids, scores), dim=-1)
