@@ -297,3 +297,13 @@ def test_near_duplicate_problems_across_sources_count_once(tokenizer, tmp_path):
     grpo = write_jsonl(tmp_path / "g.jsonl", [{"problem": p, "answer": 3} for p in variants])
     dataset, report = build_grpo_dataset([{"path": grpo, "label": "g"}])
     assert len(dataset) == 1 and report.dropped["g"] == {"duplicate problem": 4}
+
+
+def test_every_training_source_of_a_recipe_is_listed_with_its_licence(repo_root):
+    import yaml
+
+    listed = (repo_root / "configs" / "data" / "SOURCES.md").read_text().split("## Evaluation sets")[0]
+    recipes = sorted((repo_root / "configs").glob("s*/*.yaml")) + sorted((repo_root / "configs" / "grpo").glob("*.yaml"))
+    hub_ids = {s["path"] for r in recipes for s in (yaml.safe_load(r.read_text()) or {}).get("dataset_sources", [])
+               if not s["path"].startswith("runs/")}
+    assert hub_ids and {h for h in hub_ids if f"| `{h}`" not in listed} == set()
