@@ -228,8 +228,8 @@ def test_report_summary_lists_reasons():
     assert report.to_dict()["chars_per_token"] == 3.3 and "3.300 characters per token" in report.summary()
 
 
-AIME_2025_I_5 = ("There are $8!= 40320$ eight-digit positive integers that use each of the digits 1, 2, 3, 4, 5, 6, 7, "
-                 "8 exactly once. Let N be the number of these integers that are divisible by $22$. Find the "
+AIME_2025_I_5 = ("There are $8!= 40320$ eight-digit positive integers that use each of the digits 1, 2, 3, 4, 5, 6, "
+                 "7, 8 exactly once. Let N be the number of these integers that are divisible by $22$. Find the "
                  "difference between $N$ and 2025.")
 MATH500_SHORT = "Compute $\\dbinom{31}{28}$."  # a MATH-500 problem under 13 words
 
@@ -260,7 +260,8 @@ def test_evaluation_problems_are_dropped_from_sft_and_grpo_and_counted(tokenizer
     assert sorted(r["prompt"][-1]["content"] for r in dataset) == sorted(clean)
     assert report.dropped["g"] == {"evaluation problem (AIME 2025)": 5, "evaluation problem (MATH-500)": 1}
     # the evaluation itself reads those problems untouched
-    assert len(load_eval_problems(write_jsonl(tmp_path / "eval.jsonl", [{"problem": AIME_2025_I_5, "answer": 279}]))) == 1
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", [{"problem": AIME_2025_I_5, "answer": 279}])
+    assert len(load_eval_problems(eval_file)) == 1
 
 
 def test_a_recipes_eval_file_is_kept_out_of_training(tokenizer, tmp_path):
@@ -303,7 +304,7 @@ def test_every_training_source_of_a_recipe_is_listed_with_its_licence(repo_root)
     import yaml
 
     listed = (repo_root / "configs" / "data" / "SOURCES.md").read_text().split("## Evaluation sets")[0]
-    recipes = sorted((repo_root / "configs").glob("s*/*.yaml")) + sorted((repo_root / "configs" / "grpo").glob("*.yaml"))
+    recipes = [r for stage in ("sft", "grpo", "toy") for r in sorted((repo_root / "configs" / stage).glob("*.yaml"))]
     hub_ids = {s["path"] for r in recipes for s in (yaml.safe_load(r.read_text()) or {}).get("dataset_sources", [])
                if not s["path"].startswith("runs/")}
     assert hub_ids and {h for h in hub_ids if f"| `{h}`" not in listed} == set()

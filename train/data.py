@@ -582,8 +582,9 @@ class TraceRenderer:
                 ids, labels = ids + turn_ids, labels + turn_ids
                 continue
             if turn["call"] is None and self.format.tool_call(turn["content"], []) is None:
-                raise ValueError(f"{row['source']}: the assistant turn before a tool output ({turn['content'][-40:]!r})"
-                                 f" makes no {self.format.name} tool call (give tool_calls or end it with the call)")
+                raise ValueError(f"{row['source']}: the assistant turn before a tool output "
+                                 f"({turn['content'][-40:]!r}) makes no {self.format.name} tool call (give "
+                                 "tool_calls or end it with the call)")
             framed = self.format.continue_ids(ids, turn_ids, output, self.tokenizer)[len(ids) + len(turn_ids):]
             kept = framed if self.train_on_tool_outputs else [-100] * len(framed)
             ids, labels = ids + turn_ids + framed, labels + turn_ids + kept
@@ -745,8 +746,10 @@ def main() -> None:
     system_prompt = recipe.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
     seed = recipe.get("dataset_seed", 2025)
     if args.stage == "sft":
+        renderer = (TraceRenderer(recipe["chat_format"], tokenizer, system_prompt, recipe.get("chat_format_options"),
+                                  recipe.get("train_on_tool_outputs", False)) if recipe.get("chat_format") else None)
         rows, report = select_sft_rows(recipe["dataset_sources"], tokenizer, system_prompt, recipe.get("max_length"),
-                                       seed)
+                                       seed, renderer)
     else:
         rows, report = select_grpo_rows(recipe["dataset_sources"], tokenizer, system_prompt,
                                         recipe.get("max_prompt_length", 512), seed)
