@@ -12,6 +12,7 @@ import pytest
 
 from train.data import (
     DataReport,
+    Decontaminator,
     Source,
     build_grpo_dataset,
     build_sft_dataset,
@@ -225,3 +226,85 @@ def test_report_summary_lists_reasons():
     assert report.to_dict() == {"kind": "SFT", "kept": 1, "read": {"a": 3}, "dropped": {"a": {"no answer": 2}}}
     report.trace_chars, report.trace_tokens = 3300, 1000
     assert report.to_dict()["chars_per_token"] == 3.3 and "3.300 characters per token" in report.summary()
+
+
+AIME_2025_I_5 = ("There are $8!= 40320$ eight-digit positive integers that use each of the digits 1, 2, 3, 4, 5, 6, "
+                 "7, 8 exactly once. Let N be the number of these integers that are divisible by $22$. Find the "
+                 "difference between $N$ and 2025.")
+MATH500_SHORT = "Compute $\\dbinom{31}{28}$."  # a MATH-500 problem under 13 words
+
+
+def contaminated_variants() -> list[str]:
+    """An AIME 2025 problem as a training set might carry it: exact, re-spaced, case changed, `$` removed, text
+    added at the edges; and a short MATH-500 problem inside a longer one."""
+    return [
+        AIME_2025_I_5,
+        "  ".join(AIME_2025_I_5.split(" ")).replace("$8!= 40320$", "$8! = 40320$"),
+        AIME_2025_I_5.upper(),
+        AIME_2025_I_5.replace("$", ""),
+        "Problem 5 (AIME I). " + AIME_2025_I_5 + " Put the answer in a box.",
+        "Warm-up: " + MATH500_SHORT.lower() + " Then add 1.",
+    ]
+
+
+def test_evaluation_problems_are_dropped_from_sft_and_grpo_and_counted(tokenizer, tmp_path):
+    clean = ["What is 1 + 2?", "A train leaves at noon at 60 miles per hour; when has it gone 90 miles?"]
+    variants = contaminated_variants()
+    path = write_jsonl(tmp_path / "mixed.jsonl", [{"problem": p, "generation": trace(3), "answer": 3}
+                                                  for p in variants + clean])
+    rows, report = select_sft_rows([{"path": path, "label": "s"}], tokenizer, SYSTEM)
+    assert sorted(r["problem"] for r in rows) == sorted(clean)
+    assert report.dropped["s"] == {"evaluation problem (AIME 2025)": 5, "evaluation problem (MATH-500)": 1}
+    assert "evaluation problem (AIME 2025): 5" in report.summary()
+    dataset, report = build_grpo_dataset([{"path": path, "label": "g"}])
+    assert sorted(r["prompt"][-1]["content"] for r in dataset) == sorted(clean)
+    assert report.dropped["g"] == {"evaluation problem (AIME 2025)": 5, "evaluation problem (MATH-500)": 1}
+    # the evaluation itself reads those problems untouched
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", [{"problem": AIME_2025_I_5, "answer": 279}])
+    assert len(load_eval_problems(eval_file)) == 1
+
+
+def test_a_recipes_eval_file_is_kept_out_of_training(tokenizer, tmp_path):
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", [{"problem": "Find the sum of 17 and 25.", "answer": 42}])
+    train = write_jsonl(tmp_path / "train.jsonl", [{"problem": "find the sum of 17 and 25 .", "answer": 42},
+                                                   {"problem": "Find the sum of 17 and 26.", "answer": 43}])
+    dataset, report = build_grpo_dataset([{"path": train, "label": "g"}], eval_files=[held_out])
+    assert [r["solution"] for r in dataset] == ["43"]
+    assert report.dropped["g"] == {f"evaluation problem (eval_file {held_out})": 1}
+
+
+def test_decontaminator_rules():
+    d = Decontaminator({"E": ["one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
+                              "What is 6 * 7?", "Add 2."]})
+    assert d.match("Intro. ONE two $three$ four five six seven eight nine ten eleven twelve thirteen, and more") == "E"
+    assert d.match("one two three four five six seven eight nine ten eleven twelve") is None  # 12 shared words
+    assert d.match("So: what is 6*7 ? Then stop.") == "E"  # a short problem inside a longer one
+    assert d.match("What is 6 + 7?") is None  # symbols count: another problem
+    assert d.match("add 2 .") == "E" and d.match("Add 2 and 3.") is None  # under 5 words: only exactly
+
+
+def test_near_duplicate_problems_across_sources_count_once(tokenizer, tmp_path):
+    variants = ["What is $1+2$?", "what is 1 + 2?", "WHAT IS 1+2?", "What  is 1+2 ?", "What is {1}+{2}?"]
+    a = write_jsonl(tmp_path / "a.jsonl", [{"problem": p, "generation": trace(3, i + 1), "answer": 3}
+                                           for i, p in enumerate(variants[:3])])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"problem": p, "generation": trace(3, i + 4), "answer": 3}
+                                           for i, p in enumerate(variants[3:])] +
+                    [{"problem": "What is 1*2?", "generation": trace(2), "answer": 2}])
+    rows, report = select_sft_rows([{"path": a, "label": "a"}, {"path": b, "label": "b"}], tokenizer, SYSTEM)
+    assert sorted(r["problem"] for r in rows) == ["What is $1+2$?", "What is 1*2?"]  # the shortest trace wins
+    assert report.dropped["a"] == {"longer trace of the same problem": 2}
+    assert report.dropped["b"] == {"longer trace of the same problem": 1}
+    assert report.dropped["all sources"] == {"duplicate problem (kept the shortest trace)": 1}
+    grpo = write_jsonl(tmp_path / "g.jsonl", [{"problem": p, "answer": 3} for p in variants])
+    dataset, report = build_grpo_dataset([{"path": grpo, "label": "g"}])
+    assert len(dataset) == 1 and report.dropped["g"] == {"duplicate problem": 4}
+
+
+def test_every_training_source_of_a_recipe_is_listed_with_its_licence(repo_root):
+    import yaml
+
+    listed = (repo_root / "configs" / "data" / "SOURCES.md").read_text().split("## Evaluation sets")[0]
+    recipes = [r for stage in ("sft", "grpo", "toy") for r in sorted((repo_root / "configs" / stage).glob("*.yaml"))]
+    hub_ids = {s["path"] for r in recipes for s in (yaml.safe_load(r.read_text()) or {}).get("dataset_sources", [])
+               if not s["path"].startswith("runs/")}
+    assert hub_ids and {h for h in hub_ids if f"| `{h}`" not in listed} == set()

@@ -43,6 +43,13 @@ class DataArguments:
     eval_problem_column: str = field(default="problem")
     eval_answer_column: str = field(default="answer")
     eval_limit: int | None = field(default=64, metadata={"help": "Evaluate on the first N held-out problems."})
+    chat_format: str | None = field(
+        default=None,
+        metadata={"help": "SFT: render rows in this inference format (python_block, tool_call, harmony) as token ids "
+                  "with tool outputs out of the loss (train/data.py); needed for tool-using traces."},
+    )
+    chat_format_options: dict = field(default_factory=dict, metadata={"help": "The format's options. YAML only."})
+    train_on_tool_outputs: bool = field(default=False, metadata={"help": "SFT: keep tool outputs in the loss."})
 
     def sources(self) -> list[dict]:
         """The one source dataset_name names (it replaces the recipe's dataset_sources), else dataset_sources."""

@@ -10,6 +10,34 @@ A per-problem accuracy bound drops rows whose accuracy is unknown (fewer than 2 
 Rows come out in TRL's conversational prompt/completion form: `{"prompt": [system, user], "completion":
 [assistant], "answer", "source"}`, so SFT puts the loss on the completion.
 
+Tool-using traces (several turns) keep every turn. A source with `messages_column` holds chat messages:
+
+    {"messages": [{"role": "system", "content": ...},                     # optional; the recipe's prompt wins
+                  {"role": "user", "content": "What is 347 * 29?"},
+                  {"role": "assistant", "content": "<think>\n", "tool_calls": [{"code": "print(347 * 29)"}]},
+                  {"role": "tool", "content": "10063\n"},                   # the sandbox's output, unframed
+                  {"role": "assistant", "content": "\\boxed{10063}\n</think>\nThe answer is \\boxed{10063}.",
+                   "thinking": ...}],                                    # optional, harmony only: analysis channel
+     "answer": "10063"}
+
+A call is either `tool_calls` (one per assistant message: `{"code": ...}` or the OpenAI/transformers shape
+`{"function": {"name": "python", "arguments": {"code": ...}}}`), or written inline at the end of the assistant
+content in the recipe's format, exactly as the kit's engine generated it (a turn's `text`, then a `tool` message with
+its `output`). Every call must be followed by a `tool` message and the trace must end with an assistant message;
+anything else stops the build with an error naming the source and row. ShareGPT `from`/`value` keys are read too.
+With `chat_format` set (python_block or tool_call for Qwen-family models, harmony for gpt-oss; inference/formats.py,
+inference/harmony.py render them as the engines do) every SFT row is tokenized here into `{input_ids, labels}`:
+the prompt as the engine builds it, each assistant turn as the model writes it, each tool output framed as the
+engine appends it, with labels -100 on the prompt and on every tool-output token (`train_on_tool_outputs: true`
+keeps the outputs in the loss, for comparison), which trl's SFTTrainer uses as they are.
+
+Decontamination: a training row whose problem is an evaluation problem (configs/data: AIME 2024, AIME 2025,
+MATH-500; the AIMO reference sets under runs/data/ when downloaded; the recipe's eval_file) is dropped before SFT
+and GRPO, counted as "evaluation problem (SET)". Problems are compared as lowercase words (every character that is
+not a letter or digit splits words, so spacing, case, `$` and LaTeX punctuation do not matter): a shared run of 13
+words (`NGRAM`), or, for an evaluation problem shorter than that, all of its words in a row. Near-duplicates across
+rows and sources (the same words after that normalisation) count as one problem.
+
 GRPO (`build_grpo_dataset`): `{"prompt": [system, user], "solution": gold, "source"}` with every gold checked to be
 gradable, and prompts longer than `max_prompt_length` tokens dropped (trl 1.16 no longer truncates prompts).
 
@@ -36,11 +64,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from inference.answers import grade, last_boxed
+from inference.formats import get_format
 from inference.prompts import prompt_messages  # the one prompt builder of training and serving
 
 logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# Evaluation sets no training row may contain: shipped files, then the Kaggle reference sets where downloaded.
+EVAL_SETS = {"AIME 2024": "configs/data/aime2024.jsonl", "AIME 2025": "configs/data/aime2025.jsonl",
+             "MATH-500": "configs/data/math500.jsonl", "AIMO-2 reference": "runs/data/aimo2/reference.csv",
+             "AIMO-3 reference": "runs/data/aimo3/reference.csv"}
+NGRAM = 13  # words: the n-gram overlap open post-training pipelines (Tülu 3, OLMo) decontaminate with
+MIN_CONTAINED_WORDS = 5  # a shorter evaluation problem matches only a training problem with exactly its words
+WORD = re.compile(r"[^\W_]+|[^\w\s$\\{}]")  # letter/digit runs, and every other visible character but $ \ { }
+ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system",
+         "tool": "tool"}
 
 
 @dataclass
@@ -145,22 +184,132 @@ def _column(row: dict, column: str, source: Source):
     return row[column]
 
 
-def _from_messages(turns: list[dict]) -> tuple[str, str]:
-    """(first user turn, first assistant turn) of {role, content} or ShareGPT {from, value} messages."""
-    user = assistant = ""
-    for turn in turns:
-        role = turn.get("role", turn.get("from"))
-        content = turn.get("content", turn.get("value")) or ""
-        if role in ("user", "human") and not user:
-            user = content
-        elif role in ("assistant", "gpt") and not assistant:
-            assistant = content
-    return user, assistant
+def _tool_code(call, where: str) -> str:
+    """The Python source of one `tool_calls` entry: {"code": ...} or {"function": {"arguments": {"code": ...}}}
+    (arguments may be a JSON string, or the code itself)."""
+    if isinstance(call, dict) and isinstance(call.get("code"), str):
+        return call["code"]
+    arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+    if isinstance(arguments, dict) and isinstance(arguments.get("code"), str):
+        return arguments["code"]
+    raise ValueError(f"{where}: a tool call needs its code ({{'code': ...}} or function.arguments.code), got {call!r}")
+
+
+def parse_messages(messages, where: str) -> tuple[str, list[dict] | None, str]:
+    """(problem, turns, flat trace) of one row's chat messages. `turns` is None for a plain trace (one assistant
+    answer); else every turn after the user's, as {"role": "assistant", "content", "call", "thinking"} or
+    {"role": "tool", "content"}. The flat trace (assistant text, calls and outputs as python_block text) is what
+    grading, token bounds and the written rows read. Raises ValueError naming `where` on a malformed trace."""
+    if not isinstance(messages, list):
+        raise ValueError(f"{where}: messages must be a list of turns, got {type(messages).__name__}")
+    problem, turns = None, []
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"{where}: messages[{j}] is not a mapping")
+        role = ROLES.get(m.get("role") or m.get("from"))
+        content = m.get("content", m.get("value")) or ""
+        if role is None:
+            raise ValueError(f"{where}: messages[{j}] has role {m.get('role') or m.get('from')!r}; expected "
+                             f"{', '.join(ROLES)}")
+        if role == "system" and problem is None:
+            continue  # the recipe's system prompt is the one trained
+        if role == "user":
+            if problem is not None:
+                raise ValueError(f"{where}: messages[{j}] is a second user turn (one problem per row)")
+            problem = content
+            continue
+        if problem is None:
+            raise ValueError(f"{where}: messages[{j}] ({role}) comes before the user's problem")
+        calls = m.get("tool_calls") or []
+        if len(calls) > 1:
+            raise ValueError(f"{where}: messages[{j}] makes {len(calls)} tool calls; one per assistant turn")
+        if role == "assistant":
+            turns.append({"role": "assistant", "content": content, "thinking": m.get("thinking") or None,
+                          "call": _tool_code(calls[0], f"{where}: messages[{j}]") if calls else None})
+        elif role == "tool":
+            if not turns or turns[-1]["role"] != "assistant":
+                raise ValueError(f"{where}: messages[{j}] is a tool output that follows no assistant tool call")
+            turns.append({"role": "tool", "content": content})
+        else:
+            raise ValueError(f"{where}: messages[{j}] is a system turn inside the conversation")
+    if problem is None:
+        return "", None, ""
+    for j, turn in enumerate(turns):
+        following = turns[j + 1]["role"] if j + 1 < len(turns) else None
+        if turn["role"] == "assistant" and turn["call"] is not None and following != "tool":
+            raise ValueError(f"{where}: a tool call ({turn['call'][:40]!r}) has no tool output after it")
+    if turns and turns[-1]["role"] != "assistant":
+        raise ValueError(f"{where}: the trace ends with a tool output, not with the assistant's answer")
+    if len(turns) == 1 and turns[0]["call"] is None and turns[0]["thinking"] is None:
+        return problem, None, turns[0]["content"]
+    block = get_format("python_block")
+    flat = "".join(t["content"] + (block.call_text(t["call"]) if t.get("call") else "") if t["role"] == "assistant"
+                   else block.frame_output(t["content"]) for t in turns)
+    return problem, turns or None, flat
+
+
+def problem_words(text: str) -> list[str]:
+    """A problem as lowercase words and single symbols: spacing, case, `$`, backslashes and braces do not count."""
+    return WORD.findall(text.lower())
 
 
 def normalize_problem(text: str) -> str:
-    """Key for deduplication: whitespace-insensitive."""
-    return re.sub(r"\s+", " ", text).strip()
+    """Key for deduplication: the same words and symbols (`problem_words`) are the same problem."""
+    return " ".join(problem_words(text))
+
+
+class Decontaminator:
+    """Finds training problems that are evaluation problems (see the module docstring for the rule)."""
+
+    def __init__(self, sets: dict[str, list[str]]):
+        self.ngrams: dict[tuple, str] = {}
+        self.short: list[tuple[str, str]] = []  # (" words ", set) of evaluation problems under NGRAM words
+        self.exact: dict[str, str] = {}
+        self.sizes = {name: len(problems) for name, problems in sets.items()}
+        for name, problems in sets.items():
+            for problem in problems:
+                words = problem_words(problem)
+                self.exact.setdefault(" ".join(words), name)
+                if len(words) >= NGRAM:
+                    for i in range(len(words) - NGRAM + 1):
+                        self.ngrams.setdefault(tuple(words[i : i + NGRAM]), name)
+                elif len(words) >= MIN_CONTAINED_WORDS:
+                    self.short.append((f" {' '.join(words)} ", name))
+
+    def match(self, problem: str) -> str | None:
+        """The name of the evaluation set `problem` overlaps, or None."""
+        words = problem_words(problem)
+        joined = " ".join(words)
+        if joined in self.exact:
+            return self.exact[joined]
+        for i in range(len(words) - NGRAM + 1):
+            name = self.ngrams.get(tuple(words[i : i + NGRAM]))
+            if name:
+                return name
+        padded = f" {joined} "
+        return next((name for short, name in self.short if short in padded), None)
+
+
+def load_decontaminator(eval_sets: dict[str, str] | None = None, extra: list[str] | tuple = ()) -> Decontaminator:
+    """The evaluation problems of `eval_sets` (name → file; default EVAL_SETS, repo-relative; the AIMO reference
+    files only where present) and of `extra` files or hub ids (a recipe's eval_file)."""
+    sets: dict[str, list[str]] = {}
+    for name, path in (EVAL_SETS if eval_sets is None else eval_sets).items():
+        file = Path(path) if Path(path).is_absolute() or Path(path).exists() else REPO / path
+        if not file.exists():
+            if eval_sets is None and "reference" in name:
+                continue  # Kaggle data, downloaded by `make reference-data`
+            raise FileNotFoundError(f"decontamination: evaluation set {name} file {path} does not exist")
+        sets[name] = [str(r["problem"]) for r in load_rows(Source(path=str(file)))]
+    for path in extra:
+        if path:
+            sets[f"eval_file {path}"] = [str(r["problem"]) for r in load_rows(Source(path=path, split="test"))]
+    return Decontaminator(sets)
 
 
 def gold_is_gradable(gold: str) -> bool:
@@ -195,10 +344,12 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
         raise ValueError(f"dataset_sources[{source.display}]: min/max_accuracy needs accuracy_column or a list "
                          "correct_column")
     label, candidates = source.display, []
-    for row in load_rows(source):
+    for index, row in enumerate(load_rows(source)):
         report.read[label] += 1
+        turns = None
         if source.messages_column:
-            problem, trace = _from_messages(_column(row, source.messages_column, source))
+            problem, turns, trace = parse_messages(_column(row, source.messages_column, source),
+                                                   f"dataset_sources[{label}] row {index}")
             traces = [trace]
         else:
             problem = _column(row, source.problem_column, source) or ""
@@ -252,8 +403,11 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
             if not correct:
                 report.drop(label, "wrong trace")
                 continue
-            candidates.append({"problem": problem.strip(), "generation": trace, "answer": answer, "source": label,
-                               "verified": verified})
+            candidate = {"problem": problem.strip(), "generation": trace, "answer": answer, "source": label,
+                         "verified": verified}
+            if turns is not None:
+                candidate["turns"] = turns
+            candidates.append(candidate)
     return candidates
 
 
@@ -266,6 +420,27 @@ def _shortest_per_problem(rows: list[dict]) -> list[dict]:
         if key not in best or rank < (not best[key].get("verified", True), best[key]["tokens"]):
             best[key] = row
     return list(best.values())
+
+
+def _decontaminate(rows: list[dict], decontaminator: Decontaminator, label: str, report: DataReport) -> list[dict]:
+    kept = []
+    for row in rows:
+        name = decontaminator.match(row["problem"])
+        if name is None:
+            kept.append(row)
+        else:
+            report.drop(label, f"evaluation problem ({name})")
+    return kept
+
+
+_DEFAULT_DECONTAMINATOR: list[Decontaminator] = []
+
+
+def default_decontaminator() -> Decontaminator:
+    """The EVAL_SETS' decontaminator, built once per process."""
+    if not _DEFAULT_DECONTAMINATOR:
+        _DEFAULT_DECONTAMINATOR.append(load_decontaminator())
+    return _DEFAULT_DECONTAMINATOR[0]
 
 
 def _sample(rows: list[dict], source: Source, rng: random.Random, report: DataReport) -> list[dict]:
@@ -291,17 +466,22 @@ def select_sft_rows(
     system_prompt: str | None = None,
     max_length: int | None = None,
     seed: int = 2025,
+    renderer: "TraceRenderer | None" = None,
+    decontaminator: Decontaminator | None = None,
 ) -> tuple[list[dict], DataReport]:
-    """The SFT problems as flat `{problem, generation, answer, source, tokens}` rows, and the DataReport.
+    """The SFT problems as flat `{problem, generation, answer, source, tokens}` rows (`turns` too for tool-using
+    traces), and the DataReport.
 
-    `max_length` drops rows whose whole chat-formatted example (system prompt included) is longer, so no trace is cut
-    before its answer.
+    `max_length` drops rows whose whole example (system prompt included; rendered by `renderer` when given, else by
+    the chat template) is longer, so no trace is cut before its answer. `decontaminator` (default: the EVAL_SETS)
+    drops evaluation problems.
     """
     if not sources:
         raise ValueError("dataset_sources: no SFT data source given")
+    decontaminator = decontaminator if decontaminator is not None else default_decontaminator()
     report, rng, merged = DataReport("SFT"), random.Random(seed), []
     for source in [s if isinstance(s, Source) else Source.from_dict(s) for s in sources]:
-        rows = _sft_candidates(source, report)
+        rows = _decontaminate(_sft_candidates(source, report), decontaminator, source.display, report)
         for row, n in zip(rows, count_tokens(tokenizer, [r["generation"] for r in rows]), strict=True):
             row["tokens"] = n
         in_bounds = [
@@ -315,10 +495,18 @@ def select_sft_rows(
     # Across sources: one row per problem, the shortest correct trace.
     rows = _shortest_per_problem(merged)
     report.drop("all sources", "duplicate problem (kept the shortest trace)", len(merged) - len(rows))
+    if renderer is None and any("turns" in r for r in rows):
+        n = sum("turns" in r for r in rows)
+        raise ValueError(f"dataset_sources: {n} rows are tool-using traces (several turns); set chat_format "
+                         "(python_block, tool_call or harmony) to render them in the model's format")
     if max_length is not None:
-        records = [sft_record(r, system_prompt) for r in rows]
-        texts = [tokenizer.apply_chat_template(m["prompt"] + m["completion"], tokenize=False) for m in records]
-        fitting = [r for r, n in zip(rows, count_tokens(tokenizer, texts), strict=True) if n <= max_length]
+        if renderer is not None:
+            lengths = [len(renderer(r)["input_ids"]) for r in rows]
+        else:
+            records = [sft_record(r, system_prompt) for r in rows]
+            texts = [tokenizer.apply_chat_template(m["prompt"] + m["completion"], tokenize=False) for m in records]
+            lengths = count_tokens(tokenizer, texts)
+        fitting = [r for r, n in zip(rows, lengths, strict=True) if n <= max_length]
         report.drop("all sources", f"longer than max_length={max_length}", len(rows) - len(fitting))
         rows = fitting
     rng.shuffle(rows)
@@ -337,12 +525,111 @@ def sft_record(row: dict, system_prompt: str | None) -> dict:
             "answer": row["answer"], "source": row["source"]}
 
 
-def build_sft_dataset(sources, tokenizer, system_prompt, max_length=None, seed=2025):
-    """The SFT set as a `datasets.Dataset` in prompt/completion form, and its DataReport."""
+def build_sft_dataset(sources, tokenizer, system_prompt, max_length=None, seed=2025, chat_format=None,
+                      chat_format_options=None, train_on_tool_outputs=False, eval_files=()):
+    """The SFT set as a `datasets.Dataset`, and its DataReport: prompt/completion rows, or with `chat_format`
+    `{input_ids, labels}` rows rendered by `TraceRenderer` (tool outputs out of the loss). Evaluation problems (the
+    EVAL_SETS and `eval_files`) are dropped."""
     from datasets import Dataset
 
-    rows, report = select_sft_rows(sources, tokenizer, system_prompt, max_length, seed)
+    renderer = (TraceRenderer(chat_format, tokenizer, system_prompt, chat_format_options, train_on_tool_outputs)
+                if chat_format else None)
+    decontaminator = load_decontaminator(extra=tuple(eval_files)) if any(eval_files) else None
+    rows, report = select_sft_rows(sources, tokenizer, system_prompt, max_length, seed, renderer, decontaminator)
+    if renderer is not None:
+        return Dataset.from_list([renderer(r) for r in rows]), report
     return Dataset.from_list([sft_record(r, system_prompt) for r in rows]), report
+
+
+# --- tool-using traces as token ids and labels ----------------------------------------------------------------------
+
+
+class TraceRenderer:
+    """SFT rows as `{input_ids, labels}` in the target model's chat format, built with the engines' own rendering
+    (inference/formats.py, inference/harmony.py): the prompt is `prompt_ids`, each tool output is what
+    `continue_ids` appends after a call, so training sees exactly the tokens serving feeds the model. Labels are -100
+    on the prompt and on every tool-output token (unless `train_on_tool_outputs`), the token ids elsewhere."""
+
+    def __init__(self, chat_format: str, tokenizer, system_prompt: str | None, options: dict | None = None,
+                 train_on_tool_outputs: bool = False):
+        try:
+            self.format = get_format(chat_format, **(options or {}))
+        except ValueError as e:
+            raise ValueError(str(e).replace("prompts.format_options", "chat_format_options")
+                             .replace("prompts.format", "chat_format")) from None
+        self.tokenizer, self.system_prompt = tokenizer, system_prompt
+        self.train_on_tool_outputs = train_on_tool_outputs
+        self.harmony = self.format.name == "harmony"
+        if not self.harmony:  # what the chat template writes after an assistant message (e.g. <|im_end|>\n)
+            sentinel = "\u2063SENTINEL\u2063"
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel}], tokenize=False,
+                **self.format.chat_template_kwargs)
+            self.end_ids = tokenizer.encode(text[text.rindex(sentinel) + len(sentinel):], add_special_tokens=False)
+
+    def __call__(self, row: dict) -> dict:
+        ids = list(self.format.prompt_ids(prompt_messages(row["problem"], self.system_prompt), self.tokenizer))
+        labels = [-100] * len(ids)
+        turns = row.get("turns") or [{"role": "assistant", "content": row["generation"], "call": None,
+                                      "thinking": None}]
+        for j, turn in enumerate(turns):
+            if turn["role"] != "assistant":
+                continue
+            output = turns[j + 1]["content"] if j + 1 < len(turns) and turns[j + 1]["role"] == "tool" else None
+            last = j == len(turns) - 1
+            turn_ids = self._assistant_ids(turn, last)
+            if output is None:
+                ids, labels = ids + turn_ids, labels + turn_ids
+                continue
+            if turn["call"] is None and self.format.tool_call(turn["content"], []) is None:
+                raise ValueError(f"{row['source']}: the assistant turn before a tool output "
+                                 f"({turn['content'][-40:]!r}) makes no {self.format.name} tool call (give "
+                                 "tool_calls or end it with the call)")
+            framed = self.format.continue_ids(ids, turn_ids, output, self.tokenizer)[len(ids) + len(turn_ids):]
+            kept = framed if self.train_on_tool_outputs else [-100] * len(framed)
+            ids, labels = ids + turn_ids + framed, labels + turn_ids + kept
+        return {"input_ids": ids, "labels": labels}
+
+    def _assistant_ids(self, turn: dict, last: bool) -> list[int]:
+        """One assistant turn's tokens as the model writes them after the prompt or a tool output."""
+        if self.harmony:
+            return self._harmony_ids(turn, last)
+        if turn.get("thinking"):
+            raise ValueError(f"chat_format {self.format.name}: `thinking` is rendered by harmony only; write it in "
+                             "the assistant content")
+        text = turn["content"]
+        if turn["call"] is not None:
+            if not hasattr(self.format, "call_text"):
+                raise ValueError(f"chat_format {self.format.name} has no tool calls (use python_block, tool_call or "
+                                 "harmony)")
+            text += self.format.call_text(turn["call"])
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids + self.end_ids if last else ids
+
+    def _harmony_ids(self, turn: dict, last: bool) -> list[int]:
+        from openai_harmony import Message, Role
+
+        from inference.harmony import encoding, special_id, text_token_ids
+
+        content = turn["content"]
+        if "<|channel|>" in content:  # raw Harmony text as the kit's engine recorded the turn
+            return text_token_ids(content)
+        messages = []
+        if turn.get("thinking"):
+            messages.append(Message.from_role_and_content(Role.ASSISTANT, turn["thinking"]).with_channel("analysis"))
+        if content:
+            channel = "final" if last else "analysis"
+            messages.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel(channel))
+        if turn["call"] is not None:
+            messages.append(Message.from_role_and_content(Role.ASSISTANT, turn["call"]).with_channel("analysis")
+                            .with_recipient("python").with_content_type("code"))
+        if last and not content:
+            raise ValueError("harmony format: the last assistant message has no content (the final answer)")
+        ids = [i for m in messages for i in encoding().render(m)]
+        ids = ids[len(self.format.assistant_start):]  # the prompt or the tool output already ends in it
+        if last:  # the model ends its answer with <|return|>, not <|end|>
+            ids[-1] = special_id("<|return|>")
+        return ids
 
 
 # --- GRPO and evaluation problems -----------------------------------------------------------------------------------
@@ -355,16 +642,20 @@ def select_grpo_rows(
     max_prompt_length: int | None = None,
     seed: int = 2025,
     kind: str = "GRPO",
+    decontaminator: Decontaminator | None = None,
 ) -> tuple[list[dict], DataReport]:
     """Problems with gradable golds as flat `{problem, answer, source}` rows, and the DataReport.
 
     Prompts longer than `max_prompt_length` tokens (system prompt, chat template and generation prompt included) are
-    dropped: the trainer would otherwise feed them whole.
+    dropped: the trainer would otherwise feed them whole. Evaluation problems (`decontaminator`, default the
+    EVAL_SETS; none for kind "evaluation") are dropped.
     """
     if not sources:
         raise ValueError(f"dataset_sources: no {kind} data source given")
     if max_prompt_length is not None and tokenizer is None:
         raise ValueError("max_prompt_length needs a tokenizer")
+    if decontaminator is None:
+        decontaminator = Decontaminator({}) if kind == "evaluation" else default_decontaminator()
     report, rng, selected, seen = DataReport(kind), random.Random(seed), [], set()
     for source in [s if isinstance(s, Source) else Source.from_dict(s) for s in sources]:
         label, rows = source.display, []
@@ -380,6 +671,8 @@ def select_grpo_rows(
                 report.drop(label, "unparseable gold")
             elif normalize_problem(problem) in seen:
                 report.drop(label, "duplicate problem")
+            elif (name := decontaminator.match(problem)) is not None:
+                report.drop(label, f"evaluation problem ({name})")
             else:
                 seen.add(normalize_problem(problem))
                 rows.append({"problem": problem, "answer": gold, "source": label})
@@ -402,11 +695,14 @@ def grpo_record(row: dict, system_prompt: str | None) -> dict:
             "source": row["source"]}
 
 
-def build_grpo_dataset(sources, tokenizer=None, system_prompt=None, max_prompt_length=None, seed=2025):
-    """The GRPO set as a `datasets.Dataset` of `{prompt, solution, source}`, and its DataReport."""
+def build_grpo_dataset(sources, tokenizer=None, system_prompt=None, max_prompt_length=None, seed=2025, eval_files=()):
+    """The GRPO set as a `datasets.Dataset` of `{prompt, solution, source}`, and its DataReport. Evaluation problems
+    (the EVAL_SETS and `eval_files`, e.g. the recipe's held-out eval_file) are dropped."""
     from datasets import Dataset
 
-    rows, report = select_grpo_rows(sources, tokenizer, system_prompt, max_prompt_length, seed)
+    decontaminator = load_decontaminator(extra=tuple(eval_files)) if any(eval_files) else None
+    rows, report = select_grpo_rows(sources, tokenizer, system_prompt, max_prompt_length, seed,
+                                    decontaminator=decontaminator)
     return Dataset.from_list([grpo_record(r, system_prompt) for r in rows]), report
 
 
@@ -450,8 +746,10 @@ def main() -> None:
     system_prompt = recipe.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
     seed = recipe.get("dataset_seed", 2025)
     if args.stage == "sft":
+        renderer = (TraceRenderer(recipe["chat_format"], tokenizer, system_prompt, recipe.get("chat_format_options"),
+                                  recipe.get("train_on_tool_outputs", False)) if recipe.get("chat_format") else None)
         rows, report = select_sft_rows(recipe["dataset_sources"], tokenizer, system_prompt, recipe.get("max_length"),
-                                       seed)
+                                       seed, renderer)
     else:
         rows, report = select_grpo_rows(recipe["dataset_sources"], tokenizer, system_prompt,
                                         recipe.get("max_prompt_length", 512), seed)

@@ -93,7 +93,8 @@ def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, mod
     tokenizer = load_tokenizer(model_args, chat_template_path=None)  # the SFT checkpoint's own template
     with PartialState().main_process_first():
         dataset, report = build_grpo_dataset(data_args.sources(), tokenizer, training_args.system_prompt,
-                                             data_args.max_prompt_length, data_args.dataset_seed)
+                                             data_args.max_prompt_length, data_args.dataset_seed,
+                                             eval_files=[data_args.eval_file])  # held-out problems never trained
     save_data_report(report, training_args)
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)

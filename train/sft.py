@@ -58,7 +58,9 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     tokenizer = load_tokenizer(model_args, training_args.chat_template_path)
     with PartialState().main_process_first():  # rank 0 fills the datasets cache, the others read it
         dataset, report = build_sft_dataset(data_args.sources(), tokenizer, training_args.system_prompt,
-                                            training_args.max_length, data_args.dataset_seed)
+                                            training_args.max_length, data_args.dataset_seed, data_args.chat_format,
+                                            data_args.chat_format_options, data_args.train_on_tool_outputs,
+                                            eval_files=[data_args.eval_file])
     save_data_report(report, training_args)
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)

@@ -1,6 +1,8 @@
 """The tool-integrated reasoning (TIR) toy: products the toy model cannot work out in its head but can with Python.
 
     python -m train.toy.tir --config configs/toy/tir.yaml     # data → tokenizer + tiny Qwen2 → SFT → runs/toy-tir/model
+    python -m train.toy.tir --config configs/toy/tir.yaml --run-dir runs/toy-tir-nomask --train_on_tool_outputs true
+    python -m train.toy.tir evaluate --model runs/toy-tir/model --limit 100   # with and without the tool
 
 `What is 347 * 29?` is answered by one tool call, written in the kit's `python_block` format (inference/formats.py):
 
@@ -25,9 +27,14 @@ column working does) and knows the chat format, so learning the tool format take
 cores; its byte-level tokenizer spells the new words (python, print, output) in a few tokens each. With
 `init_model: null` a fresh tiny model and tokenizer are built instead (it needs many more steps to learn copying).
 
-SFT runs through train/sft.py with configs/toy/sft-tir.yaml (the same code path as the real recipes). The loss
-covers the whole completion, the ```output block included: the model learns to expect a number there, and the
-tool supplies the right one.
+SFT runs through train/sft.py with configs/toy/sft-tir.yaml (the same code path as the real recipes). The training
+rows are multi-turn traces (user, assistant with the call, tool output, assistant with the answer; train/data.py's
+schema) rendered with `chat_format: python_block`: the ```output block is exactly what the engine appends after a
+call, and it is out of the loss, so the model learns to call and to read outputs, not to write them. Any argument
+after the recipe's own (`--train_on_tool_outputs true`) goes to train/sft.py.
+
+`evaluate` answers held-out problems greedily through the kit's transformers engine, with the sandbox and without
+it, and prints the accuracy of each and, without the tool, how often the model wrote an ```output block itself.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import csv
 import logging
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +79,16 @@ def make_trace(problem: ToyProblem) -> str:
     call = fmt.call_text(f"print({a} * {b})")
     output = fmt.frame_output(f"{a * b}\n")
     return f"<think>\n{call}{output}\\boxed{{{problem.answer}}}\n</think>\nThe answer is \\boxed{{{problem.answer}}}."
+
+
+def make_messages(problem: ToyProblem) -> list[dict]:
+    """The same trace as chat turns (train/data.py's schema): the call and its output are separate turns."""
+    a, b = operands(problem.problem)
+    return [{"role": "user", "content": problem.problem},
+            {"role": "assistant", "content": "<think>\n", "tool_calls": [{"code": f"print({a} * {b})"}]},
+            {"role": "tool", "content": f"{a * b}\n"},
+            {"role": "assistant", "content": f"\\boxed{{{problem.answer}}}\n</think>\nThe answer is "
+                                             f"\\boxed{{{problem.answer}}}."}]
 
 
 def make_splits(sizes: dict[str, int], seed: int = 0) -> dict[str, list[ToyProblem]]:
@@ -112,12 +130,62 @@ class TirRecipe:
         return dataclass_from_mapping(cls, yaml.safe_load(Path(path).read_text()) or {}, str(path))
 
 
+def evaluate(model: str, problems_path: str, limit: int | None = None, max_tokens: int = 120) -> dict:
+    """Greedy answers to held-out problems through the transformers engine, with the tool and without; returns
+    {"tool": {accuracy, ...}, "no_tool": {accuracy, self_written_output, ...}}."""
+    import json
+
+    from inference.answers import extract_answer
+    from inference.engines.base import SampleRequest
+    from inference.engines.transformers_engine import TransformersEngine
+    from inference.tools import ToolSettings
+
+    rows = [json.loads(line) for line in Path(problems_path).read_text().splitlines() if line.strip()][:limit]
+    result = {}
+    for name, tools in (("tool", ToolSettings(enabled=True, pool_size=4, max_calls=4, max_turns=6)),
+                        ("no_tool", None)):
+        engine = TransformersEngine(model, batch_size=16, chat_format=FORMAT, tools=tools)
+        engine.start()
+        try:
+            engine.submit([SampleRequest(r["id"], 0, [{"role": "system", "content": SYSTEM_PROMPT},
+                                                      {"role": "user", "content": r["problem"]}],
+                                         seed=0, max_tokens=max_tokens, temperature=0.0, stop_rule="think")
+                           for r in rows])
+            samples = []
+            while len(samples) < len(rows):
+                samples += engine.poll(1.0)
+        finally:
+            engine.shutdown()
+        gold = {r["id"]: str(r["answer"]) for r in rows}
+        correct = sum(str(extract_answer(s.text)) == gold[s.problem_id] for s in samples)
+        self_written = sum("```output" in "".join(t["text"] for t in s.extra["turns"]) if "turns" in s.extra
+                           else "```output" in s.text for s in samples)
+        calls = sum(s.extra.get("tool_calls", 0) for s in samples)
+        result[name] = {"problems": len(samples), "accuracy": correct / len(samples),
+                        "self_written_output": self_written / len(samples), "tool_calls": calls / len(samples)}
+    return result
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["evaluate"]:
+        import json
+
+        parser = argparse.ArgumentParser(description="Accuracy with and without the tool; self-written outputs.")
+        parser.add_argument("--model", default="runs/toy-tir/model")
+        parser.add_argument("--problems", default="runs/toy-tir/data/test.jsonl")
+        parser.add_argument("--limit", type=int, default=100)
+        args = parser.parse_args(sys.argv[2:])
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps({"model": args.model, **evaluate(args.model, args.problems, args.limit)}))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/toy/tir.yaml")
-    args = parser.parse_args()
+    parser.add_argument("--run-dir", help="overrides the recipe's run_dir (its model goes to RUN_DIR/model)")
+    args, sft_overrides = parser.parse_known_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     recipe = TirRecipe.load(args.config)
+    if args.run_dir:
+        recipe.run_dir, recipe.model_dir, recipe.problems_csv = args.run_dir, f"{args.run_dir}/model", None
 
     from train import sft
     from train.data import write_jsonl
@@ -128,7 +196,7 @@ def main() -> None:
         shutil.rmtree(root)  # a fresh run (train/sft.py would otherwise resume old checkpoints)
     start = time.perf_counter()
     splits = make_splits(recipe.splits, seed=recipe.seed)
-    sft_rows = [{"problem": p.problem, "generation": make_trace(p), "answer": p.answer} for p in splits["sft"]]
+    sft_rows = [{"messages": make_messages(p), "answer": p.answer} for p in splits["sft"]]
     sft_path = write_jsonl(sft_rows, root / "data" / "sft.jsonl")
     write_jsonl([{"id": p.id, "problem": p.problem, "answer": p.answer} for p in splits["test"]],
                 root / "data" / "test.jsonl")
@@ -144,9 +212,9 @@ def main() -> None:
         init = make_tiny_model(root / "init", seed=recipe.seed, corpus=tokenizer_corpus(splits["sft"]), **recipe.model)
 
     sft_args = ["--config", recipe.sft_config, "--model_name_or_path", str(init), "--output_dir", str(root / "sft"),
-                "--seed", str(recipe.seed)]
+                "--seed", str(recipe.seed), *sft_overrides]
     data_args, training_args, model_args = sft.make_parser().parse_args_and_config(sft_args)
-    data_args.dataset_sources = [{"path": str(sft_path), "label": "toy-tir"}]
+    data_args.dataset_sources = [{"path": str(sft_path), "label": "toy-tir", "messages_column": "messages"}]
     sft_dir = sft.main(data_args, training_args, model_args)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
