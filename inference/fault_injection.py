@@ -238,7 +238,7 @@ def drill(seed: int, clock: str = "virtual", problems: int = 5, plan: FaultPlan 
         "watchdog.answer_grace_seconds": grace_seconds, "time.kind": "share", "time.stretch": 1.5,  # the shipped policy
     }, engine="replay", traces="(in memory)", virtual_clock=virtual)
     # The server keeps a margin before the gateway's own limit, as a notebook does with the competition's.
-    predictor = Predictor(settings, engine=engine, total_seconds=total_seconds - 1.0, problems=problems,
+    predictor = Predictor(settings, engine=engine, total_seconds=total_seconds - 1.0, problems=problems, clock=the_clock,
                           isolate=True)
     frame = pl.DataFrame({"id": ids, "problem": texts})
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fault-drill-"))

@@ -240,7 +240,7 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
     clock = VirtualClock()
     index = {(s.id, i): t for s in slots for i, t in enumerate(s.traces)}  # checked when the trace set was loaded
     engine = ReplayEngine(index, clock=clock, speed=speed, cuts=ts.cuts)
-    predictor = Predictor(settings, engine=engine, problems=len(slots))
+    predictor = Predictor(settings, engine=engine, problems=len(slots), clock=clock)
     # Start the engine now rather than inside the first call (the same moment on the clock: before the first
     # problem's deadline is set).
     predictor.solver()
