@@ -75,6 +75,7 @@ class FaultPlan:
     restart_seconds: tuple[float, float] = (1.0, 15.0)
     start_seconds: tuple[float, float] = (0.0, 8.0)
     abort_seconds: tuple[float, float] = (2.0, 3.0)  # a slow abort
+    huge_chars: int = HUGE_CHARS  # a huge text's length (what it costs shows on a real clock only)
 
 
 class SlowClock:
@@ -145,7 +146,7 @@ class FaultyEngine(Engine):
             return
         end = clock.now() + seconds
         while clock.now() < end and not (release is not None and release.is_set()) and not self._closed:
-            clock.advance_to(min(end, clock.now() + 0.5))  # stops at every waiter's deadline
+            clock.advance_to(min(end, clock.now() + 0.1))  # stops at every waiter's deadline
             time.sleep(0.0002)
 
     def _hang(self) -> None:
@@ -181,7 +182,7 @@ class FaultyEngine(Engine):
                 return samples
             self.garbled.add((s.problem_id, s.sample))
             s.text = {"garbage": lambda: garbage_text(self.rng), "bytes_text": lambda: s.text.encode(),
-                      "huge_text": lambda: "\\" * HUGE_CHARS}[kind]()
+                      "huge_text": lambda: "\\" * self.plan.huge_chars}[kind]()
         return samples
 
     # -- the engine interface -----------------------------------------------------------------------------------------
@@ -313,7 +314,8 @@ def drill(seed: int, clock: str = "virtual", problems: int = 5, plan: FaultPlan 
     if plan is None:
         scale = 1.0 if virtual else 0.05  # a real-clock drill must stay short
         plan = FaultPlan(hang_seconds=(2.0 * scale, 40.0 * scale), restart_seconds=(1.0 * scale, 15.0 * scale),
-                         start_seconds=(0.0, 8.0 * scale), abort_seconds=(2.0, 3.0) if virtual else (0.5, 0.75))
+                         start_seconds=(0.0, 8.0 * scale), abort_seconds=(2.0, 3.0) if virtual else (0.5, 0.75),
+                         huge_chars=HUGE_CHARS if not virtual else 5_000_000)
     sample_seconds = (1.0, 40.0) if virtual else (0.05, 1.5)
     ids = [f"p{i}" for i in range(problems)]
     texts = [PROBLEM_TEXTS[rng.randrange(len(PROBLEM_TEXTS))] for _ in ids]

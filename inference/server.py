@@ -131,6 +131,7 @@ class Predictor:
         self.abandoned: list[threading.Thread] = []  # wedged workers given up on (each cost one restart)
         self.deadlines: dict[str, tuple[float, float]] = {}  # problem id → (deadline, answered at), on the clock
         self._deadline: float | None = None  # the current problem's
+        self._held: list[float] = []  # [sim] virtual times the clock stays at until predict has answered
 
     # -- engine ---------------------------------------------------------------------------------------------------
     def _trace_sink(self, record: dict) -> None:
@@ -265,11 +266,12 @@ class Predictor:
 
     # -- the guard's threads ----------------------------------------------------------------------------------------
 
-    def _wait(self, done: Callable[[float], bool], until: float | Callable[[], float]) -> bool:
+    def _wait(self, done: Callable[[float], bool], until: float | Callable[[], float], hold: bool = False) -> bool:
         """Wait until done(timeout) is true or the clock reaches `until` (a time, or a function of the moving
-        deadline of a solve that may stretch it)."""
+        deadline of a solve that may stretch it). `hold` (virtual clock): a wait that timed out keeps the clock at
+        its time until predict has answered, as the few real milliseconds that takes would."""
         if self.clock.virtual:
-            return self.clock.wait_for(done, until)
+            return self.clock.wait_for(done, until, self._held if hold else None)
         when = until if callable(until) else (lambda: until)
         while True:  # wake every 0.25 s to see whether a stretched deadline moved
             limit = when()
@@ -297,7 +299,7 @@ class Predictor:
         thread = threading.Thread(target=run, name=name, daemon=True)
         self._worker, self._worker_ready_at, self._watch = thread, None, watch
         thread.start()
-        return self._wait(done.wait, until), box
+        return self._wait(done.wait, until, hold=True), box
 
     def _joined(self, timeout: float) -> bool:
         """Wait up to `timeout` for the current worker to end; whether it has."""
@@ -403,6 +405,8 @@ class Predictor:
             self.results[problem_id] = result
             self.deadlines[problem_id] = (self._deadline if self._deadline is not None else self.clock.now(),
                                           self.clock.now())
+            if self._held:
+                self.clock.release(self._held)
             log.info(
                 "%s → %d (%s; %d/%d samples, %d tokens, %.1fs, %.0fs left)",
                 problem_id, result.answer, result.stop_reason, result.samples, result.launched,
