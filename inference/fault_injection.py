@@ -330,8 +330,8 @@ def drill(seed: int, clock: str = "virtual", problems: int = 5, plan: FaultPlan 
         "watchdog.answer_grace_seconds": grace_seconds, "time.kind": "share", "time.stretch": 1.5,  # the shipped policy
     }, engine="replay", traces="(in memory)", virtual_clock=virtual)
     # The server keeps a margin before the gateway's own limit, as a notebook does with the competition's.
-    predictor = Predictor(settings, engine=engine, total_seconds=total_seconds - 1.0, problems=problems, clock=the_clock,
-                          isolate=True)
+    predictor = Predictor(settings, engine=engine, total_seconds=total_seconds - 1.0, problems=problems,
+                          clock=the_clock, isolate=True)
     frame = pl.DataFrame({"id": ids, "problem": texts})
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fault-drill-"))
     submission = workdir / f"submission-{seed}.parquet"
@@ -368,7 +368,7 @@ def drill(seed: int, clock: str = "virtual", problems: int = 5, plan: FaultPlan 
             if record["answers"][pid] != clean["answers"].get(pid):
                 wrong.append(f"{pid}: answered {record['answers'][pid]}, without faults {clean['answers'].get(pid)}")
     record["wrong"] = wrong
-    record["ok"] = (record["error"] is None and record["answered"] == problems and record["submission_rows"] == problems
+    record["ok"] = (record["error"] is None and record["answered"] == record["submission_rows"] == problems
                     and record["worst_overrun"] <= 0.5 and leaked <= settings.watchdog.max_restarts + 1
                     and not wrong)
     return record

@@ -355,7 +355,7 @@ class Solver:
             reason = "cancelled"
             if result.launched:
                 self._unaborted.add(problem_id)  # the next solve aborts them (a restart would end them too)
-        except Exception as e:  # noqa: BLE001 - a bug or bad engine output must not leave this problem's samples running
+        except Exception as e:  # noqa: BLE001 - a bug or bad engine output must not leave the samples running
             reason = "error"
             result.errors.append(f"solve failed: {e!r}")
             log.exception("solve of %s failed; aborting its samples", problem_id)
