@@ -116,3 +116,33 @@ def test_a_wedged_vllm_poll_is_answered_at_the_deadline_and_the_engine_serves_on
     assert not predictor._worker.is_alive()
     predictor.predict(pl.Series("id", ["after-wedge"]), pl.Series("problem", ["What is 6 + 6?"]))
     assert predictor.results["after-wedge"].tokens > 0
+
+
+def test_a_slow_vllm_abort_is_waited_for_not_a_restart(predictor):
+    """The real engine's abort takes 3.5 s once (as parsing 8 aborted 50k-token gpt-oss samples did): the guard
+    answers that problem at its deadline, the next problem waits for the abort, and the engine is not restarted."""
+    from inference.time_budget import TimeBudget
+
+    engine = predictor.solver().engine
+    real_abort, calls = engine.abort, []
+
+    def slow_abort(problem_id):
+        calls.append(problem_id)
+        if len(calls) == 1:
+            time.sleep(3.5)
+        return real_abort(problem_id)
+
+    saved_budget, restarts = predictor.budget, predictor.restarts.count
+    engine.abort = slow_abort
+    try:
+        for pid, seconds in (("slow-abort", 3), ("after-slow-abort", 30)):
+            predictor.budget = TimeBudget(predictor.settings.time, total_seconds=seconds, problems=1,
+                                          clock=predictor.clock)
+            predictor.predict(pl.Series("id", [pid]), pl.Series("problem", ["What is 7 + 8?"]))
+    finally:
+        del engine.abort
+        predictor.budget = saved_budget
+    assert calls[0] == "slow-abort"
+    assert predictor.results["slow-abort"].stop_reason == "deadline_guard"
+    assert predictor.restarts.count == restarts and not predictor.engine_dead
+    assert predictor.results["after-slow-abort"].tokens > 0
