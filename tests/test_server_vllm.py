@@ -119,8 +119,8 @@ def test_a_wedged_vllm_poll_is_answered_at_the_deadline_and_the_engine_serves_on
 
 
 def test_a_slow_vllm_abort_is_waited_for_not_a_restart(predictor):
-    """The real engine's abort takes 3.5 s once (as parsing 8 aborted 50k-token gpt-oss samples did): the guard
-    answers that problem at its deadline, the next problem waits for the abort, and the engine is not restarted."""
+    """The real engine's abort takes 5 s once (parsing 8 aborted 50k-token gpt-oss samples took 2.4–3.6 s): the
+    guard answers that problem at its deadline, the next problem waits for the abort, and nothing is restarted."""
     from inference.time_budget import TimeBudget
 
     engine = predictor.solver().engine
@@ -129,7 +129,7 @@ def test_a_slow_vllm_abort_is_waited_for_not_a_restart(predictor):
     def slow_abort(problem_id):
         calls.append(problem_id)
         if len(calls) == 1:
-            time.sleep(3.5)
+            time.sleep(5.0)
         return real_abort(problem_id)
 
     saved_budget, restarts = predictor.budget, predictor.restarts.count
