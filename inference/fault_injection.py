@@ -17,8 +17,8 @@ that survive: each problem's votes are samples the engine really gave (each once
 (virtual clock) every problem before the first harmful fault answers exactly what the same run without faults does.
 The command prints runs, faults by kind and the worst overrun; tests/test_faults.py runs the same drills in
 `make test`. A virtual drill without hangs is reproducible (the same seed injects the same faults and gives the same
-answers); a hang moves the virtual clock from its own thread while others run, so how far it gets before another
-thread acts is the OS scheduler's choice, and with hangs the same seeds give the same faults up to ~0.2%.
+answers). With hangs it is in practice but not by construction: a hang moves the virtual clock from its own thread
+while others run, and the clock waits for a slow waiter only 5 s of real time.
 
 A hang under a virtual clock moves the clock forward in small steps (as real time passes during a real hang), so the
 server's guard sees the deadline pass exactly as it would live.
