@@ -401,6 +401,15 @@ def extract_answer(text: str, spec: AnswerSpec | None = None) -> int | None:
     return spec.apply(value)
 
 
+ANSWER_SCAN_CHARS = 1 << 19  # ~130k tokens: longer than any sample a 128k context holds
+
+
+def extract_final_answer(text: str, spec: AnswerSpec | None = None) -> int | None:
+    """extract_answer on the last ANSWER_SCAN_CHARS characters of text (all of any real sample): what the server
+    votes with, so that no sample, however long, holds the interpreter for long (a final answer is at the end)."""
+    return extract_answer(text[-ANSWER_SCAN_CHARS:] if len(text) > ANSWER_SCAN_CHARS else text, spec)
+
+
 # -- equivalence and grading --------------------------------------------------------------------------------------
 
 # Words only (names, "odd", "none"): compared literally; math-verify would read "Evelyn" as a product of symbols.

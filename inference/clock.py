@@ -63,10 +63,13 @@ class VirtualClock:
                 if alarm in self._alarms:
                     self._alarms.remove(alarm)
 
-    def wait_for(self, done: Callable[[float], bool], until: float | Callable[[], float]) -> bool:
+    def wait_for(self, done: Callable[[float], bool], until: float | Callable[[], float],
+                 held: list[float] | None = None) -> bool:
         """Wait until done(timeout) is true or the clock reaches `until` (a time, or a function giving a deadline
         that may move); returns done's final answer. Wakes every few milliseconds of real time to ask `done`, and
-        gives up if the clock is stuck for 30 s of real time (a thread blocked in real time never moves it)."""
+        gives up if the clock is stuck for 30 s of real time (a thread blocked in real time never moves it).
+        `held`: if the clock reached `until`, it stays there (the time is appended to `held`) until `release(held)`:
+        the waiter's next few real milliseconds of work take no simulated time, however fast other threads move it."""
         when = until if callable(until) else (lambda: until)
         with self._cond:
             alarm = when()
@@ -92,6 +95,17 @@ class VirtualClock:
             return True
         finally:
             with self._cond:
-                if alarm in self._alarms:
+                if held is not None and self._t >= alarm and alarm in self._alarms:
+                    held.append(alarm)
+                elif alarm in self._alarms:
                     self._alarms.remove(alarm)
                 self._cond.notify_all()
+
+    def release(self, held: list[float]) -> None:
+        """Let the clock pass the times wait_for held."""
+        with self._cond:
+            for alarm in held:
+                if alarm in self._alarms:
+                    self._alarms.remove(alarm)
+            held.clear()
+            self._cond.notify_all()

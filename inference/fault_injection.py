@@ -5,12 +5,20 @@
 
 `FaultyEngine` wraps any engine (replay here; the tests also wrap the real vLLM engine) and, at seeded random
 points, makes it fail the way real engines do: the engine core dies; start, submit, poll, progress, abort or restart
-hang; a restart or the first load is slow; a call raises an exception of another type; a finished sample's text is
-garbage (empty, 10⁵ characters of braces, odd unicode). `drill` runs one competition through the local gateway with
-such an engine, on problem texts that include 10⁵-character and odd-unicode ones, and checks what Kaggle would:
-every predict returns a valid one-row answer no later than its deadline + 1 s, nothing raises, the run writes its
-submission, and a wedged engine leaks at most `max_restarts` threads. The command prints runs, faults by kind and
-the worst overrun; tests/test_faults.py runs the same drills in `make test`.
+hang; a restart or the first load is slow; a start or restart fails (transient); a call raises an exception of another
+type; an abort is slow but returns (as parsing aborted gpt-oss samples was); a hung submit raises once a restart
+frees it; a finished sample's text is garbage (empty, 10⁵ characters of braces, odd unicode), bytes, or 150 MB of
+backslashes; a finished sample comes back twice; the engine's clock runs slow. `drill` runs one competition through
+the local gateway with such an engine, on problem texts that include 10⁵-character and odd-unicode ones, and checks
+what Kaggle would: every predict returns a valid one-row answer no later than its deadline + 0.5 s (the guard answers
+at deadline + grace, 0.4 s here, leaving a real clock 0.1 s of scheduling jitter), nothing raises,
+the run writes its submission, and a wedged engine leaks at most `max_restarts` threads. It also judges the answers
+that survive: each problem's votes are samples the engine really gave (each once), its answer is their leader, and
+(virtual clock) every problem before the first harmful fault answers exactly what the same run without faults does.
+The command prints runs, faults by kind and the worst overrun; tests/test_faults.py runs the same drills in
+`make test`. A virtual drill without hangs is reproducible (the same seed injects the same faults and gives the same
+answers). With hangs it is in practice but not by construction: a hang moves the virtual clock from its own thread
+while others run, and the clock waits for a slow waiter only 5 s of real time.
 
 A hang under a virtual clock moves the clock forward in small steps (as real time passes during a real hang), so the
 server's guard sees the deadline pass exactly as it would live.
@@ -19,6 +27,7 @@ server's guard sees the deadline pass exactly as it would live.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import tempfile
@@ -36,7 +45,10 @@ import polars as pl  # noqa: E402
 from inference.clock import RealClock, VirtualClock  # noqa: E402
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest  # noqa: E402
 
-KINDS = ("die", "hang", "slow_restart", "hang_restart", "slow_start", "raise", "garbage")
+KINDS = ("die", "hang", "slow_restart", "hang_restart", "slow_start", "raise", "garbage", "slow_abort",
+         "raise_after_restart", "fail_start", "bytes_text", "huge_text", "duplicate", "slow_clock")
+HARMLESS = ("slow_abort", "duplicate", "slow_clock", "slow_start")  # must not cost any answer
+HUGE_CHARS = 150_000_000
 HANGABLE = ("start", "submit", "poll", "progress", "abort")
 OTHER_ERRORS = (RuntimeError, KeyError, ValueError, OSError, AttributeError, ZeroDivisionError)
 
@@ -62,6 +74,21 @@ class FaultPlan:
     hang_seconds: tuple[float, float] = (2.0, 40.0)
     restart_seconds: tuple[float, float] = (1.0, 15.0)
     start_seconds: tuple[float, float] = (0.0, 8.0)
+    abort_seconds: tuple[float, float] = (2.0, 3.0)  # a slow abort
+    huge_chars: int = HUGE_CHARS  # a huge text's length (what it costs shows on a real clock only)
+
+
+class SlowClock:
+    """An engine clock that runs at `rate` × the real one (the run must not read time from it)."""
+
+    def __init__(self, inner, rate: float = 0.1) -> None:
+        self.inner, self.rate, self.virtual = inner, rate, inner.virtual
+
+    def now(self) -> float:
+        return self.inner.now() * self.rate
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds / self.rate)
 
 
 class FaultyEngine(Engine):
@@ -75,12 +102,24 @@ class FaultyEngine(Engine):
         self.plan = plan or FaultPlan()
         self.rng = random.Random(seed)
         self.injected: Counter = Counter()
+        self.real_clock = inner.clock  # what the faults wait on; `clock` may be a slow one
+        self.problem: str | None = None  # the problem last submitted
+        self.faulted: list[tuple[str | None, str]] = []  # (problem, kind) of every injected fault, in order
+        self.garbled: set[tuple[str, int]] = set()  # samples whose text the engine broke: they may vote anything
+        self._redeliver: list[Sample] = []  # finished samples to hand back once more
+        if "slow_clock" in self.plan.kinds and self.rng.random() < self.plan.rate:
+            self.clock = SlowClock(inner.clock)
+            self._count("slow_clock")
         self.dead = False
         self._release = threading.Event()  # a restart or shutdown frees calls hung in the old engine
         self._lock = threading.Lock()
         self._closed = False
 
     # -- the faults -------------------------------------------------------------------------------------------------
+    def _count(self, kind: str) -> None:
+        self.injected[kind] += 1
+        self.faulted.append((self.problem, kind))
+
     def _roll(self, method: str) -> str | None:
         with self._lock:
             if self._closed or self.rng.random() >= self.plan.rate:
@@ -93,20 +132,21 @@ class FaultyEngine(Engine):
             if kind == "hang" and method not in HANGABLE:
                 return None
             if kind:
-                self.injected[f"{kind}:{method}" if kind == "hang" else kind] += 1
+                self._count(f"{kind}:{method}" if kind == "hang" else kind)
             return kind
 
     def _wait(self, seconds: float, release: threading.Event | None) -> None:
         """Block like a hung call: real time on a real clock; small clock steps on a virtual one."""
-        if not self.clock.virtual:
+        clock = self.real_clock
+        if not clock.virtual:
             if release is not None:
                 release.wait(seconds)
             else:
                 time.sleep(seconds)
             return
-        end = self.clock.now() + seconds
-        while self.clock.now() < end and not (release is not None and release.is_set()) and not self._closed:
-            self.clock.advance_to(min(end, self.clock.now() + 0.5))  # stops at every waiter's deadline
+        end = clock.now() + seconds
+        while clock.now() < end and not (release is not None and release.is_set()) and not self._closed:
+            clock.advance_to(min(end, clock.now() + 0.1))  # stops at every waiter's deadline
             time.sleep(0.0002)
 
     def _hang(self) -> None:
@@ -127,22 +167,43 @@ class FaultyEngine(Engine):
         return None
 
     def _garbled(self, samples: list[Sample]) -> list[Sample]:
-        if samples and "garbage" in self.plan.kinds and self.rng.random() < self.plan.rate:
+        """Break a finished sample's text now and then (garbage, bytes, 150 MB), or hand one back twice."""
+        samples = self._redeliver + samples
+        self._redeliver = []
+        kinds = [k for k in ("garbage", "bytes_text", "huge_text", "duplicate") if k in self.plan.kinds]
+        if samples and kinds and self.rng.random() < self.plan.rate:
+            kind = self.rng.choice(kinds)
             with self._lock:
-                self.injected["garbage"] += 1
+                self._count(kind)
             s = self.rng.choice(samples)
-            s.text = garbage_text(self.rng)
+            if kind == "duplicate":  # once more in this poll, and again in the next one
+                samples.append(dataclasses.replace(s))
+                self._redeliver.append(dataclasses.replace(s))
+                return samples
+            self.garbled.add((s.problem_id, s.sample))
+            s.text = {"garbage": lambda: garbage_text(self.rng), "bytes_text": lambda: s.text.encode(),
+                      "huge_text": lambda: "\\" * self.plan.huge_chars}[kind]()
         return samples
 
     # -- the engine interface -----------------------------------------------------------------------------------------
     def start(self) -> None:
         if "slow_start" in self.plan.kinds and self.rng.random() < 0.5:
-            self.injected["slow_start"] += 1
+            self._count("slow_start")
             self._wait(self.rng.uniform(*self.plan.start_seconds), None)
+        if "fail_start" in self.plan.kinds and self.rng.random() < 2 * self.plan.rate:
+            self._count("fail_start")
+            raise EngineError("injected: the engine failed to start (transient)")
         self._fail("start")
         self.inner.start()
 
     def submit(self, requests: Sequence[SampleRequest]) -> None:
+        if requests:
+            self.problem = requests[0].problem_id
+        if "raise_after_restart" in self.plan.kinds and self.rng.random() < self.plan.rate / 2:
+            # Hung until a restart frees it (or for a hang's time), then raises as a call into a killed engine does.
+            self._count("raise_after_restart")
+            self._wait(self.rng.uniform(*self.plan.hang_seconds), self._release)
+            raise EngineError("injected: submit into an engine restarted under it")
         self._fail("submit")
         self.inner.submit(requests)
 
@@ -155,19 +216,28 @@ class FaultyEngine(Engine):
         return self.inner.progress()
 
     def abort(self, problem_id: str) -> list[Sample]:
+        if "slow_abort" in self.plan.kinds and self.rng.random() < 2 * self.plan.rate:
+            self._count("slow_abort")
+            self._wait(self.rng.uniform(*self.plan.abort_seconds), None)
         self._fail("abort")
-        return self.inner.abort(problem_id)
+        return self._garbled(self.inner.abort(problem_id))
 
     def restart(self) -> None:
         old, self._release = self._release, threading.Event()
         old.set()  # killing the old engine frees the calls hung in it
         kinds = self.plan.kinds
         if "hang_restart" in kinds and self.rng.random() < self.plan.rate:
-            self.injected["hang_restart"] += 1
+            self._count("hang_restart")
             self._wait(self.rng.uniform(*self.plan.hang_seconds), None)
         if "slow_restart" in kinds and self.rng.random() < 0.5:
-            self.injected["slow_restart"] += 1
+            self._count("slow_restart")
             self._wait(self.rng.uniform(*self.plan.restart_seconds), None)
+        self._redeliver = []
+        if "fail_start" in kinds and self.rng.random() < self.plan.rate:  # the restart's own start fails
+            self._count("fail_start")
+            self.inner.shutdown()
+            self.dead = True
+            raise EngineError("injected: the restarted engine failed to start")
         self.inner.restart()
         self.dead = False
 
@@ -208,9 +278,30 @@ def drill_traces(rng: random.Random, ids: list[str], samples: int, seconds: tupl
     return records
 
 
+def judge(results: dict, traces: list[dict], garbled: set, spec) -> list[str]:
+    """What is wrong with the answers that survived: votes the engine never gave (or gave once and were counted
+    twice), an answer that is not the leader of its votes."""
+    from inference.answers import extract_answer
+
+    given: dict[str, Counter] = {}
+    for t in traces:
+        given.setdefault(t["problem_id"], Counter())[extract_answer(t["text"], spec)] += 1
+    wrong = []
+    for pid, r in results.items():
+        spare = sum(1 for g in garbled if g[0] == pid)  # a broken text may vote anything
+        extra = sum(max(0, n - given.get(pid, Counter())[a]) for a, n in r.votes.items())
+        if extra > spare:
+            wrong.append(f"{pid}: votes {r.votes} are not the engine's samples")
+        if r.votes and r.answer not in [a for a, n in r.votes.items() if n == max(r.votes.values())]:
+            wrong.append(f"{pid}: answered {r.answer}, not the leader of {r.votes}")
+    return wrong
+
+
 def drill(seed: int, clock: str = "virtual", problems: int = 5, plan: FaultPlan | None = None,
-          total_seconds: float | None = None, grace_seconds: float = 0.5, workdir: str | Path | None = None) -> dict:
-    """One seeded competition run with injected faults. Returns its record; `ok` says whether every check held."""
+          total_seconds: float | None = None, grace_seconds: float = 0.4, workdir: str | Path | None = None,
+          twin: bool = True) -> dict:
+    """One seeded competition run with injected faults. Returns its record; `ok` says whether every check held.
+    `twin` (virtual clock): also run it without faults and compare the answers before the first harmful fault."""
     from inference.config import load_settings
     from inference.engines.replay import ReplayEngine
     from inference.local_gateway import GatewayError, run_gateway
@@ -223,14 +314,15 @@ def drill(seed: int, clock: str = "virtual", problems: int = 5, plan: FaultPlan 
     if plan is None:
         scale = 1.0 if virtual else 0.05  # a real-clock drill must stay short
         plan = FaultPlan(hang_seconds=(2.0 * scale, 40.0 * scale), restart_seconds=(1.0 * scale, 15.0 * scale),
-                         start_seconds=(0.0, 8.0 * scale))
+                         start_seconds=(0.0, 8.0 * scale), abort_seconds=(2.0, 3.0) if virtual else (0.5, 0.75),
+                         huge_chars=HUGE_CHARS if not virtual else 5_000_000)
     sample_seconds = (1.0, 40.0) if virtual else (0.05, 1.5)
     ids = [f"p{i}" for i in range(problems)]
     texts = [PROBLEM_TEXTS[rng.randrange(len(PROBLEM_TEXTS))] for _ in ids]
     the_clock = VirtualClock() if virtual else RealClock()
     samples = 4
-    engine = FaultyEngine(ReplayEngine(drill_traces(rng, ids, samples, sample_seconds), clock=the_clock), plan,
-                          seed=seed)
+    traces = drill_traces(rng, ids, samples, sample_seconds)
+    engine = FaultyEngine(ReplayEngine(traces, clock=the_clock), plan, seed=seed)
     settings = load_settings(None, {
         "sampling.samples": samples, "sampling.stop_rule": "think", "voting.kind": "k_of_n", "voting.k": 3,
         "prompts.max_problem_chars": 200_000, "watchdog.max_restarts": 2,
@@ -239,7 +331,7 @@ def drill(seed: int, clock: str = "virtual", problems: int = 5, plan: FaultPlan 
     }, engine="replay", traces="(in memory)", virtual_clock=virtual)
     # The server keeps a margin before the gateway's own limit, as a notebook does with the competition's.
     predictor = Predictor(settings, engine=engine, total_seconds=total_seconds - 1.0, problems=problems,
-                          isolate=True)
+                          clock=the_clock, isolate=True)
     frame = pl.DataFrame({"id": ids, "problem": texts})
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fault-drill-"))
     submission = workdir / f"submission-{seed}.parquet"
@@ -256,16 +348,29 @@ def drill(seed: int, clock: str = "virtual", problems: int = 5, plan: FaultPlan 
     leaked = max(0, threading.active_count() - threads_before)
     engine.close()
     overruns = [answered - deadline for deadline, answered in predictor.deadlines.values()]
+    order = list(predictor.results)  # the gateway's serving order
+    harmful = [order.index(pid) if pid in order else 0 for pid, kind in engine.faulted if kind not in HARMLESS]
+    wrong = judge(predictor.results, traces, engine.garbled, settings.competition.answer)
     record.update(
         injected=dict(engine.injected),
         worst_overrun=max(overruns, default=0.0),
         answered=len(predictor.results),
+        answers={pid: r.answer for pid, r in predictor.results.items()},
         stop_reasons=dict(Counter(r.stop_reason for r in predictor.results.values())),
         leaked_threads=leaked,
         submission_rows=pl.read_parquet(submission).height if submission.exists() else 0,
+        first_harmful=min(harmful, default=len(order)),
     )
-    record["ok"] = (record["error"] is None and record["answered"] == problems and record["submission_rows"] == problems
-                    and record["worst_overrun"] <= 1.0 and leaked <= settings.watchdog.max_restarts + 1)
+    if twin and virtual and engine.faulted:
+        clean = drill(seed, clock, problems, FaultPlan(rate=0.0, kinds=()), total_seconds, grace_seconds, workdir,
+                      twin=False)
+        for pid in order[: record["first_harmful"]]:
+            if record["answers"][pid] != clean["answers"].get(pid):
+                wrong.append(f"{pid}: answered {record['answers'][pid]}, without faults {clean['answers'].get(pid)}")
+    record["wrong"] = wrong
+    record["ok"] = (record["error"] is None and record["answered"] == record["submission_rows"] == problems
+                    and record["worst_overrun"] <= 0.5 and leaked <= settings.watchdog.max_restarts + 1
+                    and not wrong)
     return record
 
 
@@ -283,6 +388,7 @@ def summarize(records: list[dict]) -> dict:
         "stop_reasons": dict(reasons.most_common()),
         "worst_overrun_seconds": round(max((r["worst_overrun"] for r in records), default=0.0), 3),
         "most_leaked_threads": max((r["leaked_threads"] for r in records), default=0),
+        "wrong": [w for r in records for w in r["wrong"]],
     }
 
 
@@ -310,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind, n in s["faults"].items():
         print(f"  {kind:<16} {n}")
     print("stop reasons: " + ", ".join(f"{k} {v}" for k, v in s["stop_reasons"].items()))
-    print(f"worst overrun past a deadline: {s['worst_overrun_seconds']:.3f}s (limit 1 s)")
+    print(f"worst overrun past a deadline: {s['worst_overrun_seconds']:.3f}s (limit 0.5 s)")
+    print(f"wrong answers: {len(s['wrong'])}" + (f" ({s['wrong'][:3]})" if s["wrong"] else ""))
     print(f"most threads left behind by one run: {s['most_leaked_threads']}")
     return 0 if not s["failed"] else 1
 

@@ -13,13 +13,16 @@ In a notebook:
 - It works when called from a non-main thread (Kaggle calls it from a gRPC worker thread): no signals anywhere.
 - Time: one TimeBudget for the whole run, started when the Predictor is made (≈ notebook start), gives each
   problem its deadline; past the global cutoff every problem gets the fallback at once.
-- The engine is not trusted for time. Each solve runs on a worker thread and predict waits for it only until the
-  problem's deadline plus `watchdog.answer_grace_seconds`, then answers the solve's current leader (or the
-  fallback) whatever the engine is doing: hung in poll, submit or abort, restarting slowly, or dead. A worker still
-  inside the engine when the next problem comes is waited for only while that can pay off; a wedged one is given up
-  (it touches the engine no more once it wakes) and the engine restarted in the background, only while the run has
-  time for a model load (measured at the first start) and restarts left (`watchdog.max_restarts`, which also bounds
-  the threads a wedged engine can leak). Until the engine is back, problems get the fallback at once.
+- The engine is not trusted for time, nor for its clock: the run's clock is the Predictor's own (`clock=`; pass a
+  VirtualClock shared with a replay engine to simulate). Each solve runs on a worker thread and predict waits for
+  it only until the problem's deadline plus `watchdog.answer_grace_seconds`, then answers the solve's current
+  leader (or the fallback) whatever the engine is doing: hung in poll, submit or abort, restarting slowly, or dead.
+  A worker still busy when the next problem comes is waited for only while that can pay off: one still aborting (a
+  slow abort is not a dead engine) or wrapping up for up to half the new problem's time; one wedged in any other
+  call is given up at once (it never calls the engine again) and the engine restarted in the background. A failed
+  start is retried in the background too. Restarts are counted in one place (solver.Restarts, owned here), at most
+  `watchdog.max_restarts` per run (which also bounds the threads a wedged engine can leak) and only while the run
+  has time for a model load (measured at the first start). Until the engine is back, problems get the fallback.
 - Under a virtual clock (the simulator) the solve runs inline unless `isolate=True`: a replay does not hang, and
   inline is faster for thousands of simulated runs.
 """
@@ -40,7 +43,7 @@ import polars as pl
 from inference.clock import RealClock, VirtualClock
 from inference.config import Settings
 from inference.engines import Engine, make_engine
-from inference.solver import ProblemResult, Solver
+from inference.solver import ProblemResult, Restarts, Solver
 from inference.time_budget import TimeBudget
 from inference.voting import contention  # [sim]
 
@@ -87,16 +90,18 @@ class Predictor:
         problems: int | None = None,
         isolate: bool | None = None,
         run_started_at: float | None = None,
+        clock: RealClock | VirtualClock | None = None,
     ) -> None:
         """`total_seconds` and `problems` override the competition's (e.g. a rehearsal on 10 problems in 20 min).
         `isolate`: solve on a worker thread with a hard deadline (default: yes on a real clock, no on a virtual one).
-        `run_started_at` ([sim]): time.time() when the notebook started; the time since counts against the run."""
+        `run_started_at` ([sim]): time.time() when the notebook started; the time since counts against the run.
+        `clock`: the run's clock (default: a VirtualClock with settings.virtual_clock, else a RealClock); never the
+        engine's, which is not trusted. A replay on a virtual clock must be given the engine's clock here."""
         self.settings = settings
         comp = settings.competition
-        if engine is not None:
-            self.clock = engine.clock
-        else:
-            self.clock = VirtualClock() if settings.virtual_clock else RealClock()
+        if clock is None:
+            clock = VirtualClock() if settings.virtual_clock else RealClock()
+        self.clock = clock
         self._engine = engine
         self._solver: Solver | None = None
         total = total_seconds if total_seconds is not None else comp.total_seconds
@@ -117,35 +122,51 @@ class Predictor:
         # The deadline guard (see the module docstring).
         self.isolate = (not self.clock.virtual) if isolate is None else isolate
         self.load_seconds: float | None = None  # the first engine start, on the clock: what a restart will cost
+        self.restarts: Restarts | None = None  # the run's restart bookkeeping (made with the engine)
+        self._first_start_tried = False
+        self._watch: dict | None = None  # the engine call the last solve's worker is in (solver.solve's `watch`)
         self.engine_dead = False  # no restart left, or no time for one: every later problem gets the fallback
         self._worker: threading.Thread | None = None  # the last thread that entered the engine, maybe still in it
         self._worker_ready_at: float | None = None  # when a restarting worker should be done (clock)
         self.abandoned: list[threading.Thread] = []  # wedged workers given up on (each cost one restart)
         self.deadlines: dict[str, tuple[float, float]] = {}  # problem id → (deadline, answered at), on the clock
         self._deadline: float | None = None  # the current problem's
+        self._held: list[float] = []  # [sim] virtual times the clock stays at until predict has answered
 
     # -- engine ---------------------------------------------------------------------------------------------------
     def _trace_sink(self, record: dict) -> None:
         with self._trace_lock, open(self.settings.record_traces, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _build(self) -> None:
+        if self._engine is None:
+            self._engine = build_engine(self.settings, self.clock)
+        if self.restarts is None:
+            self.restarts = Restarts(self._engine, self.settings.watchdog.max_restarts, self.clock, self._may_restart)
+
+    def _make_solver(self) -> Solver:
+        sink = None  # without record_traces the solver builds no trace records at all
+        if self.settings.record_traces:
+            Path(self.settings.record_traces).parent.mkdir(parents=True, exist_ok=True)
+            sink = self._trace_sink
+        return Solver(self._engine, self.settings, trace_sink=sink, clock=self.clock, restarts=self.restarts)
+
     def solver(self) -> Solver:
         """The solver with a started engine (starts it on first use: the slow model load)."""
         if self._solver is None:
-            if self._engine is None:
-                self._engine = build_engine(self.settings, self.clock)
+            self._build()
+            self._first_start_tried = True
             t0 = self.clock.now()
             try:
                 self._engine.start()
-            finally:
-                if self.load_seconds is None:  # measured once: the price of any later restart
-                    self.load_seconds = self.clock.now() - t0
+            except BaseException:
+                self.restarts.down = True
+                raise
+            if self.load_seconds is None:  # measured once: the price of any later restart
+                self.load_seconds = self.clock.now() - t0
+            self.restarts.down = False
             log.info("engine %s ready in %.1fs", self.settings.engine, self.clock.now() - t0)
-            sink = None  # without record_traces the solver builds no trace records at all
-            if self.settings.record_traces:
-                Path(self.settings.record_traces).parent.mkdir(parents=True, exist_ok=True)
-                sink = self._trace_sink
-            self._solver = Solver(self._engine, self.settings, trace_sink=sink, may_restart=self._may_restart)
+            self._solver = self._make_solver()
         return self._solver
 
     def _may_restart(self) -> bool:
@@ -185,15 +206,14 @@ class Predictor:
             return self._fallback(problem_id, "global_cutoff")
         if self.engine_dead:
             return self._fallback(problem_id, "engine_dead")
-        if self.load_seconds is None and self._joined(0.0):
+        if not self._first_start_tried and self._joined(0.0):
             # The first call loads the model. Kaggle gives it no per-problem deadline; the run's cutoff still holds.
+            # A failed start is retried in the background (_engine_free), not inside a problem's deadline.
             finished, box = self._in_worker("engine-start", self.solver, self.budget.cutoff)
             if not finished:
                 return self._fallback(problem_id, "global_cutoff", "the model was still loading at the cutoff")
             if "error" in box:
                 log.error("engine failed to start: %r", box["error"])
-                self._solver = None
-                return self._fallback(problem_id, "engine_error", f"engine start failed: {box['error']!r}")
         deadline = self._deadline = self.budget.start_problem()
         try:
             if not self._engine_free(deadline):
@@ -213,12 +233,15 @@ class Predictor:
 
             extend = follow if stretch is not None else None
 
+            solver, watch = self._solver, {"call": None, "since": self.clock.now()}
+
             def work() -> ProblemResult:
-                solver = self.solver()  # starts the engine again if an earlier start failed
-                return solver.solve(problem_id, problem, deadline, result=live, cancel=cancel, extend=extend)
+                return solver.solve(problem_id, problem, deadline, result=live, cancel=cancel, extend=extend,
+                                    watch=watch)
 
             grace = self.settings.watchdog.answer_grace_seconds
-            finished, box = self._in_worker(f"solve-{problem_id}", work, lambda: current["deadline"] + grace)
+            finished, box = self._in_worker(f"solve-{problem_id}", work, lambda: current["deadline"] + grace,
+                                            watch=watch)
             cancel.set()  # from here on the worker leaves the engine alone as soon as it wakes
             self._deadline = current["deadline"]
             if finished and "value" in box:
@@ -243,11 +266,12 @@ class Predictor:
 
     # -- the guard's threads ----------------------------------------------------------------------------------------
 
-    def _wait(self, done: Callable[[float], bool], until: float | Callable[[], float]) -> bool:
+    def _wait(self, done: Callable[[float], bool], until: float | Callable[[], float], hold: bool = False) -> bool:
         """Wait until done(timeout) is true or the clock reaches `until` (a time, or a function of the moving
-        deadline of a solve that may stretch it)."""
+        deadline of a solve that may stretch it). `hold` (virtual clock): a wait that timed out keeps the clock at
+        its time until predict has answered, as the few real milliseconds that takes would."""
         if self.clock.virtual:
-            return self.clock.wait_for(done, until)
+            return self.clock.wait_for(done, until, self._held if hold else None)
         when = until if callable(until) else (lambda: until)
         while True:  # wake every 0.25 s to see whether a stretched deadline moved
             limit = when()
@@ -257,7 +281,8 @@ class Predictor:
             if self.clock.now() >= limit and when() <= limit:
                 return done(0.0)
 
-    def _in_worker(self, name: str, fn: Callable[[], Any], until: float | Callable[[], float]) -> tuple[bool, dict]:
+    def _in_worker(self, name: str, fn: Callable[[], Any], until: float | Callable[[], float],
+                   watch: dict | None = None) -> tuple[bool, dict]:
         """Run fn on a fresh daemon thread and wait for it until `until` (clock). Returns (finished, box) with
         box["value"] or box["error"]; an unfinished thread stays in self._worker."""
         box: dict = {}
@@ -272,9 +297,9 @@ class Predictor:
                 done.set()
 
         thread = threading.Thread(target=run, name=name, daemon=True)
-        self._worker, self._worker_ready_at = thread, None
+        self._worker, self._worker_ready_at, self._watch = thread, None, watch
         thread.start()
-        return self._wait(done.wait, until), box
+        return self._wait(done.wait, until, hold=True), box
 
     def _joined(self, timeout: float) -> bool:
         """Wait up to `timeout` for the current worker to end; whether it has."""
@@ -284,51 +309,75 @@ class Predictor:
         return worker is None or not worker.is_alive()
 
     def _engine_free(self, deadline: float) -> bool:
-        """Whether this problem may use the engine now: True once no earlier thread is inside it. Waits for a
-        finishing or restarting worker while that leaves time to solve; gives up a wedged one (restarting the engine
-        in the background); False means answer the fallback at once."""
+        """Whether this problem may use the engine now: True once no earlier thread is inside it and the engine is
+        up. Waits for a finishing, aborting or restarting worker while that leaves time to solve; gives up a wedged
+        one and restarts a down engine in the background; False means answer the fallback at once."""
         self.abandoned = [t for t in self.abandoned if t.is_alive()]
+        start = self.clock.now()
+        half = start + 0.5 * (deadline - start)  # waiting must leave this problem at least half its time
         grace = self.settings.watchdog.answer_grace_seconds
-        if self._joined(0.0) or self._wait(self._joined, min(deadline, self.clock.now() + grace)):
-            return True
-        now = self.clock.now()
-        restarting = self._solver.restarting_since if self._solver is not None else None
-        if self._worker_ready_at is None and restarting is not None:  # a solve is restarting the engine itself
-            self._worker_ready_at = restarting + (self.load_seconds or 0.0)
-        if self._worker_ready_at is None:  # wedged inside an engine call: give it up, restart in the background
-            if not self._restart_in_background():
+        if not (self._joined(0.0) or self._wait(self._joined, min(deadline, start + grace))):
+            if not self._wait_out_worker(deadline, half):
                 return False
-        elif now > self._worker_ready_at + max(self.load_seconds or 0.0, self.settings.watchdog.stall_seconds):
+        if self.restarts is not None and self.restarts.down:  # a start or restart failed: try again, off-deadline
+            if not self._restart_in_background("the engine is down (a start or restart failed)"):
+                return False
+            if not self._wait_out_worker(deadline, half):
+                return False
+        return self._solver is not None and self.restarts is not None and not self.restarts.down
+
+    def _wait_out_worker(self, deadline: float, half: float) -> bool:
+        """The last worker is still running: wait for it if it is restarting the engine or slow (aborting, or in
+        the solve's own code), give it up if it is wedged in an engine call. True once it has ended."""
+        now = self.clock.now()
+        load = self.load_seconds or 0.0
+        restarting = self.restarts.since if self.restarts is not None else None
+        if self._worker_ready_at is None and restarting is not None:  # a solve is restarting the engine itself
+            self._worker_ready_at = restarting + load
+        if self._worker_ready_at is None:
+            watch = self._watch or {}
+            # A slow abort is not a dead engine: wait for it (and for the solve's wrapping up) up to half this
+            # problem's time; only past that is it wedged.
+            if watch.get("call") in (None, "abort") and self._wait(self._joined, half):
+                return True
+            if self._joined(0.0):
+                return True
+            if not self._restart_in_background(f"engine wedged in {watch.get('call') or 'a call'}"):
+                return False
+        elif now > self._worker_ready_at + max(load, self.settings.watchdog.stall_seconds):
             log.error("engine restart has not finished %.0fs after it was due; no more engine this run",
                       now - self._worker_ready_at)
             self.engine_dead = True
             return False
-        # Wait for the restart only if it should leave this problem at least half its time.
-        ready_at = self._worker_ready_at
-        if ready_at > now + 0.5 * (deadline - now):
+        # Wait for the restart only if it should leave this problem at least half its time (a load of unknown
+        # length, after a failed first start, gets that half).
+        now = self.clock.now()
+        ready_at = self._worker_ready_at if self.load_seconds is not None else half
+        if ready_at > now + 0.5 * (deadline - now) + 1e-9:
             return False
+        grace = self.settings.watchdog.answer_grace_seconds
         return self._wait(self._joined, min(deadline, ready_at + grace))
 
-    def _restart_in_background(self) -> bool:
-        solver = self._solver
-        if solver is None or solver.restarts >= self.settings.watchdog.max_restarts or not self._may_restart():
-            log.error("engine wedged and no restart left (or no time for one): fallback answers from here on")
+    def _restart_in_background(self, why: str) -> bool:
+        """Restart the engine on a thread of its own (the run's Restarts decide whether one is left); the worker
+        still inside the old engine is given up. False: no restart left, the engine is dead for this run."""
+        self._build()
+        restarts = self.restarts
+        if restarts.claim(why) is not None:
+            log.error("%s and no restart left (or no time for one): fallback answers from here on", why)
             self.engine_dead = True
             return False
-        solver.restarts += 1
-        log.warning("engine wedged in a call; restarting it in the background (%d/%d)", solver.restarts,
-                    self.settings.watchdog.max_restarts)
-        self.abandoned.append(self._worker)
-        engine = self._engine
+        if self._worker is not None and self._worker.is_alive():
+            self.abandoned.append(self._worker)
 
         def restart() -> None:
-            try:
-                engine.restart()
-            except Exception:  # noqa: BLE001 - the next solve meets the dead engine and fails over from there
-                log.exception("background engine restart failed")
+            # a failed one leaves restarts.down set: the next problem tries again while restarts are left
+            if restarts.restart_claimed() is None and self._solver is None:
+                self._solver = self._make_solver()
 
         thread = threading.Thread(target=restart, name="engine-restart", daemon=True)
-        self._worker, self._worker_ready_at = thread, self.clock.now() + (self.load_seconds or 0.0)
+        self._worker, self._watch = thread, None
+        self._worker_ready_at = self.clock.now() + (self.load_seconds or 0.0)
         thread.start()
         return True
 
@@ -356,6 +405,8 @@ class Predictor:
             self.results[problem_id] = result
             self.deadlines[problem_id] = (self._deadline if self._deadline is not None else self.clock.now(),
                                           self.clock.now())
+            if self._held:
+                self.clock.release(self._held)
             log.info(
                 "%s → %d (%s; %d/%d samples, %d tokens, %.1fs, %.0fs left)",
                 problem_id, result.answer, result.stop_reason, result.samples, result.launched,

@@ -263,7 +263,7 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
     engine = ReplayEngine(index, clock=clock, speed=speed, cuts=ts.cuts,
                           confidence_stop=settings.voting.confidence_stop,
                           confidence_warmup=settings.voting.confidence_warmup)
-    predictor = Predictor(settings, engine=engine, problems=len(slots))
+    predictor = Predictor(settings, engine=engine, problems=len(slots), clock=clock)
     # Start the engine now rather than inside the first call (the same moment on the clock: before the first
     # problem's deadline is set).
     predictor.solver()
