@@ -44,6 +44,7 @@ import polars as pl  # noqa: E402
 from inference.answers import grade  # noqa: E402
 from inference.clock import RealClock, VirtualClock  # noqa: E402
 from inference.config import REPO, Competition, Settings, load_settings, parse_override  # noqa: E402
+from inference.interrupt import EXIT_CODE, Interrupt, exit_now  # noqa: E402
 
 # Kaggle's GatewayRuntimeErrorType names, plus the platform's own notebook timeout.
 ERROR_KINDS = (
@@ -58,6 +59,10 @@ ERROR_KINDS = (
 )
 DEFAULT_CONFIG = REPO / "configs" / "inference" / "demo.yaml"
 DEFAULT_LOG = "runs/local_gateway.log"
+
+
+class _Stopped(Exception):
+    """The user pressed Ctrl-C: stop serving, keep what was answered."""
 
 
 class GatewayError(RuntimeError):
@@ -231,13 +236,16 @@ def run_gateway(
     startup: Callable[[], Any] | None = None,
     show: Callable[[str], None] | None = print,
     display: ProgressDisplay | None = None,
+    stop: threading.Event | None = None,
 ) -> dict:
     """Serve every problem to `predict` like Kaggle's gateway; return (and optionally write) the report.
 
     `clock` measures the limits (a VirtualClock for replays); `details(id)` adds the server's own record of a
     problem (votes, samples, tokens) to the report; `startup()` is run first, under the server-start limit.
     `show` gets a line per problem and the final table; with a `display` (a terminal) the display replaces the
-    per-problem lines. Raises GatewayError on any failure Kaggle's gateway would fail on.
+    per-problem lines. Raises GatewayError on any failure Kaggle's gateway would fail on. Once `stop` is set (Ctrl-C)
+    it stops within half a second, writes the submission and report of the problems answered so far, marked
+    `"partial": true`, and returns that report (`report["interrupted"]` is true).
     """
     comp = competition if isinstance(competition, Competition) else Competition.load(competition)
     clock = clock or RealClock()
@@ -253,7 +261,7 @@ def run_gateway(
         """Run fn on the worker thread; `limit` in seconds of the clock (None: no deadline)."""
         t0 = clock.now()
         future = pool.submit(fn, *args)
-        if clock.virtual or (limit is None and display is None):
+        if clock.virtual or (limit is None and display is None and stop is None):
             value = future.result()
         else:  # wake up every half second to keep the live display moving
             value = None
@@ -263,6 +271,8 @@ def run_gateway(
                     value = future.result(timeout=wait)
                     break
                 except FutureTimeout:
+                    if stop is not None and stop.is_set():
+                        raise _Stopped from None
                     if limit is not None and clock.now() - t0 >= limit:
                         value = TimeoutError
                         break
@@ -274,10 +284,13 @@ def run_gateway(
         return value
 
     rows, predictions = [], []
+    interrupted = False
     try:
         if startup is not None:
             try:
                 call(startup, (), comp.startup_seconds)
+            except _Stopped:
+                raise
             except TimeoutError:
                 raise GatewayError("SERVER_NEVER_STARTED",
                                    f"Failed to connect to server after waiting {comp.startup_seconds:.0f} seconds") from None
@@ -288,6 +301,8 @@ def run_gateway(
             display.serving_since = clock.now() - run_start
         total = served.height
         for i, row in enumerate(served.iter_slices(n_rows=1)):
+            if stop is not None and stop.is_set():
+                raise _Stopped
             pid = row["id"].item(0)
             limit = comp.per_call_seconds if (i > 0 or comp.first_call_deadline) else None
             left = budget - (clock.now() - run_start)
@@ -297,6 +312,8 @@ def run_gateway(
             t0 = clock.now()
             try:
                 prediction = call(predict, tuple(row.get_column(c) for c in row.columns), limit)
+            except _Stopped:
+                raise
             except TimeoutError:
                 if clock.now() - run_start >= budget:
                     raise GatewayError("NOTEBOOK_TIMEOUT", f"run limit of {budget:.0f}s exceeded on {pid}") from None
@@ -324,6 +341,10 @@ def run_gateway(
             else:
                 show(_progress_line(i, total, record, budget - (clock.now() - run_start), rows))
         submission = build_submission(predictions, served["id"].to_list(), comp)
+    except _Stopped:  # Ctrl-C: the problems answered so far make the submission; the one in flight is dropped
+        interrupted = True
+        submission = build_submission(predictions, served["id"].to_list()[:len(predictions)], comp) if predictions \
+            else pl.DataFrame(schema={"id": pl.String, "answer": pl.Int64})
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if display is not None:
@@ -333,10 +354,13 @@ def run_gateway(
         Path(submission_path).parent.mkdir(parents=True, exist_ok=True)
         submission.write_parquet(submission_path)
     report = _report(rows, comp, seed, clock.now() - run_start, clock.virtual)
+    if interrupted:
+        report.update(partial=True, interrupted=True, problems_served=served.height)
     if report_path is not None:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(report, indent=2, default=str))
-    show(format_table(report))
+    if not interrupted:
+        show(format_table(report))
     return report
 
 
@@ -513,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default=DEFAULT_LOG, help=f"engine logs go here (default {DEFAULT_LOG})")
     parser.add_argument("--verbose", action="store_true", help="show the engine logs instead of writing them to --log")
     args = parser.parse_args(argv)
+    if args.budget_seconds is not None and not args.budget_seconds > 0:
+        print(f"error: --budget-seconds must be > 0 (the whole run's limit in seconds), got {args.budget_seconds:g}",
+              file=sys.stderr)
+        return 2
 
     from inference.server import Predictor  # after argument parsing: --help stays fast
 
@@ -546,10 +574,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine logs → {log_path} (--verbose shows them)", flush=True)
     budget = args.budget_seconds
     t0 = time.monotonic()
-    with engine_logs_to(log_path) as (out, err):
+    with engine_logs_to(log_path) as (out, err), Interrupt() as interrupt:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         predictor = Predictor(settings, total_seconds=budget, problems=problems.height)
+        interrupt.on_stop.append(predictor.interrupt)  # the engine core got the same SIGINT: not a crash
 
         def predict(id_, problem):  # a plain function named predict, as Kaggle requires
             return predictor.predict(id_, problem)
@@ -557,21 +586,34 @@ def main(argv: list[str] | None = None) -> int:
         live = out.isatty() and not settings.virtual_clock
         display = ProgressDisplay(problems.height, budget or settings.competition.total_seconds, out) if live else None
         try:
-            run_gateway(predict, problems, settings.competition, seed=args.seed, submission_path=args.submission,
-                        report_path=args.report, budget_seconds=budget, clock=predictor.clock,
-                        details=lambda pid: predictor.results[pid].to_report(), startup=predictor.solver,
-                        show=lambda line: print(line, file=out, flush=True), display=display)
+            report = run_gateway(predict, problems, settings.competition, seed=args.seed,
+                                 submission_path=args.submission, report_path=args.report, budget_seconds=budget,
+                                 clock=predictor.clock, details=lambda pid: predictor.results[pid].to_report(),
+                                 startup=predictor.solver, show=lambda line: print(line, file=out, flush=True),
+                                 display=display, stop=interrupt.stop)
         except GatewayError as e:
             print(f"gateway error {e.kind}: {e.details}", file=err, flush=True)
             if log_path is not None:
                 print(f"last lines of {log_path}:\n{_tail(log_path)}", file=err, flush=True)
             return 1
         finally:
-            predictor.shutdown()
+            if interrupt.is_set():  # the engine core is going down on the same SIGINT: do not wait long on it
+                stopper = threading.Thread(target=predictor.shutdown, name="shutdown", daemon=True)
+                stopper.start()
+                stopper.join(timeout=3.0)
+            else:
+                predictor.shutdown()
+        if report.get("interrupted"):
+            print(f"interrupted: kept the {len(report['problems'])} of {report['problems_served']} problems answered "
+                  f"in {args.submission} and {args.report} (marked partial)", file=err, flush=True)
+            return EXIT_CODE
         print(f"wrote {args.submission} and {args.report} in {time.monotonic() - t0:.1f}s", file=out, flush=True)
     return 0
 
 
 if __name__ == "__main__":
     threading.current_thread().name = "main"
-    sys.exit(main())
+    code = main()
+    if code == EXIT_CODE:
+        exit_now(code)  # a solve still inside the engine is not waited for
+    sys.exit(code)

@@ -60,18 +60,27 @@ def test_messages_have_reminder_and_clipped_problem():
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"sampling.temperature": "hot"}, "demo.yaml: sampling.temperature: expected a number, got 'hot'"),
-    ({"sampling.samples": "abc"}, "demo.yaml: sampling.samples: expected an integer, got 'abc'"),
-    ({"sampling.samples": 2.5}, "demo.yaml: sampling.samples: expected an integer, got 2.5"),
-    ({"voting.k": True}, "demo.yaml: voting.k: expected an integer, got True"),
-    ({"time.base_seconds": "x"}, "demo.yaml: time.base_seconds: expected a number or nothing \\(null\\), got 'x'"),
-    ({"voting.weights": ["length", 3]}, r"demo.yaml: voting.weights\[1\]: expected text, got 3"),
-    ({"engine_args": 3}, "demo.yaml: engine_args: expected a mapping, got 3"),
-    ({"model": 5}, r"demo.yaml: model: expected text or nothing \(null\), got 5"),
+    ({"sampling.temperature": "hot"}, "^--set sampling.temperature: expected a number, got 'hot'"),
+    ({"sampling.samples": "abc"}, "^--set sampling.samples: expected an integer, got 'abc'"),
+    ({"sampling.samples": 2.5}, "^--set sampling.samples: expected an integer, got 2.5"),
+    ({"voting.k": True}, "^--set voting.k: expected an integer, got True"),
+    ({"time.base_seconds": "x"}, "^--set time.base_seconds: expected a number or nothing \\(null\\), got 'x'"),
+    ({"voting.weights": ["length", 3]}, r"^--set voting.weights=\[length, 3\]: voting.weights\[1\]: expected text, got 3"),
+    ({"engine_args": 3}, "^--set engine_args: expected a mapping, got 3"),
+    ({"model": 5}, r"^--set model: expected text or nothing \(null\), got 5"),
+    ({"sampling.samples": 0}, "^--set sampling.samples=0: sampling.samples must be ≥ 1, got 0"),
+    ({"sampling.tempreature": 1}, r"^--set sampling.tempreature=1: sampling: unknown key\(s\) tempreature"),
 ])
-def test_a_value_of_the_wrong_type_names_the_field(repo_root, override, message):
+def test_a_wrong_override_blames_the_command_line_not_the_file(repo_root, override, message):
     with pytest.raises(ValueError, match=message):
         load_settings(repo_root / "configs/inference/demo.yaml", override)
+
+
+def test_the_file_is_blamed_for_its_own_mistake_whatever_the_overrides(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("engine: vllm\nmodel: m\nsampling:\n  temperature: hot\n")
+    with pytest.raises(ValueError, match="^.*bad.yaml: sampling.temperature: expected a number"):
+        load_settings(cfg, {"sampling.samples": 4})
 
 
 def test_numbers_widen_where_a_float_is_expected(repo_root):

@@ -356,3 +356,16 @@ def test_cli_4bit_model_on_a_cpu_whose_vllm_cannot_serve_it_names_the_way_out(tm
     assert main(["--engine", "vllm", "--model", str(model), "--report", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert f"model: {model} has 4-bit weights" in err and "cpu_gemm_wna16" in err and "--engine transformers" in err
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_cli_budget_seconds_not_positive_names_the_flag(tmp_path, capsys, value):
+    code = main(["--engine", "replay", "--traces", "x", "--budget-seconds", value, "--report", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: --budget-seconds must be > 0" in err and "Traceback" not in err
+
+
+def test_cli_set_error_blames_the_command_line(tmp_path, capsys):
+    assert main(["--set", "sampling.tempreature=0.5", "--engine", "replay", "--traces", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --set sampling.tempreature=0.5: sampling: unknown key(s) tempreature" in err and "demo.yaml" not in err
