@@ -188,6 +188,7 @@ class ProgressDisplay:
         from tqdm import tqdm
 
         self.budget, self.tokens, self.correct, self.scored = budget, 0, 0, 0
+        self.too_long = 0  # problems whose prompt fits no context: not attempted
         self.serving_since = 0.0  # elapsed seconds when the first problem was served (after the engine start)
         try:  # a pseudo-terminal without a size (`script`, some CI) reports 0 columns: tqdm would draw nothing
             width = os.get_terminal_size(stream.fileno()).columns
@@ -203,11 +204,13 @@ class ProgressDisplay:
         serving = elapsed - self.serving_since
         rate = f"{self.tokens / serving:,.0f} tok/s" if serving > 0 and self.tokens else "– tok/s"
         left = max(0.0, self.budget - elapsed)
-        self.bar.set_postfix_str(f"{score} · {rate} · {_clock(elapsed)} elapsed · {_clock(left)} left",
+        too_long = f" · {self.too_long} longer than the context" if self.too_long else ""
+        self.bar.set_postfix_str(f"{score} · {rate}{too_long} · {_clock(elapsed)} elapsed · {_clock(left)} left",
                                  refresh=True)
 
     def problem_done(self, record: dict, elapsed: float) -> None:
         self.tokens += int(record.get("tokens") or 0)
+        self.too_long += _too_long(record)
         if record["correct"] is not None:
             self.scored += 1
             self.correct += bool(record["correct"])
@@ -378,6 +381,20 @@ def _answer_of(prediction: Any) -> Any:
     return prediction
 
 
+def _too_long(record: dict) -> bool:
+    """Whether the problem's prompt fit no context (inference.prompts.PromptTooLong): it was not attempted."""
+    return any("PromptTooLong" in str(e) for e in record.get("errors") or [])
+
+
+def _context_note(record: dict) -> str:
+    if _too_long(record):
+        return "  longer than the model's context: not attempted"
+    cut = record.get("prompt_cut")
+    if cut:
+        return f"  prompt cut to fit the context ({cut['prompt_tokens']:,} → {cut['kept_tokens']:,} tokens)"
+    return ""
+
+
 def _progress_line(i: int, total: int, r: dict, left: float, rows: list[dict]) -> str:
     """The per-problem line where there is no live display (a log, a pipe, a test)."""
     mark = {True: "✓", False: "✗", None: "·"}[r["correct"]]
@@ -386,7 +403,7 @@ def _progress_line(i: int, total: int, r: dict, left: float, rows: list[dict]) -
     scored = [x["correct"] for x in rows if x["correct"] is not None]
     score = f"  score {sum(scored)}/{len(scored)}" if scored else ""
     return (f"[{i + 1}/{total}] {r['id']}: {r['answer']} {mark} (gold {r['gold']}){votes}  "
-            f"{r['seconds']:.1f}s  {r.get('stop_reason', '')}{score}  {left:.0f}s left")
+            f"{r['seconds']:.1f}s  {r.get('stop_reason', '')}{score}  {left:.0f}s left{_context_note(r)}")
 
 
 def _report(rows: list[dict], comp: Competition, seed: int, seconds: float, virtual: bool) -> dict:
@@ -421,6 +438,13 @@ def format_table(report: dict) -> str:
     secs = t.get("wall_seconds", t.get("simulated_seconds"))
     kind = "wall" if "wall_seconds" in t else "simulated"
     lines.append(f"{report['competition']}: {acc}, {t['tokens']} tokens, {secs:.1f}s {kind}")
+    too_long = [str(r["id"]) for r in report["problems"] if _too_long(r)]
+    if too_long:
+        lines.append(f"{len(too_long)} problems longer than the context: {', '.join(too_long)} "
+                     "(not attempted: the fallback answer)")
+    cut = [str(r["id"]) for r in report["problems"] if r.get("prompt_cut")]
+    if cut:
+        lines.append(f"{len(cut)} problems cut to fit the context (start and end kept): {', '.join(cut)}")
     return "\n".join(lines)
 
 
@@ -583,12 +607,17 @@ def main(argv: list[str] | None = None) -> int:
         def predict(id_, problem):  # a plain function named predict, as Kaggle requires
             return predictor.predict(id_, problem)
 
+        def details(pid: str) -> dict:
+            record = predictor.results[pid].to_report()
+            cut = getattr(predictor._engine, "prompt_cuts", {}).get(pid)  # a prompt fitted to the model's context
+            return record | ({"prompt_cut": cut} if cut else {})
+
         live = out.isatty() and not settings.virtual_clock
         display = ProgressDisplay(problems.height, budget or settings.competition.total_seconds, out) if live else None
         try:
             report = run_gateway(predict, problems, settings.competition, seed=args.seed,
                                  submission_path=args.submission, report_path=args.report, budget_seconds=budget,
-                                 clock=predictor.clock, details=lambda pid: predictor.results[pid].to_report(),
+                                 clock=predictor.clock, details=details,
                                  startup=predictor.solver, show=lambda line: print(line, file=out, flush=True),
                                  display=display, stop=interrupt.stop)
         except GatewayError as e:

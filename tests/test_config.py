@@ -99,3 +99,39 @@ def test_speculative_decoding_is_a_checked_engine_args_switch(repo_root):
         load_settings(demo, {"engine_args.speculative_config": {"method": "eagle3", "num_speculative_tokens": 3}})
     with pytest.raises(ValueError, match="speculative_config: expected a mapping with a `method`"):
         load_settings(demo, {"engine_args.speculative_config": "ngram"})
+
+
+def _toy_render(repo_root):
+    from transformers import AutoTokenizer
+
+    from inference.formats import get_format
+
+    tokenizer, chat = AutoTokenizer.from_pretrained(repo_root / "models/toy-math"), get_format("r1")
+    return tokenizer, lambda messages: chat.prompt_ids(messages, tokenizer)
+
+
+def test_a_prompt_longer_than_the_context_keeps_the_questions_start_and_end(repo_root):
+    from inference.prompts import fit_prompt_ids
+
+    settings = load_settings(repo_root / "configs/inference/demo.yaml")
+    problem = "Let x be 12. " + "A long story about 1234 and more. " * 13900 + " What is 613 + 48?"
+    assert len(problem) > 460_000
+    messages = build_messages(problem, settings.prompts.variants[0], settings.prompts, settings.competition.answer)
+    tokenizer, render = _toy_render(repo_root)
+    ids, cut = fit_prompt_ids(messages, render, context=1024, max_tokens=320)
+    assert len(ids) <= 1024 - 320 and cut["kept_tokens"] == len(ids) and cut["prompt_tokens"] > 10_000
+    text = tokenizer.decode(ids)
+    assert "user\nLet x be 12. A long story" in text and text.rstrip().endswith("What is 613 + 48?<|im_end|>\n"
+                                                                                "<|im_start|>assistant")
+    short = build_messages("What is 1 + 2?", settings.prompts.variants[0], settings.prompts, settings.competition.answer)
+    assert fit_prompt_ids(short, render, 1024, 320) == (render(short), None)  # a prompt that fits is left alone
+    assert len(fit_prompt_ids(messages, render, 1024, 4000)[0]) <= 512  # half the context at most goes to the answer
+
+
+def test_a_prompt_that_fits_no_context_says_so(repo_root):
+    from inference.prompts import PromptTooLong, fit_prompt_ids
+
+    _, render = _toy_render(repo_root)
+    messages = [{"role": "system", "content": "Reason step by step. " * 40}, {"role": "user", "content": "1+1?"}]
+    with pytest.raises(PromptTooLong, match="longer than the model's 64-token context, even with the problem cut"):
+        fit_prompt_ids(messages, render, context=64, max_tokens=16)

@@ -369,3 +369,29 @@ def test_cli_set_error_blames_the_command_line(tmp_path, capsys):
     assert main(["--set", "sampling.tempreature=0.5", "--engine", "replay", "--traces", "x"]) == 2
     err = capsys.readouterr().err
     assert "error: --set sampling.tempreature=0.5: sampling: unknown key(s) tempreature" in err and "demo.yaml" not in err
+
+
+@pytest.mark.slow
+def test_cli_problems_longer_than_the_context_are_attempted_or_named(tmp_path, capsys):
+    """A 460k-character problem is cut to the context and attempted; a prompt nothing can fit is named on its
+    progress line and in the summary (transformers engine, the toy model's 4096 positions)."""
+    long_problem = "Let x be 12. " + "A long story about 1234 and more. " * 13900 + " What is 613 + 48?"
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "long", "problem": long_problem, "answer": "661"}, {"id": "short", "problem": "What is 1 + 2?",
+                                                                     "answer": "3"}]) + "\n")
+    args = ["--engine", "transformers", "--model", str(REPO / "models/toy-math"), "--problems", str(problems),
+            "--set", "sampling.samples=2", "--set", "sampling.max_tokens=48", "--budget-seconds", "600",
+            "--submission", str(tmp_path / "s.parquet"), "--report", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    long = next(r for r in report["problems"] if r["id"] == "long")
+    assert long["stop_reason"] != "submit_failed" and long["samples"] == 2
+    assert long["prompt_cut"]["prompt_tokens"] > 4096 >= long["prompt_cut"]["kept_tokens"]
+    assert "prompt cut to fit the context (" in out and "1 problems cut to fit the context (start and end kept): long" in out
+    huge_system = "--set", "prompts.variants=[{name: v, system: '" + "Reason step by step. " * 1500 + "'}]"
+    assert main(args + list(huge_system)) == 0
+    out = capsys.readouterr().out
+    assert "longer than the model's context: not attempted" in out
+    assert "2 problems longer than the context: " in out
