@@ -189,6 +189,7 @@ class ProgressDisplay:
 
         self.budget, self.tokens, self.correct, self.scored = budget, 0, 0, 0
         self.too_long = 0  # problems whose prompt fits no context: not attempted
+        self.loading = False  # the engine is starting (the model loads): said on the bar
         self.serving_since = 0.0  # elapsed seconds when the first problem was served (after the engine start)
         try:  # a pseudo-terminal without a size (`script`, some CI) reports 0 columns: tqdm would draw nothing
             width = os.get_terminal_size(stream.fileno()).columns
@@ -200,6 +201,10 @@ class ProgressDisplay:
         self.bar.set_description_str("gateway ")
 
     def refresh(self, elapsed: float) -> None:
+        if self.loading:
+            left = max(0.0, self.budget - elapsed)
+            self.bar.set_postfix_str(f"loading model · {_clock(elapsed)} elapsed · {_clock(left)} left", refresh=True)
+            return
         score = f"score {self.correct}/{self.scored}" if self.scored else "score –"
         serving = elapsed - self.serving_since
         rate = f"{self.tokens / serving:,.0f} tok/s" if serving > 0 and self.tokens else "– tok/s"
@@ -290,6 +295,9 @@ def run_gateway(
     interrupted = False
     try:
         if startup is not None:
+            if display is not None:
+                display.loading = True
+                display.refresh(0.0)
             try:
                 call(startup, (), comp.startup_seconds)
             except _Stopped:
@@ -301,6 +309,7 @@ def run_gateway(
                 raise GatewayError("SERVER_NEVER_STARTED", repr(e)) from None
         _check_endpoint(predict, comp)
         if display is not None:
+            display.loading = False
             display.serving_since = clock.now() - run_start
         total = served.height
         for i, row in enumerate(served.iter_slices(n_rows=1)):
@@ -463,6 +472,9 @@ def check_inputs(settings: Settings, problem_ids: list[str] | None = None) -> li
                   and not Path(first).exists() and not (REPO / first).exists())
         if not model.exists() and not hub_id:
             raise FileNotFoundError(f"model: no such folder {settings.model} (set --model to a model folder)")
+        if hub_id and not model.exists() and not _hub_model_available(settings.model):
+            raise FileNotFoundError(f"model: {settings.model} is no local folder and the Hugging Face hub cannot be "
+                                    "reached (offline, and not in the hub cache): set --model to a model folder")
         if model.exists() and not (model / "config.json").is_file():
             raise FileNotFoundError(f"model: {settings.model} is not a model folder (no config.json)")
         if settings.engine == "vllm" and model.exists():
@@ -491,6 +503,36 @@ def check_inputs(settings: Settings, problem_ids: list[str] | None = None) -> li
                 warnings.append(f"traces: {settings.traces} hold no samples of {len(missing)} of the "
                                 f"{len(problem_ids)} problems ({', '.join(missing[:3])}…): those get the fallback")
     return warnings
+
+
+def _hub_model_available(repo_id: str, timeout: float = 3.0) -> bool:
+    """Whether a hub id can load: its config is in the local hub cache, or the hub answers within `timeout` seconds
+    (offline, transformers and vLLM would otherwise spend half a minute on retries before the same error)."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return True
+    except Exception:  # noqa: BLE001 - a malformed id: let the engine name it
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    reached = threading.Event()
+
+    def probe() -> None:  # on a thread: name resolution has no timeout of its own
+        import socket
+
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            reached.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=probe, name="hub-probe", daemon=True).start()
+    return reached.wait(timeout)
 
 
 @contextlib.contextmanager

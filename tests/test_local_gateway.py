@@ -395,3 +395,30 @@ def test_cli_problems_longer_than_the_context_are_attempted_or_named(tmp_path, c
     out = capsys.readouterr().out
     assert "longer than the model's context: not attempted" in out
     assert "2 problems longer than the context: " in out
+
+
+def test_progress_display_says_loading_model_during_the_engine_start():
+    import io
+
+    from inference.local_gateway import ProgressDisplay
+
+    stream = io.StringIO()
+    display = ProgressDisplay(total=3, budget=600, stream=stream)
+
+    def predict(id_, problem):
+        return ok(id_, problem)
+
+    run_gateway(predict, PROBLEMS.head(3), "aimo3", submission_path=None, show=None, display=display,
+                startup=lambda: time.sleep(0.8))
+    lines = stream.getvalue().replace("\r", "\n").splitlines()
+    assert any("0/3 problems" in line and "loading model · 0:00 elapsed" in line for line in lines)
+    assert "loading model" not in lines[-1] and "3/3 problems" in lines[-1]
+
+
+def test_cli_hub_id_unreachable_offline_fails_at_once(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as without network: no 34 s of hub retries
+    assert main(["--engine", "vllm", "--model", "foo/bar", "--report", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "model: foo/bar is no local folder and the Hugging Face hub cannot be reached" in err
