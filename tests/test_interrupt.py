@@ -142,3 +142,46 @@ def test_evaluate_is_quiet_and_ctrl_c_keeps_the_finished_problems(tmp_path):
     assert len(traces.read_text().splitlines()) == 4 * report["n_problems"]
     assert f"interrupted: kept the {report['n_problems']} of 30 problems finished" in err and "Traceback" not in err
     assert group_gone(proc.pid)
+
+
+def _read_until(stream, marker: str, limit: float = 300) -> str:
+    """Read a child's stderr (tqdm redraws with \\r) until `marker` appears."""
+    text, t0 = "", time.monotonic()
+    while marker not in text and time.monotonic() - t0 < limit:
+        chunk = os.read(stream.fileno(), 4096).decode(errors="replace")
+        if not chunk:
+            break
+        text += chunk
+    assert marker in text, text[-2000:]
+    return text
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_sft_keeps_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_model_dir):
+    import yaml
+
+    from train.toy.recipe import ToyRecipe, write_data
+
+    data = write_data(ToyRecipe(splits={"sft": 400, "grpo": 8, "validation": 8, "test": 8}), 0, tmp_path / "data", 400)
+    init = tiny_model_dir
+    config = yaml.safe_load((REPO / "configs/toy/sft.yaml").read_text())
+    config.update(dataset_sources=[{"path": str(data["sft"]), "label": "toy"}], model_name_or_path=str(init),
+                  output_dir=str(tmp_path / "sft"), report_to="none", num_train_epochs=1,
+                  per_device_train_batch_size=2, save_strategy="no", logging_steps=1000)
+    config.pop("eval_file")
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config))
+    command = ["-m", "train.sft", "--config", str(tmp_path / "sft.yaml")]
+    proc = start(command, tmp_path)
+    _read_until(proc.stderr, " 3/200 ")
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    checkpoints = sorted((tmp_path / "sft").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "optimizer.pt").exists()
+    step = int(checkpoints[0].name.split("-")[1])
+    assert 3 <= step < 200 and f"interrupted at step {step} of 200: checkpoint {checkpoints[0]} kept" in err
+    assert "rerun the same command to resume from it" in err and "Traceback" not in err
+    again = start(command + ["--max_steps", str(step + 2)], tmp_path)
+    err = again.stderr.read()
+    assert again.wait(timeout=300) == 0 and f"resuming from {checkpoints[0]}" in err, err[-2000:]
