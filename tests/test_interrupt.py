@@ -185,3 +185,13 @@ def test_ctrl_c_during_sft_keeps_a_checkpoint_and_the_same_command_resumes(tmp_p
     again = start(command + ["--max_steps", str(step + 2)], tmp_path)
     err = again.stderr.read()
     assert again.wait(timeout=300) == 0 and f"resuming from {checkpoints[0]}" in err, err[-2000:]
+
+
+def test_ctrl_c_stops_the_simulator_with_one_line(tmp_path):
+    proc = start(["inference/simulate.py", "--traces", "configs/simulate/traces/toy-math.jsonl", "--hardware",
+                  "recorded", "--orders", "1000000", "--workers", "2", "--out", str(tmp_path / "sim.json")], tmp_path)
+    time.sleep(6)  # imports, trace loading, workers started
+    ctrl_c(proc)
+    err = proc.stderr.read()
+    assert proc.returncode == 130 and "interrupted after" in err and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "sim.json").exists()
