@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2, default=str))
         if result.get("interrupted"):
-            print(f"interrupted: kept the {result['n_problems']} of {len(problems)} problems finished in {args.traces} "
-                  f"and {args.out} (marked partial)", file=err, flush=True)
+            print(f"interrupted: kept the {result['n_problems']} of {len(problems)} problems finished in "
+                  f"{args.traces} and {args.out} (marked partial)", file=err, flush=True)
             return EXIT_CODE
         print(format_report(result), file=out)
         print(f"wrote {args.traces} and {args.out}", file=out, flush=True)

@@ -65,7 +65,8 @@ def test_messages_have_reminder_and_clipped_problem():
     ({"sampling.samples": 2.5}, "^--set sampling.samples: expected an integer, got 2.5"),
     ({"voting.k": True}, "^--set voting.k: expected an integer, got True"),
     ({"time.base_seconds": "x"}, "^--set time.base_seconds: expected a number or nothing \\(null\\), got 'x'"),
-    ({"voting.weights": ["length", 3]}, r"^--set voting.weights=\[length, 3\]: voting.weights\[1\]: expected text, got 3"),
+    ({"voting.weights": ["length", 3]},
+     r"^--set voting.weights=\[length, 3\]: voting.weights\[1\]: expected text, got 3"),
     ({"engine_args": 3}, "^--set engine_args: expected a mapping, got 3"),
     ({"model": 5}, r"^--set model: expected text or nothing \(null\), got 5"),
     ({"sampling.samples": 0}, "^--set sampling.samples=0: sampling.samples must be ≥ 1, got 0"),
@@ -123,7 +124,8 @@ def test_a_prompt_longer_than_the_context_keeps_the_questions_start_and_end(repo
     text = tokenizer.decode(ids)
     assert "user\nLet x be 12. A long story" in text and text.rstrip().endswith("What is 613 + 48?<|im_end|>\n"
                                                                                 "<|im_start|>assistant")
-    short = build_messages("What is 1 + 2?", settings.prompts.variants[0], settings.prompts, settings.competition.answer)
+    short = build_messages("What is 1 + 2?", settings.prompts.variants[0], settings.prompts,
+                           settings.competition.answer)
     assert fit_prompt_ids(short, render, 1024, 320) == (render(short), None)  # a prompt that fits is left alone
     assert len(fit_prompt_ids(messages, render, 1024, 4000)[0]) <= 512  # half the context at most goes to the answer
 

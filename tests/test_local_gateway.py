@@ -360,15 +360,17 @@ def test_cli_4bit_model_on_a_cpu_whose_vllm_cannot_serve_it_names_the_way_out(tm
 
 @pytest.mark.parametrize("value", ["0", "-5"])
 def test_cli_budget_seconds_not_positive_names_the_flag(tmp_path, capsys, value):
-    code = main(["--engine", "replay", "--traces", "x", "--budget-seconds", value, "--report", str(tmp_path / "r.json")])
+    code = main(["--engine", "replay", "--traces", "x", "--budget-seconds", value,
+                 "--report", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
-    assert code == 2 and f"error: --budget-seconds must be > 0" in err and "Traceback" not in err
+    assert code == 2 and "error: --budget-seconds must be > 0" in err and "Traceback" not in err
 
 
 def test_cli_set_error_blames_the_command_line(tmp_path, capsys):
     assert main(["--set", "sampling.tempreature=0.5", "--engine", "replay", "--traces", "x"]) == 2
     err = capsys.readouterr().err
-    assert "error: --set sampling.tempreature=0.5: sampling: unknown key(s) tempreature" in err and "demo.yaml" not in err
+    assert "error: --set sampling.tempreature=0.5: sampling: unknown key(s) tempreature" in err
+    assert "demo.yaml" not in err
 
 
 @pytest.mark.slow
@@ -389,7 +391,8 @@ def test_cli_problems_longer_than_the_context_are_attempted_or_named(tmp_path, c
     long = next(r for r in report["problems"] if r["id"] == "long")
     assert long["stop_reason"] != "submit_failed" and long["samples"] == 2
     assert long["prompt_cut"]["prompt_tokens"] > 4096 >= long["prompt_cut"]["kept_tokens"]
-    assert "prompt cut to fit the context (" in out and "1 problems cut to fit the context (start and end kept): long" in out
+    assert "prompt cut to fit the context (" in out
+    assert "1 problems cut to fit the context (start and end kept): long" in out
     huge_system = "--set", "prompts.variants=[{name: v, system: '" + "Reason step by step. " * 1500 + "'}]"
     assert main(args + list(huge_system)) == 0
     out = capsys.readouterr().out
