@@ -367,7 +367,7 @@ def run_gateway(
         submission.write_parquet(submission_path)
     report = _report(rows, comp, seed, clock.now() - run_start, clock.virtual)
     if interrupted:
-        report.update(partial=True, interrupted=True, problems_served=served.height)
+        report.update(partial=True, interrupted=True, problems_total=served.height)
     if report_path is not None:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(report, indent=2, default=str))
@@ -675,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 predictor.shutdown()
         if report.get("interrupted"):
-            print(f"interrupted: kept the {len(report['problems'])} of {report['problems_served']} problems answered "
+            print(f"interrupted: kept the {len(report['problems'])} of {report['problems_total']} problems answered "
                   f"in {args.submission} and {args.report} (marked partial)", file=err, flush=True)
             return EXIT_CODE
         print(f"wrote {args.submission} and {args.report} in {time.monotonic() - t0:.1f}s", file=out, flush=True)

@@ -75,7 +75,7 @@ def test_first_ctrl_c_keeps_answers_replay_real_clock(tmp_path, write_traces):
     print(f"replay gateway stopped {seconds:.2f}s after SIGINT")
     assert proc.returncode == 130, err
     report = json.loads(rep.read_text())
-    assert report["partial"] is True and report["interrupted"] is True and report["problems_served"] == 6
+    assert report["partial"] is True and report["interrupted"] is True and report["problems_total"] == 6
     kept = [r["id"] for r in report["problems"]]
     assert 2 <= len(kept) < 6 and pl.read_parquet(sub)["id"].to_list() == kept
     assert f"interrupted: kept the {len(kept)} of 6 problems answered in {sub} and {rep} (marked partial)" in err
