@@ -294,7 +294,7 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None,
     for key, value in overrides.items():
         try:
             _load(copy.deepcopy(raw), {k: v for k, v in overrides.items() if k != key}, kwargs, source, path)
-        except ValueError:
+        except (ValueError, OSError):
             continue
         rest = str(error).removeprefix(f"{source}: ")
         if rest.startswith(f"{key.split('.')[0]}: {key}"):  # "sampling: sampling.samples must be ≥ 1"
