@@ -57,7 +57,7 @@ test: setup setup-quantize
 
 # Trains under runs/toy (model: runs/toy/model); the shipped models/toy-math changes only with install-toy-model.
 toy: setup
-	$(PYTHON) -m train.toy.recipe --config configs/toy/recipe.yaml
+	$(PYTHON) -m train.toy.recipe --config configs/toy/recipe.yaml $(if $(RESUME),--resume)
 
 TOY_MODEL ?= runs/toy/model
 install-toy-model:

@@ -7,6 +7,7 @@ is an error that names the key and the file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -274,7 +275,8 @@ def resolve_path(p: str | None, base: Path) -> str | None:
 
 
 def load_settings(path: str | Path | None = None, overrides: dict | None = None, **kwargs) -> Settings:
-    """Read a settings YAML (or defaults), apply dotted `overrides` then keyword overrides of top-level keys."""
+    """Read a settings YAML (or defaults), apply dotted `overrides` (the command line's `--set KEY=VALUE`) then
+    keyword overrides of top-level keys. An error an override causes names `--set KEY`, not the file."""
     raw: dict = {}
     source = "<defaults>"
     if path is not None:
@@ -283,7 +285,28 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None,
             raise FileNotFoundError(f"config: no such file {path}")
         raw = _read_yaml(path)
         source = str(path)
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    try:
+        return _load(copy.deepcopy(raw), overrides, kwargs, source, path)
+    except ValueError as e:
+        error = e
+    # Blame the override without which the settings load; else the file's own error stands.
+    for key, value in overrides.items():
+        try:
+            _load(copy.deepcopy(raw), {k: v for k, v in overrides.items() if k != key}, kwargs, source, path)
+        except (ValueError, OSError):
+            continue
+        rest = str(error).removeprefix(f"{source}: ")
+        if rest.startswith(f"{key.split('.')[0]}: {key}"):  # "sampling: sampling.samples must be ≥ 1"
+            rest = rest.split(": ", 1)[1]
+        shown = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+        shown = shown.removesuffix("\n...").strip()
+        raise ValueError(f"--set {rest}" if rest.startswith(f"{key}:") else f"--set {key}={shown}: {rest}") from None
+    raise error
+
+
+def _load(raw: dict, overrides: dict, kwargs: dict, source: str, path: Path | None) -> Settings:
+    for key, value in overrides.items():
         _set_dotted(raw, key, value)
     raw.update({k: v for k, v in kwargs.items() if v is not None})
     base = Path(path).parent if path is not None else REPO

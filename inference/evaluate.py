@@ -17,6 +17,11 @@ format (problem_id, sample, text, tokens, seconds, finish_reason, variant, seed)
 
 `seconds` in the traces is time on the engine from submission to finish. It reflects the server's situation (one
 problem's k samples at once) only with `--concurrent-problems 1`, the default.
+
+The engines' own logs (vLLM's, its engine core included) go to `--log` (default runs/evaluate.log); `--verbose` shows
+them. On a terminal one progress bar shows the problems done; otherwise a line per problem. Ctrl-C stops the run:
+the problems finished so far are kept in the traces and the report (marked partial), exit status 130; a second
+Ctrl-C quits at once.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from typing import Iterator  # noqa: E402
@@ -40,12 +46,14 @@ import yaml  # noqa: E402
 from inference.answers import STOP_RULES, extract_answer, grade, is_equivalent, last_boxed, parse_integer  # noqa: E402
 from inference.clock import RealClock  # noqa: E402
 from inference.config import REPO, Settings, load_settings, parse_override  # noqa: E402
-from inference.engines.base import Engine, Sample  # noqa: E402
+from inference.engines.base import Engine, EngineError, Sample  # noqa: E402
+from inference.interrupt import EXIT_CODE, Interrupt, exit_now  # noqa: E402
 from inference.solver import Solver  # noqa: E402
 from inference.voting import Votes  # noqa: E402
 
 log = logging.getLogger("inference.evaluate")
 DEFAULT_CONFIG = REPO / "configs" / "inference" / "demo.yaml"
+DEFAULT_LOG = "runs/evaluate.log"
 
 
 # -- grading -------------------------------------------------------------------------------------------------------
@@ -91,7 +99,7 @@ def pass_at(n: int, c: int, j: int) -> float:
 
 # -- generation ----------------------------------------------------------------------------------------------------
 def generate(engine: Engine, solver: Solver, problems: list[dict], k: int, concurrent: int = 1,
-             timeout: float | None = None) -> Iterator[tuple[dict, list[Sample]]]:
+             timeout: float | None = None, stop: threading.Event | None = None) -> Iterator[tuple[dict, list[Sample]]]:
     """Yield (problem, its k samples in sample order) as problems complete; `concurrent` problems in flight.
 
     No early stop: a problem is done when all k samples finished (or, past `timeout` seconds, were aborted)."""
@@ -99,6 +107,8 @@ def generate(engine: Engine, solver: Solver, problems: list[dict], k: int, concu
     active: dict[str, tuple[dict, float, list[Sample]]] = {}
     clock = engine.clock
     while queue or active:
+        if stop is not None and stop.is_set():  # Ctrl-C: the problems in flight are dropped
+            return
         while queue and len(active) < concurrent:
             p = queue.pop(0)
             engine.submit(solver.requests(p["id"], p["problem"], 0, k))
@@ -116,8 +126,10 @@ def generate(engine: Engine, solver: Solver, problems: list[dict], k: int, concu
 
 
 def evaluate(settings: Settings, problems: list[dict], k: int, traces_path: str | Path, engine: Engine | None = None,
-             concurrent: int = 1, timeout: float | None = None, show=print) -> dict:
-    """Run k samples per problem, write every sample to `traces_path`, return the report."""
+             concurrent: int = 1, timeout: float | None = None, show=print,
+             stop: threading.Event | None = None) -> dict:
+    """Run k samples per problem, write every sample to `traces_path`, return the report. Once `stop` is set
+    (Ctrl-C) it stops, and the report of the problems finished so far says `"partial": true`."""
     from inference.server import build_engine
 
     if k < 1:
@@ -128,16 +140,18 @@ def evaluate(settings: Settings, problems: list[dict], k: int, traces_path: str 
     mode = grading_mode(known, settings) if known else "integer"
     engine = engine or build_engine(settings, RealClock())
     solver = Solver(engine, settings)  # only for its requests: the server's exact prompts, variants and seeds
-    t0 = time.monotonic()
-    engine.start()
-    load_seconds = time.monotonic() - t0
     traces_path = Path(traces_path)
     traces_path.parent.mkdir(parents=True, exist_ok=True)
     rows, sample_rows = [], []
-    t1 = time.monotonic()
+    t0 = t1 = time.monotonic()
+    load_seconds = 0.0
     try:
+        engine.start()
+        load_seconds = time.monotonic() - t0
+        show(f"engine {settings.engine} ready in {load_seconds:.1f}s")
+        t1 = time.monotonic()
         with traces_path.open("w") as f:
-            for i, (p, samples) in enumerate(generate(engine, solver, problems, k, concurrent, timeout), 1):
+            for i, (p, samples) in enumerate(generate(engine, solver, problems, k, concurrent, timeout, stop), 1):
                 gold = p.get("answer")
                 graded = [grade_sample(s.text, gold, mode, settings) for s in samples]
                 for s, (answer, correct) in zip(samples, graded):
@@ -155,10 +169,21 @@ def evaluate(settings: Settings, problems: list[dict], k: int, traces_path: str 
                 rows.append(row)
                 show(f"[{i}/{len(problems)}] {p['id']}: {n_correct}/{len(samples)} correct, maj {maj} "
                      f"(gold {gold}), {row['tokens_mean']:.0f} tokens/sample")
+    except EngineError:
+        if stop is None or not stop.is_set():
+            raise  # an engine crash; vLLM's engine core going down on the user's Ctrl-C is not one
     finally:
-        engine.shutdown()
+        if stop is not None and stop.is_set():  # the engine core got the same SIGINT: do not wait long on it
+            stopper = threading.Thread(target=engine.shutdown, name="shutdown", daemon=True)
+            stopper.start()
+            stopper.join(timeout=3.0)
+        else:
+            engine.shutdown()
     seconds = time.monotonic() - t1
-    return report(rows, sample_rows, k, mode, settings, seconds, load_seconds)
+    out = report(rows, sample_rows, k, mode, settings, seconds, load_seconds)
+    if stop is not None and stop.is_set():
+        out.update(partial=True, interrupted=True)
+    return out
 
 
 def _same(answer: object, gold: str, mode: str, settings: Settings) -> bool:
@@ -253,10 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traces", default="runs/traces.jsonl", help="every sample, in the replay format")
     parser.add_argument("--out", default="runs/eval.json", help="the report")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    parser.add_argument("--log", default=DEFAULT_LOG, help=f"engine logs go here (default {DEFAULT_LOG})")
+    parser.add_argument("--verbose", action="store_true", help="show the engine logs instead of writing them to --log")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
+        if args.k < 1:
+            raise ValueError(f"-k must be ≥ 1, got {args.k}")
         overrides = dict(parse_override(s) for s in args.set)
         overrides.update({"sampling.samples": args.k, "sampling.stop_rule": args.stop_rule,
                           "sampling.seed": args.seed})
@@ -277,17 +305,56 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"evaluate: {len(problems)} problems from {args.problems} × {args.k} samples, engine {settings.engine} "
           f"({settings.model}), max_tokens {settings.sampling.max_tokens}", flush=True)
-    result = evaluate(settings, problems, args.k, args.traces, concurrent=args.concurrent_problems,
-                      timeout=args.timeout_seconds, show=lambda line: print(line, flush=True))
-    result["problems_file"] = str(args.problems)
-    result["traces"] = str(args.traces)
-    result["config"] = str(args.config)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
-    print(format_report(result))
-    print(f"wrote {args.traces} and {args.out}")
+    from inference.local_gateway import engine_logs_to
+
+    log_path = None if args.verbose else Path(args.log)
+    if log_path is not None:
+        print(f"engine logs → {log_path} (--verbose shows them)", flush=True)
+    with engine_logs_to(log_path) as (out, err), Interrupt() as interrupt:
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        show, bar = _console(out, len(problems))
+        try:
+            result = evaluate(settings, problems, args.k, args.traces, concurrent=args.concurrent_problems,
+                              timeout=args.timeout_seconds, show=show, stop=interrupt.stop)
+        finally:
+            if bar is not None:
+                bar.close()
+        result["problems_file"] = str(args.problems)
+        result["traces"] = str(args.traces)
+        result["config"] = str(args.config)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+        if result.get("interrupted"):
+            print(f"interrupted: kept the {result['n_problems']} of {len(problems)} problems finished in "
+                  f"{args.traces} and {args.out} (marked partial)", file=err, flush=True)
+            return EXIT_CODE
+        print(format_report(result), file=out)
+        print(f"wrote {args.traces} and {args.out}", file=out, flush=True)
     return 0
 
 
+def _console(out, total: int):
+    """(show, bar): on a terminal one progress bar (problems done, the last result), else a line per problem."""
+    if not out.isatty():
+        return (lambda line: print(line, file=out, flush=True)), None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, file=out, unit="problem", desc="evaluate ", dynamic_ncols=True,
+               bar_format="{desc}{bar:24} {n_fmt}/{total_fmt} problems · {elapsed}<{remaining}{postfix}")
+    bar.set_postfix_str("loading model", refresh=True)
+
+    def show(line: str) -> None:
+        if line.startswith("["):  # a problem done: "[i/n] id: c/k correct, maj …"
+            bar.update(1)
+            line = line.split(": ", 1)[-1]
+        bar.set_postfix_str(line, refresh=True)
+
+    return show, bar
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == EXIT_CODE:
+        exit_now(code)  # nothing left to wait for once the traces and report are written
+    sys.exit(code)

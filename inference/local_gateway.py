@@ -44,6 +44,7 @@ import polars as pl  # noqa: E402
 from inference.answers import grade  # noqa: E402
 from inference.clock import RealClock, VirtualClock  # noqa: E402
 from inference.config import REPO, Competition, Settings, load_settings, parse_override  # noqa: E402
+from inference.interrupt import EXIT_CODE, Interrupt, exit_now  # noqa: E402
 
 # Kaggle's GatewayRuntimeErrorType names, plus the platform's own notebook timeout.
 ERROR_KINDS = (
@@ -58,6 +59,10 @@ ERROR_KINDS = (
 )
 DEFAULT_CONFIG = REPO / "configs" / "inference" / "demo.yaml"
 DEFAULT_LOG = "runs/local_gateway.log"
+
+
+class _Stopped(Exception):
+    """The user pressed Ctrl-C: stop serving, keep what was answered."""
 
 
 class GatewayError(RuntimeError):
@@ -183,6 +188,8 @@ class ProgressDisplay:
         from tqdm import tqdm
 
         self.budget, self.tokens, self.correct, self.scored = budget, 0, 0, 0
+        self.too_long = 0  # problems whose prompt fits no context: not attempted
+        self.loading = False  # the engine is starting (the model loads): said on the bar
         self.serving_since = 0.0  # elapsed seconds when the first problem was served (after the engine start)
         try:  # a pseudo-terminal without a size (`script`, some CI) reports 0 columns: tqdm would draw nothing
             width = os.get_terminal_size(stream.fileno()).columns
@@ -194,15 +201,21 @@ class ProgressDisplay:
         self.bar.set_description_str("gateway ")
 
     def refresh(self, elapsed: float) -> None:
+        if self.loading:
+            left = max(0.0, self.budget - elapsed)
+            self.bar.set_postfix_str(f"loading model · {_clock(elapsed)} elapsed · {_clock(left)} left", refresh=True)
+            return
         score = f"score {self.correct}/{self.scored}" if self.scored else "score –"
         serving = elapsed - self.serving_since
         rate = f"{self.tokens / serving:,.0f} tok/s" if serving > 0 and self.tokens else "– tok/s"
         left = max(0.0, self.budget - elapsed)
-        self.bar.set_postfix_str(f"{score} · {rate} · {_clock(elapsed)} elapsed · {_clock(left)} left",
+        too_long = f" · {self.too_long} longer than the context" if self.too_long else ""
+        self.bar.set_postfix_str(f"{score} · {rate}{too_long} · {_clock(elapsed)} elapsed · {_clock(left)} left",
                                  refresh=True)
 
     def problem_done(self, record: dict, elapsed: float) -> None:
         self.tokens += int(record.get("tokens") or 0)
+        self.too_long += _too_long(record)
         if record["correct"] is not None:
             self.scored += 1
             self.correct += bool(record["correct"])
@@ -231,13 +244,16 @@ def run_gateway(
     startup: Callable[[], Any] | None = None,
     show: Callable[[str], None] | None = print,
     display: ProgressDisplay | None = None,
+    stop: threading.Event | None = None,
 ) -> dict:
     """Serve every problem to `predict` like Kaggle's gateway; return (and optionally write) the report.
 
     `clock` measures the limits (a VirtualClock for replays); `details(id)` adds the server's own record of a
     problem (votes, samples, tokens) to the report; `startup()` is run first, under the server-start limit.
     `show` gets a line per problem and the final table; with a `display` (a terminal) the display replaces the
-    per-problem lines. Raises GatewayError on any failure Kaggle's gateway would fail on.
+    per-problem lines. Raises GatewayError on any failure Kaggle's gateway would fail on. Once `stop` is set (Ctrl-C)
+    it stops within half a second, writes the submission and report of the problems answered so far, marked
+    `"partial": true`, and returns that report (`report["interrupted"]` is true).
     """
     comp = competition if isinstance(competition, Competition) else Competition.load(competition)
     clock = clock or RealClock()
@@ -253,7 +269,7 @@ def run_gateway(
         """Run fn on the worker thread; `limit` in seconds of the clock (None: no deadline)."""
         t0 = clock.now()
         future = pool.submit(fn, *args)
-        if clock.virtual or (limit is None and display is None):
+        if clock.virtual or (limit is None and display is None and stop is None):
             value = future.result()
         else:  # wake up every half second to keep the live display moving
             value = None
@@ -263,6 +279,8 @@ def run_gateway(
                     value = future.result(timeout=wait)
                     break
                 except FutureTimeout:
+                    if stop is not None and stop.is_set():
+                        raise _Stopped from None
                     if limit is not None and clock.now() - t0 >= limit:
                         value = TimeoutError
                         break
@@ -274,10 +292,16 @@ def run_gateway(
         return value
 
     rows, predictions = [], []
+    interrupted = False
     try:
         if startup is not None:
+            if display is not None:
+                display.loading = True
+                display.refresh(0.0)
             try:
                 call(startup, (), comp.startup_seconds)
+            except _Stopped:
+                raise
             except TimeoutError:
                 raise GatewayError("SERVER_NEVER_STARTED",
                                    f"Failed to connect to server after waiting {comp.startup_seconds:.0f} seconds") from None
@@ -285,9 +309,12 @@ def run_gateway(
                 raise GatewayError("SERVER_NEVER_STARTED", repr(e)) from None
         _check_endpoint(predict, comp)
         if display is not None:
+            display.loading = False
             display.serving_since = clock.now() - run_start
         total = served.height
         for i, row in enumerate(served.iter_slices(n_rows=1)):
+            if stop is not None and stop.is_set():
+                raise _Stopped
             pid = row["id"].item(0)
             limit = comp.per_call_seconds if (i > 0 or comp.first_call_deadline) else None
             left = budget - (clock.now() - run_start)
@@ -297,6 +324,8 @@ def run_gateway(
             t0 = clock.now()
             try:
                 prediction = call(predict, tuple(row.get_column(c) for c in row.columns), limit)
+            except _Stopped:
+                raise
             except TimeoutError:
                 if clock.now() - run_start >= budget:
                     raise GatewayError("NOTEBOOK_TIMEOUT", f"run limit of {budget:.0f}s exceeded on {pid}") from None
@@ -324,6 +353,10 @@ def run_gateway(
             else:
                 show(_progress_line(i, total, record, budget - (clock.now() - run_start), rows))
         submission = build_submission(predictions, served["id"].to_list(), comp)
+    except _Stopped:  # Ctrl-C: the problems answered so far make the submission; the one in flight is dropped
+        interrupted = True
+        submission = build_submission(predictions, served["id"].to_list()[:len(predictions)], comp) if predictions \
+            else pl.DataFrame(schema={"id": pl.String, "answer": pl.Int64})
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if display is not None:
@@ -333,10 +366,13 @@ def run_gateway(
         Path(submission_path).parent.mkdir(parents=True, exist_ok=True)
         submission.write_parquet(submission_path)
     report = _report(rows, comp, seed, clock.now() - run_start, clock.virtual)
+    if interrupted:
+        report.update(partial=True, interrupted=True, problems_total=served.height)
     if report_path is not None:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(report, indent=2, default=str))
-    show(format_table(report))
+    if not interrupted:
+        show(format_table(report))
     return report
 
 
@@ -354,6 +390,20 @@ def _answer_of(prediction: Any) -> Any:
     return prediction
 
 
+def _too_long(record: dict) -> bool:
+    """Whether the problem's prompt fit no context (inference.prompts.PromptTooLong): it was not attempted."""
+    return any("PromptTooLong" in str(e) for e in record.get("errors") or [])
+
+
+def _context_note(record: dict) -> str:
+    if _too_long(record):
+        return "  longer than the model's context: not attempted"
+    cut = record.get("prompt_cut")
+    if cut:
+        return f"  prompt cut to fit the context ({cut['prompt_tokens']:,} → {cut['kept_tokens']:,} tokens)"
+    return ""
+
+
 def _progress_line(i: int, total: int, r: dict, left: float, rows: list[dict]) -> str:
     """The per-problem line where there is no live display (a log, a pipe, a test)."""
     mark = {True: "✓", False: "✗", None: "·"}[r["correct"]]
@@ -362,7 +412,7 @@ def _progress_line(i: int, total: int, r: dict, left: float, rows: list[dict]) -
     scored = [x["correct"] for x in rows if x["correct"] is not None]
     score = f"  score {sum(scored)}/{len(scored)}" if scored else ""
     return (f"[{i + 1}/{total}] {r['id']}: {r['answer']} {mark} (gold {r['gold']}){votes}  "
-            f"{r['seconds']:.1f}s  {r.get('stop_reason', '')}{score}  {left:.0f}s left")
+            f"{r['seconds']:.1f}s  {r.get('stop_reason', '')}{score}  {left:.0f}s left{_context_note(r)}")
 
 
 def _report(rows: list[dict], comp: Competition, seed: int, seconds: float, virtual: bool) -> dict:
@@ -397,6 +447,13 @@ def format_table(report: dict) -> str:
     secs = t.get("wall_seconds", t.get("simulated_seconds"))
     kind = "wall" if "wall_seconds" in t else "simulated"
     lines.append(f"{report['competition']}: {acc}, {t['tokens']} tokens, {secs:.1f}s {kind}")
+    too_long = [str(r["id"]) for r in report["problems"] if _too_long(r)]
+    if too_long:
+        lines.append(f"{len(too_long)} problems longer than the context: {', '.join(too_long)} "
+                     "(not attempted: the fallback answer)")
+    cut = [str(r["id"]) for r in report["problems"] if r.get("prompt_cut")]
+    if cut:
+        lines.append(f"{len(cut)} problems cut to fit the context (start and end kept): {', '.join(cut)}")
     return "\n".join(lines)
 
 
@@ -415,6 +472,9 @@ def check_inputs(settings: Settings, problem_ids: list[str] | None = None) -> li
                   and not Path(first).exists() and not (REPO / first).exists())
         if not model.exists() and not hub_id:
             raise FileNotFoundError(f"model: no such folder {settings.model} (set --model to a model folder)")
+        if hub_id and not model.exists() and not _hub_model_available(settings.model):
+            raise FileNotFoundError(f"model: {settings.model} is no local folder and the Hugging Face hub cannot be "
+                                    "reached (offline, and not in the hub cache): set --model to a model folder")
         if model.exists() and not (model / "config.json").is_file():
             raise FileNotFoundError(f"model: {settings.model} is not a model folder (no config.json)")
         if settings.engine == "vllm" and model.exists():
@@ -443,6 +503,36 @@ def check_inputs(settings: Settings, problem_ids: list[str] | None = None) -> li
                 warnings.append(f"traces: {settings.traces} hold no samples of {len(missing)} of the "
                                 f"{len(problem_ids)} problems ({', '.join(missing[:3])}…): those get the fallback")
     return warnings
+
+
+def _hub_model_available(repo_id: str, timeout: float = 3.0) -> bool:
+    """Whether a hub id can load: its config is in the local hub cache, or the hub answers within `timeout` seconds
+    (offline, transformers and vLLM would otherwise spend half a minute on retries before the same error)."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return True
+    except Exception:  # noqa: BLE001 - a malformed id: let the engine name it
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    reached = threading.Event()
+
+    def probe() -> None:  # on a thread: name resolution has no timeout of its own
+        import socket
+
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            reached.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=probe, name="hub-probe", daemon=True).start()
+    return reached.wait(timeout)
 
 
 @contextlib.contextmanager
@@ -513,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default=DEFAULT_LOG, help=f"engine logs go here (default {DEFAULT_LOG})")
     parser.add_argument("--verbose", action="store_true", help="show the engine logs instead of writing them to --log")
     args = parser.parse_args(argv)
+    if args.budget_seconds is not None and not args.budget_seconds > 0:
+        print(f"error: --budget-seconds must be > 0 (the whole run's limit in seconds), got {args.budget_seconds:g}",
+              file=sys.stderr)
+        return 2
 
     from inference.server import Predictor  # after argument parsing: --help stays fast
 
@@ -546,32 +640,51 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine logs → {log_path} (--verbose shows them)", flush=True)
     budget = args.budget_seconds
     t0 = time.monotonic()
-    with engine_logs_to(log_path) as (out, err):
+    with engine_logs_to(log_path) as (out, err), Interrupt() as interrupt:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         predictor = Predictor(settings, total_seconds=budget, problems=problems.height)
+        interrupt.on_stop.append(predictor.interrupt)  # the engine core got the same SIGINT: not a crash
 
         def predict(id_, problem):  # a plain function named predict, as Kaggle requires
             return predictor.predict(id_, problem)
 
+        def details(pid: str) -> dict:
+            record = predictor.results[pid].to_report()
+            cut = getattr(predictor._engine, "prompt_cuts", {}).get(pid)  # a prompt fitted to the model's context
+            return record | ({"prompt_cut": cut} if cut else {})
+
         live = out.isatty() and not settings.virtual_clock
         display = ProgressDisplay(problems.height, budget or settings.competition.total_seconds, out) if live else None
         try:
-            run_gateway(predict, problems, settings.competition, seed=args.seed, submission_path=args.submission,
-                        report_path=args.report, budget_seconds=budget, clock=predictor.clock,
-                        details=lambda pid: predictor.results[pid].to_report(), startup=predictor.solver,
-                        show=lambda line: print(line, file=out, flush=True), display=display)
+            report = run_gateway(predict, problems, settings.competition, seed=args.seed,
+                                 submission_path=args.submission, report_path=args.report, budget_seconds=budget,
+                                 clock=predictor.clock, details=details,
+                                 startup=predictor.solver, show=lambda line: print(line, file=out, flush=True),
+                                 display=display, stop=interrupt.stop)
         except GatewayError as e:
             print(f"gateway error {e.kind}: {e.details}", file=err, flush=True)
             if log_path is not None:
                 print(f"last lines of {log_path}:\n{_tail(log_path)}", file=err, flush=True)
             return 1
         finally:
-            predictor.shutdown()
+            if interrupt.is_set():  # the engine core is going down on the same SIGINT: do not wait long on it
+                stopper = threading.Thread(target=predictor.shutdown, name="shutdown", daemon=True)
+                stopper.start()
+                stopper.join(timeout=3.0)
+            else:
+                predictor.shutdown()
+        if report.get("interrupted"):
+            print(f"interrupted: kept the {len(report['problems'])} of {report['problems_total']} problems answered "
+                  f"in {args.submission} and {args.report} (marked partial)", file=err, flush=True)
+            return EXIT_CODE
         print(f"wrote {args.submission} and {args.report} in {time.monotonic() - t0:.1f}s", file=out, flush=True)
     return 0
 
 
 if __name__ == "__main__":
     threading.current_thread().name = "main"
-    sys.exit(main())
+    code = main()
+    if code == EXIT_CODE:
+        exit_now(code)  # a solve still inside the engine is not waited for
+    sys.exit(code)

@@ -1,7 +1,10 @@
 """Chat messages for each sample: prompt variants mixed across a problem's samples, an optional answer-range
-reminder from the competition config, and a length guard for absurd inputs."""
+reminder from the competition config, a length guard for absurd inputs, and the fitting of a prompt to the model's
+context (the engines call `fit_prompt_ids` with their tokenizer)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from inference.answers import AnswerSpec
 from inference.config import Prompts, PromptVariant
@@ -44,3 +47,31 @@ def build_messages(problem: str, variant: PromptVariant, prompts: Prompts, spec:
     if prompts.answer_reminder:
         user += " " + prompts.answer_reminder.format(min=spec.min, max=spec.max, modulus=spec.modulus)
     return prompt_messages(user, variant.system)
+
+
+class PromptTooLong(ValueError):
+    """Even with the problem cut to nothing the prompt leaves no room for an answer in the model's context."""
+
+
+def fit_prompt_ids(messages: list[dict], render: Callable[[list[dict]], list[int]], context: int,
+                   max_tokens: int) -> tuple[list[int], dict | None]:
+    """The prompt's token ids, fitted to a `context`-token model: a prompt longer than the context less the room
+    left for the answer (`max_tokens`, at most half the context) has the middle of its last message cut (the
+    question's start and end kept, as `clip_problem` does) until it fits. Returns (ids, None) when nothing was cut,
+    else (ids, {"prompt_tokens": before, "kept_tokens": after}); raises PromptTooLong when nothing fits."""
+    ids = render(messages)
+    reserve = max(1, min(max_tokens, context // 2))
+    limit = context - reserve
+    if len(ids) <= limit:
+        return ids, None
+    before, content = len(ids), str(messages[-1]["content"])
+    keep = len(content)
+    for _ in range(30):  # shrink in proportion; the chat template's own tokens make it converge from above
+        keep = min(keep - 1, int(keep * limit / len(ids) * 0.95))
+        if keep <= 0:
+            break
+        ids = render(messages[:-1] + [{**messages[-1], "content": clip_problem(content, keep)}])
+        if len(ids) <= limit:
+            return ids, {"prompt_tokens": before, "kept_tokens": len(ids)}
+    raise PromptTooLong(f"prompt of {before} tokens is longer than the model's {context}-token context, even with "
+                        f"the problem cut to nothing ({reserve} tokens kept for the answer)")

@@ -132,6 +132,7 @@ class Predictor:
         self.deadlines: dict[str, tuple[float, float]] = {}  # problem id → (deadline, answered at), on the clock
         self._deadline: float | None = None  # the current problem's
         self._held: list[float] = []  # [sim] virtual times the clock stays at until predict has answered
+        self.interrupted = False  # set by interrupt(): the user stopped the run
 
     # -- engine ---------------------------------------------------------------------------------------------------
     def _trace_sink(self, record: dict) -> None:
@@ -170,8 +171,13 @@ class Predictor:
         return self._solver
 
     def _may_restart(self) -> bool:
-        """A restart pays off only if the run has time for a whole model load."""
-        return self.budget.time_left() > (self.load_seconds or 0.0)
+        """A restart pays off only if the run has time for a whole model load (and the user has not stopped it)."""
+        return not self.interrupted and self.budget.time_left() > (self.load_seconds or 0.0)
+
+    def interrupt(self) -> None:
+        """The user stopped the run (Ctrl-C): no engine restart from here on (vLLM's engine core got the same SIGINT
+        and is shutting down: not a crash), and a predict in flight answers at once."""
+        self.interrupted = True
 
     def shutdown(self) -> None:
         if self._engine is not None:
@@ -278,6 +284,8 @@ class Predictor:
             finished = done(max(0.0, min(limit - self.clock.now(), 0.25)))
             if finished:
                 return True
+            if self.interrupted:
+                return done(0.0)
             if self.clock.now() >= limit and when() <= limit:
                 return done(0.0)
 

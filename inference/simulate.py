@@ -45,6 +45,7 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
@@ -388,7 +389,8 @@ def simulate_many(settings_list: list[Settings], ts: TraceSet, runs: list[list[S
              for lo in range(0, len(runs), chunk)]
     _FORKED.update(settings=settings_list, ts=ts, runs=runs, speed=speed)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        # Workers ignore Ctrl-C: the parent stops them (one message, not a traceback per worker).
+        with multiprocessing.get_context("fork").Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
             done = []
             for records in pool.imap(_run_chunk, tasks):  # in task order, so the records line up with `tasks`
                 done.append(records)
@@ -508,13 +510,18 @@ def compare(ts: TraceSet, competition: str, hardware: str, policies_path: str | 
         if p.name in plain:
             results[p.name]["warning"] = (f"policy {p.name}: the traces carry no `entropy` (recorded without logprobs): "
                                           "it voted without entropy weights")
-            log.warning(results[p.name]["warning"])
         if settings.sampling.samples > fewest:
             # A launched sample that was never recorded never finishes: the problem waits for its deadline.
             warning = (f"policy {p.name} launches {settings.sampling.samples} samples but some problems have only "
                        f"{fewest} recorded: its results are pessimistic; record more samples (evaluate.py -k)")
             results[p.name]["warning"] = " ".join(filter(None, [results[p.name].get("warning"), warning]))
-            log.warning(warning)
+    if plain:  # one line for all the policies it concerns
+        log.warning("policies %s: the traces carry no `entropy` (recorded without logprobs): they voted without "
+                    "entropy weights", ", ".join(p.name for p in policies if p.name in plain))
+    short = [p.name for p, s in zip(policies, settings_list) if s.sampling.samples > fewest]
+    if short:
+        log.warning("policies %s launch more samples than some problems have recorded (%d): their results are "
+                    "pessimistic; record more samples (evaluate.py -k)", ", ".join(short), fewest)
     thresholds = thresholds or default_thresholds([s for r in results.values() for s in r["scores"]])
     for r in results.values():
         r["p_score_at_least"] = p_at_least(r.pop("scores"), thresholds)
@@ -836,6 +843,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.monotonic() - t0:.1f}s: nothing written (a comparison needs every order)",
+              file=sys.stderr)
+        return 130
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))

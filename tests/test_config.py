@@ -60,18 +60,28 @@ def test_messages_have_reminder_and_clipped_problem():
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"sampling.temperature": "hot"}, "demo.yaml: sampling.temperature: expected a number, got 'hot'"),
-    ({"sampling.samples": "abc"}, "demo.yaml: sampling.samples: expected an integer, got 'abc'"),
-    ({"sampling.samples": 2.5}, "demo.yaml: sampling.samples: expected an integer, got 2.5"),
-    ({"voting.k": True}, "demo.yaml: voting.k: expected an integer, got True"),
-    ({"time.base_seconds": "x"}, "demo.yaml: time.base_seconds: expected a number or nothing \\(null\\), got 'x'"),
-    ({"voting.weights": ["length", 3]}, r"demo.yaml: voting.weights\[1\]: expected text, got 3"),
-    ({"engine_args": 3}, "demo.yaml: engine_args: expected a mapping, got 3"),
-    ({"model": 5}, r"demo.yaml: model: expected text or nothing \(null\), got 5"),
+    ({"sampling.temperature": "hot"}, "^--set sampling.temperature: expected a number, got 'hot'"),
+    ({"sampling.samples": "abc"}, "^--set sampling.samples: expected an integer, got 'abc'"),
+    ({"sampling.samples": 2.5}, "^--set sampling.samples: expected an integer, got 2.5"),
+    ({"voting.k": True}, "^--set voting.k: expected an integer, got True"),
+    ({"time.base_seconds": "x"}, "^--set time.base_seconds: expected a number or nothing \\(null\\), got 'x'"),
+    ({"voting.weights": ["length", 3]},
+     r"^--set voting.weights=\[length, 3\]: voting.weights\[1\]: expected text, got 3"),
+    ({"engine_args": 3}, "^--set engine_args: expected a mapping, got 3"),
+    ({"model": 5}, r"^--set model: expected text or nothing \(null\), got 5"),
+    ({"sampling.samples": 0}, "^--set sampling.samples=0: sampling.samples must be ≥ 1, got 0"),
+    ({"sampling.tempreature": 1}, r"^--set sampling.tempreature=1: sampling: unknown key\(s\) tempreature"),
 ])
-def test_a_value_of_the_wrong_type_names_the_field(repo_root, override, message):
+def test_a_wrong_override_blames_the_command_line_not_the_file(repo_root, override, message):
     with pytest.raises(ValueError, match=message):
         load_settings(repo_root / "configs/inference/demo.yaml", override)
+
+
+def test_the_file_is_blamed_for_its_own_mistake_whatever_the_overrides(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("engine: vllm\nmodel: m\nsampling:\n  temperature: hot\n")
+    with pytest.raises(ValueError, match="^.*bad.yaml: sampling.temperature: expected a number"):
+        load_settings(cfg, {"sampling.samples": 4})
 
 
 def test_numbers_widen_where_a_float_is_expected(repo_root):
@@ -90,3 +100,40 @@ def test_speculative_decoding_is_a_checked_engine_args_switch(repo_root):
         load_settings(demo, {"engine_args.speculative_config": {"method": "eagle3", "num_speculative_tokens": 3}})
     with pytest.raises(ValueError, match="speculative_config: expected a mapping with a `method`"):
         load_settings(demo, {"engine_args.speculative_config": "ngram"})
+
+
+def _toy_render(repo_root):
+    from transformers import AutoTokenizer
+
+    from inference.formats import get_format
+
+    tokenizer, chat = AutoTokenizer.from_pretrained(repo_root / "models/toy-math"), get_format("r1")
+    return tokenizer, lambda messages: chat.prompt_ids(messages, tokenizer)
+
+
+def test_a_prompt_longer_than_the_context_keeps_the_questions_start_and_end(repo_root):
+    from inference.prompts import fit_prompt_ids
+
+    settings = load_settings(repo_root / "configs/inference/demo.yaml")
+    problem = "Let x be 12. " + "A long story about 1234 and more. " * 13900 + " What is 613 + 48?"
+    assert len(problem) > 460_000
+    messages = build_messages(problem, settings.prompts.variants[0], settings.prompts, settings.competition.answer)
+    tokenizer, render = _toy_render(repo_root)
+    ids, cut = fit_prompt_ids(messages, render, context=1024, max_tokens=320)
+    assert len(ids) <= 1024 - 320 and cut["kept_tokens"] == len(ids) and cut["prompt_tokens"] > 10_000
+    text = tokenizer.decode(ids)
+    assert "user\nLet x be 12. A long story" in text and text.rstrip().endswith("What is 613 + 48?<|im_end|>\n"
+                                                                                "<|im_start|>assistant")
+    short = build_messages("What is 1 + 2?", settings.prompts.variants[0], settings.prompts,
+                           settings.competition.answer)
+    assert fit_prompt_ids(short, render, 1024, 320) == (render(short), None)  # a prompt that fits is left alone
+    assert len(fit_prompt_ids(messages, render, 1024, 4000)[0]) <= 512  # half the context at most goes to the answer
+
+
+def test_a_prompt_that_fits_no_context_says_so(repo_root):
+    from inference.prompts import PromptTooLong, fit_prompt_ids
+
+    _, render = _toy_render(repo_root)
+    messages = [{"role": "system", "content": "Reason step by step. " * 40}, {"role": "user", "content": "1+1?"}]
+    with pytest.raises(PromptTooLong, match="longer than the model's 64-token context, even with the problem cut"):
+        fit_prompt_ids(messages, render, context=64, max_tokens=16)

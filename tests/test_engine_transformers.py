@@ -197,6 +197,9 @@ def test_shutdown_then_start_again(scripted_dir):
     e.shutdown()
 
 
-def test_prompt_longer_than_the_context_is_refused(engine):
+def test_prompt_longer_than_the_context_is_cut_to_fit_and_one_that_cannot_fit_is_refused(engine):
+    engine.submit(requests("huge", [0], max_tokens=8, messages=[{"role": "user", "content": "1 + 1 " * 3000}]))
+    assert len(collect(engine, 1)) == 1 and engine.prompt_cuts["huge"]["kept_tokens"] < engine._context
+    system = {"role": "system", "content": "1 + 1 " * 3000}
     with pytest.raises(ValueError, match="context"):
-        engine.submit(requests("huge", [0], messages=[{"role": "user", "content": "1 + 1 " * 3000}]))
+        engine.submit(requests("none", [0], messages=[system, {"role": "user", "content": "1 + 1"}]))

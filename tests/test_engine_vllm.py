@@ -105,9 +105,15 @@ def test_calls_from_another_thread(engine):
     assert [s.sample for s in result["samples"]] == [0, 1]
 
 
-def test_prompt_longer_than_max_model_len_is_refused(engine):
-    with pytest.raises(Exception, match="maximum context length|longer than the maximum model length"):
-        engine.submit(requests("huge", [0], messages=[{"role": "user", "content": "1 + 1 " * 1000}]))
+def test_prompt_longer_than_max_model_len_is_cut_to_fit_and_one_that_cannot_fit_is_refused(engine):
+    from inference.prompts import PromptTooLong
+
+    engine.submit(requests("huge", [0], max_tokens=8, messages=[{"role": "user", "content": "1 + 1 " * 1000}]))
+    (sample,) = collect(engine, 1)
+    assert sample.extra["prompt_tokens"] <= 1024 - 8 < engine.prompt_cuts["huge"]["prompt_tokens"]
+    system = {"role": "system", "content": "1 + 1 " * 1000}  # no cut of the problem makes this fit
+    with pytest.raises(PromptTooLong, match="longer than the model's 1024-token context"):
+        engine.submit(requests("none", [0], messages=[system, {"role": "user", "content": "1 + 1"}]))
     assert engine.progress().running == 0
 
 

@@ -356,3 +356,72 @@ def test_cli_4bit_model_on_a_cpu_whose_vllm_cannot_serve_it_names_the_way_out(tm
     assert main(["--engine", "vllm", "--model", str(model), "--report", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert f"model: {model} has 4-bit weights" in err and "cpu_gemm_wna16" in err and "--engine transformers" in err
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_cli_budget_seconds_not_positive_names_the_flag(tmp_path, capsys, value):
+    code = main(["--engine", "replay", "--traces", "x", "--budget-seconds", value,
+                 "--report", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --budget-seconds must be > 0" in err and "Traceback" not in err
+
+
+def test_cli_set_error_blames_the_command_line(tmp_path, capsys):
+    assert main(["--set", "sampling.tempreature=0.5", "--engine", "replay", "--traces", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --set sampling.tempreature=0.5: sampling: unknown key(s) tempreature" in err
+    assert "demo.yaml" not in err
+
+
+@pytest.mark.slow
+def test_cli_problems_longer_than_the_context_are_attempted_or_named(tmp_path, capsys):
+    """A 460k-character problem is cut to the context and attempted; a prompt nothing can fit is named on its
+    progress line and in the summary (transformers engine, the toy model's 4096 positions)."""
+    long_problem = "Let x be 12. " + "A long story about 1234 and more. " * 13900 + " What is 613 + 48?"
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "long", "problem": long_problem, "answer": "661"}, {"id": "short", "problem": "What is 1 + 2?",
+                                                                     "answer": "3"}]) + "\n")
+    args = ["--engine", "transformers", "--model", str(REPO / "models/toy-math"), "--problems", str(problems),
+            "--set", "sampling.samples=2", "--set", "sampling.max_tokens=48", "--budget-seconds", "600",
+            "--submission", str(tmp_path / "s.parquet"), "--report", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    long = next(r for r in report["problems"] if r["id"] == "long")
+    assert long["stop_reason"] != "submit_failed" and long["samples"] == 2
+    assert long["prompt_cut"]["prompt_tokens"] > 4096 >= long["prompt_cut"]["kept_tokens"]
+    assert "prompt cut to fit the context (" in out
+    assert "1 problems cut to fit the context (start and end kept): long" in out
+    huge_system = "--set", "prompts.variants=[{name: v, system: '" + "Reason step by step. " * 1500 + "'}]"
+    assert main(args + list(huge_system)) == 0
+    out = capsys.readouterr().out
+    assert "longer than the model's context: not attempted" in out
+    assert "2 problems longer than the context: " in out
+
+
+def test_progress_display_says_loading_model_during_the_engine_start():
+    import io
+
+    from inference.local_gateway import ProgressDisplay
+
+    stream = io.StringIO()
+    display = ProgressDisplay(total=3, budget=600, stream=stream)
+
+    def predict(id_, problem):
+        return ok(id_, problem)
+
+    run_gateway(predict, PROBLEMS.head(3), "aimo3", submission_path=None, show=None, display=display,
+                startup=lambda: time.sleep(0.8))
+    lines = stream.getvalue().replace("\r", "\n").splitlines()
+    assert any("0/3 problems" in line and "loading model · 0:00 elapsed" in line for line in lines)
+    assert "loading model" not in lines[-1] and "3/3 problems" in lines[-1]
+
+
+def test_cli_hub_id_unreachable_offline_fails_at_once(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as without network: no 34 s of hub retries
+    assert main(["--engine", "vllm", "--model", "foo/bar", "--report", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "model: foo/bar is no local folder and the Hugging Face hub cannot be reached" in err

@@ -124,3 +124,18 @@ def test_kaggle_notebook_commands_say_which_python_runs_them():
 def test_make_targets_the_readme_names_exist(command):
     result = subprocess.run(["make", "-n", *command.split()[1:]], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout, result.stderr
+
+
+def bare_interpreter_commands(text: str) -> list[str]:
+    """Commands that need the README's .venv but would run a system `python` (or a venv tool not on PATH): every
+    command of a ```bash block starts with `make` or `.venv/bin/`, and no inline `python …` command is left."""
+    bad = [c for c in readme_commands(text) if not c.startswith(("make ", ".venv/bin/"))]
+    bad += re.findall(r"`((?:python3?|accelerate|kaggle|tensorboard|pytest) [^`]*)`", text)
+    return bad
+
+
+def test_every_readme_command_names_the_venv_interpreter():
+    """One form for every command (`.venv/bin/python …` or a make target), so each runs as written after setup."""
+    assert bare_interpreter_commands((REPO / "README.md").read_text()) == []
+    assert bare_interpreter_commands("`python -m train.curves --out x.png`\n```bash\npython -m train.toy.tir\n```\n") \
+        == ["python -m train.toy.tir", "python -m train.curves --out x.png"]

@@ -54,8 +54,8 @@ def test_gateway_run_on_vllm_answers_every_problem(predictor, tmp_path):
     rows = {r["id"]: r for r in report["problems"]}
     # A random model rarely boxes an answer: what matters is that the samples really ran and every problem was answered.
     assert rows["p1"]["tokens"] > 0 and rows["p1"]["launched"] == 4
-    # The huge problem does not fit max_model_len: vLLM refuses it and the fallback answers at once.
-    assert rows["huge"]["answer"] == 0 and rows["huge"]["fallback"] and rows["huge"]["errors"]
+    # The huge problem is longer than max_model_len: its middle is cut (inference.prompts.fit_prompt_ids) and it runs.
+    assert rows["huge"]["launched"] == 4 and not any("submit failed" in e for e in rows["huge"]["errors"])
 
 
 def _engine_core_pids():

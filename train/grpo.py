@@ -39,6 +39,7 @@ from train.common import (
     train_resumably,
 )
 from train.configs import GRPOConfig, GRPOScriptArguments
+from train.interrupt import stop_on_ctrl_c
 from train.rewards import get_reward_funcs
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, mod
 
 def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) -> Path:
     """Train and return the directory of the final (selected) model."""
-    return train_resumably(*build_trainer(data_args, training_args, model_args))
+    return train_resumably(*stop_on_ctrl_c(build_trainer(data_args, training_args, model_args)))  # Ctrl-C: checkpoint
 
 
 def make_parser():

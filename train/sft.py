@@ -40,6 +40,7 @@ from train.common import (
     train_resumably,
 )
 from train.configs import DataArguments, SFTConfig
+from train.interrupt import stop_on_ctrl_c
 
 
 # --- main -----------------------------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
 
 def main(data_args: DataArguments, training_args: SFTConfig, model_args) -> Path:
     """Train and return the directory of the final model."""
-    return train_resumably(*build_trainer(data_args, training_args, model_args))
+    return train_resumably(*stop_on_ctrl_c(build_trainer(data_args, training_args, model_args)))  # Ctrl-C: checkpoint
 
 
 def make_parser():

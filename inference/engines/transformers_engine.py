@@ -47,6 +47,7 @@ from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 from inference.entropy import EntropyMeter
 from inference.formats import get_format
+from inference.prompts import fit_prompt_ids
 from inference.tools import Conversation, ToolSettings, start_tools, stop_tools
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class TransformersEngine(Engine):
         self._model = None
         self._tokenizer = None
         self._context = 0  # max positions of the model
+        self.prompt_cuts: dict[str, dict] = {}  # problem id → prompt tokens before and after fitting to the context
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # new work for the worker, or finished samples for poll
@@ -200,12 +202,12 @@ class TransformersEngine(Engine):
         jobs = []
         for req in requests:
             key = repr(req.messages)
-            if key not in rendered:
-                rendered[key] = self.format.prompt_ids(req.messages, self._tokenizer)
+            if key not in rendered:  # a prompt longer than the context has its middle cut (prompts.fit_prompt_ids)
+                rendered[key], cut = fit_prompt_ids(req.messages, lambda m: self.format.prompt_ids(m, self._tokenizer),
+                                                    self._context, req.max_tokens)
+                if cut is not None:
+                    self.prompt_cuts[req.problem_id] = cut
             prompt_ids = rendered[key]
-            if len(prompt_ids) >= self._context:
-                raise ValueError(f"problem {req.problem_id}: prompt of {len(prompt_ids)} tokens does not fit the "
-                                 f"model's context of {self._context} tokens")
             # Like vLLM at max_model_len: a sample that reaches the end of the context ends with "length".
             max_tokens = min(req.max_tokens, self._context - len(prompt_ids))
             now = self.clock.now()

@@ -37,6 +37,7 @@ from inference.clock import RealClock, VirtualClock
 from inference.entropy import EntropyMeter
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 from inference.formats import get_format
+from inference.prompts import fit_prompt_ids
 from inference.tools import Conversation, ToolSettings, start_tools, stop_tools
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ class VLLMEngine(Engine):
         self._finished: list[Sample] = []  # finished, not yet returned by poll
         self._last_activity = 0.0  # engine clock: last token or submission
         self._error: str | None = None  # set when vLLM died
+        self._context = 0  # max_model_len, once started
+        self.prompt_cuts: dict[str, dict] = {}  # problem id → prompt tokens before and after fitting to the context
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class VLLMEngine(Engine):
             self._stop_loop()
             raise EngineError(f"vllm engine failed to start on {self.model}: {e!r}") from e
         self._tokenizer = self._llm.get_tokenizer()
+        self._context = self._llm.model_config.max_model_len
         self._error = None
         log.info("vllm engine: loaded %s in %.1fs", self.model, time.monotonic() - t0)
 
@@ -233,8 +237,10 @@ class VLLMEngine(Engine):
         batch = []
         for req in requests:
             key = repr(req.messages)
-            if key not in rendered:
-                rendered[key] = self._prompt_ids(req.messages)
+            if key not in rendered:  # a prompt longer than the context has its middle cut (prompts.fit_prompt_ids)
+                rendered[key], cut = fit_prompt_ids(req.messages, self._prompt_ids, self._context, req.max_tokens)
+                if cut is not None:
+                    self.prompt_cuts[req.problem_id] = cut
             tool_stops = {}
             if self.tools is not None:  # a turn ends at a tool call; the stop string stays in the text
                 tool_stops = {"stop": list(self.format.stop_strings), "include_stop_str_in_output": True,

@@ -3,6 +3,7 @@ evaluation on held-out problems → models/toy-math and a results table.
 
     python -m train.toy.recipe --config configs/toy/recipe.yaml    # `make toy`: one seed, ~10 min on 2 idle cores
     python -m train.toy.recipe --config configs/toy/study.yaml     # 3 seeds and the 1-epoch SFT controls
+    python -m train.toy.recipe --config configs/toy/recipe.yaml --resume   # after Ctrl-C: on from the checkpoints
 
 SFT and GRPO run through train/sft.py and train/grpo.py with configs/toy/sft.yaml and configs/toy/grpo.yaml (the
 same code paths as the 14B recipes); this script only fills in the paths and the seed, then measures. The model of
@@ -24,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from inference.mappings import dataclass_from_mapping
+from train import interrupt
 from train.data import write_jsonl
 from train.toy.task import make_splits, make_trace, sample_rechecks
 
@@ -165,11 +167,11 @@ def read_history(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def run_seed(recipe: ToyRecipe, seed: int) -> dict:
+def run_seed(recipe: ToyRecipe, seed: int, resume: bool = False) -> dict:
     from train.toy.model_factory import make_tiny_model
 
     root = Path(recipe.run_dir) / f"seed{seed}"
-    if root.exists():
+    if root.exists() and not resume:
         shutil.rmtree(root)  # a fresh run each time (train/sft.py would otherwise resume old checkpoints)
     timings, result = {}, {"seed": seed}
     rows_needed = max([c.get("sft_rows", recipe.splits["sft"]) for c in recipe.sft_controls] + [recipe.splits["sft"]])
@@ -321,13 +323,18 @@ def export_model(grpo_dir: Path, model_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/toy/recipe.yaml")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a run stopped by Ctrl-C from its checkpoints (the data and init are rebuilt "
+                        "identically from the seed)")
     args = parser.parse_args()
+    interrupt.RESUME_HINT = (f"resume with `.venv/bin/python -m train.toy.recipe --config {args.config} --resume` "
+                             "(`make toy RESUME=1`)")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     recipe = ToyRecipe.load(args.config)
     start = time.perf_counter()
     runs = []
     for seed in recipe.seeds:
-        runs.append(run_seed(recipe, seed))
+        runs.append(run_seed(recipe, seed, resume=args.resume))
         if recipe.model_dir and seed == recipe.seeds[0]:
             export_model(Path(runs[0]["grpo_dir"]), Path(recipe.model_dir))
     write_results(recipe, runs, time.perf_counter() - start, args.config)
