@@ -20,11 +20,10 @@ from inference.answers import (
     _boxed_spans,
     extract_answer,
     find_stop,
-    grade,
-    is_equivalent,
     last_boxed,
     parse_integer,
 )
+from inference.grading import grade, is_equivalent
 
 REPO = Path(__file__).resolve().parents[1]
 AIMO2 = AnswerSpec(min=0, max=999, modulus=1000)
@@ -585,10 +584,23 @@ def test_grade_with_unparseable_gold_is_none(gold):
     assert grade("\\boxed{42}", gold) is None
 
 
+def test_grading_moved_to_its_own_module_and_the_old_import_path_still_works():
+    import inference.answers
+    import inference.grading
+
+    from inference.answers import grade as old_grade
+
+    assert old_grade is inference.grading.grade and inference.answers.is_equivalent is is_equivalent
+    assert "math_verify" not in Path(inference.answers.__file__).read_text()  # extraction only
+    with pytest.raises(AttributeError):
+        inference.answers.no_such_name
+
+
 def test_integer_paths_never_import_sympy():
     code = (
         "import sys\n"
-        "from inference.answers import AnswerSpec, extract_answer, grade, is_equivalent, parse_integer\n"
+        "from inference.answers import AnswerSpec, extract_answer, parse_integer\n"
+        "from inference.grading import grade, is_equivalent\n"
         "from inference.voting import StopRule, Votes, stop_reason\n"
         "spec = AnswerSpec(0, 999, 1000)\n"
         "v = Votes()\n"
