@@ -230,8 +230,8 @@ _SLASH_RE = re.compile(r"([+-]?\d+)\s*/\s*([+-]?\d+)")
 # `42 \pmod{1000}`, `2024 \bmod 1000`, `42 \mod 1000`, `42 (mod 1000)`: the value reduced by that modulus (AIMO-2).
 _MOD_RE = re.compile(r"(?P<value>.+?)\s*\(?\s*(?:\\[pb]?mod(?![A-Za-z])|\bmod\b)\s*\{?\s*(?P<modulus>\d+)\s*\}?\s*\)?")
 
-# Simple integer expressions (`2^{10}`, `3 \\times 7`, `(2+3)^2`, `\\binom{7}{2}`, `5!`, `\\sqrt{49}`): parsed with `ast`
-# into a tree of integer constants, + - * / ^ and the calls binom/fact/sqrt/root only (never evaluated as code),
+# Simple integer expressions (`2^{10}`, `3 \\times 7`, `(2+3)^2`, `\\binom{7}{2}`, `5!`, `\\sqrt{49}`): parsed with
+# `ast` into a tree of integer constants, + - * / ^ and the calls binom/fact/sqrt/root only (never evaluated as code),
 # computed with bounds so `2^{100000}` or `99999!` is refused, not computed.
 _EXPR_OPERATORS = (("\\times", "*"), ("\\cdot", "*"), ("\u00d7", "*"), ("\u22c5", "*"), ("\\div", "/"))
 _BINOM_RE = re.compile(r"\\[dt]?binom\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
@@ -415,7 +415,8 @@ _CLOSING_RE = re.compile(r"(?:\s|</think>|</answer>|<\|im_end\|>|<\|endoftext\|>
 _ANSWER_LINE_RE = re.compile(r"\b(?:final\s+answer|answer)\b[\s*_]*(?:is|:|=)[\s*_:]*", re.IGNORECASE)
 _VALUE_END_RE = re.compile(r"[\s*_.!]*$")
 # "Final answer: the number of ways is 120": words without a number, then the value.
-_WORDS_THEN_VALUE_RE = re.compile(r"[A-Za-z][A-Za-z' -]*?\s(?:is|are|equals|=)\s+(?P<value>[^A-Za-z].*)", re.IGNORECASE)
+_WORDS_THEN_VALUE_RE = re.compile(r"[A-Za-z][A-Za-z' -]*?\s(?:is|are|equals|=)\s+(?P<value>[^A-Za-z].*)",
+                                  re.IGNORECASE)
 # Closing courtesies after the answer line carry no answer: "I hope this helps!", "Let me know if ...".
 _COURTESY_RE = re.compile(
     r"[\W_]*(?:i\s+)?(?:hope\s+(?:this|that|it)\s+helps|let\s+me\s+know|feel\s+free|happy\s+to\s+help|good\s+luck"

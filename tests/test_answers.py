@@ -170,7 +170,8 @@ EXTRACTION_CASES = [
     ("<think>\nok\n</think>\nHence $m+n = \\boxed{25}$.", None, 25),
     ("<think>\nok\n</think>\n\\boxed{\\text{(C)}\\ 12}", None, 12),
     ("<think>\nok\n</think>\nThe remainder is $\\boxed{2024 \\bmod 1000 = 24}$.", None, 24),
-    ("<think>\nI think \\boxed{8}.\nWait, recount: 9.\n</think>\nAfter recounting, the answer is $\\boxed{9}$.", None, 9),
+    ("<think>\nI think \\boxed{8}.\nWait, recount: 9.\n</think>\nAfter recounting, the answer is $\\boxed{9}$.",
+     None, 9),
     # Qwen3 endings (a summary after </think>, often a Final Answer heading)
     ("<think>\nwork\n</think>\n\n### Final Answer\n\n$$\n\\boxed{336}\n$$", AIMO3, 336),
     ("<think>\nwork\n</think>\n\n---\n\n### ✅ Final Answer:\n\n$$\n\\boxed{80}\n$$", AIMO3, 80),
@@ -275,14 +276,16 @@ INTEGERS = [
     ("2^{10}", 1024), ("2^10", 1024), ("-2^2", -4), ("10^3 + 7", 1007), ("6 \\div 3", 2), ("3 × 4", 12),
     ("2^{500} - 2^{500}", 0), ("42 \\pmod{1000}", 42), ("1042 \\bmod 1000", 42), ("-1 \\mod 1000", 999),
     ("42 (mod 1000)", 42), ("x \\equiv 42 \\pmod{100}", 42), ("42\\ \\text{units}", 42), ("42 \\, \\text{cm}^2", 42),
-    ("3!", 6), ("\\binom{5}{2}", 10), ("\\sqrt{49}", 7), ("\\frac{10!}{8!}", 90), ("\\text{42 ways}", 42), ("\\{42\\}", 42),
-    ("42_{10}", 42), ("\\textbf{(B) } 42", 42), ("\\boxed{\\{42\\}}", 42), ("1,\\!024", 1024), ("170!", math.factorial(170)),
+    ("3!", 6), ("\\binom{5}{2}", 10), ("\\sqrt{49}", 7), ("\\frac{10!}{8!}", 90), ("\\text{42 ways}", 42),
+    ("\\{42\\}", 42), ("42_{10}", 42), ("\\textbf{(B) } 42", 42), ("\\boxed{\\{42\\}}", 42), ("1,\\!024", 1024),
+    ("170!", math.factorial(170)),
 ]
 NOT_INTEGERS = [
     "3.5", "\\frac{1}{2}", "\\dfrac{5}{2}", "1/2", "\\frac{1}{0}", "\\sqrt{2}", "hello", "\\text{Evelyn}", "1,2",
     "1,00", "12 34", "(1, 2)", "a=3, b=4", "x+1", "x", "2^{100000}", "10^{10^{10}}", "2^{-3}", "(2", "2**",
     "1 + " * 60 + "1", "((((((((((((((((((((1))))))))))))))))))))" * 3, "", "   ", None, "171!", "99999!", "3!!",
-    "\\binom{100000}{50000}", "\\binom{5}{7}", "fact(5)", "\\sqrt{50}", "\\sqrt{-4}", "19_8", "x_1", "\\{1, 2\\}", "(B)",
+    "\\binom{100000}{50000}", "\\binom{5}{7}", "fact(5)", "\\sqrt{50}", "\\sqrt{-4}", "19_8", "x_1",
+    "\\{1, 2\\}", "(B)",
     "1e3", "--5", "5 and 7",
     "5 \\text{ and } 7", "\\infty", "5%3", "9" * 2000, True,
 ]
@@ -440,7 +443,8 @@ def test_degenerate_sample_is_fast():
     start = time.perf_counter()
     assert extract_answer(text) is None and find_stop(text, "first_boxed") is None
     assert time.perf_counter() - start < 1.0  # the per-box forward scan took ~12 s here
-    for text, expected in [(" " * 50000 + "x", None), ("\n" * 50000 + "x", None), ("Answer: " + " " * 50000 + "x", None),
+    for text, expected in [(" " * 50000 + "x", None), ("\n" * 50000 + "x", None),
+                           ("Answer: " + " " * 50000 + "x", None),
                            ("the answer is 5 " * 5000, 5), ("\\boxed{99999!}" * 1000, None),
                            ("\\boxed{\\binom{999999}{499999}}", None), ("\\boxed{\\sqrt{9^{9^{9}}}}", None)]:
         start = time.perf_counter()

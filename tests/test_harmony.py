@@ -366,7 +366,8 @@ def test_final_answer_ending_in_endoftext_ends_the_sample_on_vllm_cpu(tmp_path, 
     from inference.tools import ToolSettings
     from test_engine_transformers import collect
 
-    model = scripted_gpt_oss(tmp_path / "eos", gpt_oss_tokenizer, "<|channel|>final<|message|>\\boxed{42}<|endoftext|>")
+    script = "<|channel|>final<|message|>\\boxed{42}<|endoftext|>"
+    model = scripted_gpt_oss(tmp_path / "eos", gpt_oss_tokenizer, script)
     engine = VLLMEngine(str(model), engine_args={"enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 4,
                                                  "seed": 0}, stall_seconds=120, chat_format="harmony",
                         tools=ToolSettings(enabled=True, max_turns=3, pool_size=1, timeout_seconds=10))
