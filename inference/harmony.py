@@ -295,8 +295,8 @@ class HarmonyFormat(ChatFormat):
         turn = list(turn_token_ids)
         if not turn or turn[-1] != self.call_id:  # engines may drop the stop token from the output ids
             turn.append(self.call_id)
-        messages = parse_completion(turn)
-        channel = (messages[-1].channel if messages else None) or "analysis"
+        last = _last_message(turn)
+        channel = (last.channel if last else None) or "analysis"
         return list(prompt_ids) + turn + self.tool_output_ids(tool_output, channel)
 
     # -- parsing ----------------------------------------------------------------------------------------------------
@@ -309,10 +309,9 @@ class HarmonyFormat(ChatFormat):
             return None  # the turn ended some other way (<|return|>, max_tokens, an abort): no call to run
         if ids[-1] != self.call_id:  # an engine that keeps the stop token in the text only
             ids.append(self.call_id)
-        messages = parse_completion(ids)
-        if not messages:
+        last = _last_message(ids)
+        if last is None:
             return None
-        last = messages[-1]
         if last.recipient and _is_python(last.recipient):
             return ToolCall(code=last.text)
         return None
@@ -324,6 +323,21 @@ class HarmonyFormat(ChatFormat):
         tokens: only for text that holds no tool output (a tool could print the markers)."""
         turns = turn_token_ids if turn_token_ids is not None else [text_token_ids(completion_text)]
         return final_channel(turns) or ""
+
+
+def _last_message(ids: list[int]) -> HarmonyMessage | None:
+    """The message the turn's last token ends, parsed alone (a turn's earlier messages may be tens of thousands of
+    tokens: parsing them token by token on vLLM's event loop cost ~0.1 s per tool call)."""
+    marks = _marker_ids()
+    ends = (marks["<|end|>"], marks["<|call|>"], marks["<|return|>"])
+    start = len(ids) - 1
+    while start > 0 and ids[start - 1] not in ends:
+        start -= 1
+    message = ids[max(start, 0):]
+    if message and message[0] == marks["<|start|>"]:
+        message = message[1:]  # a fresh parser reads the role that follows <|start|> as the header's first word
+    messages = parse_completion(message)
+    return messages[-1] if messages else None
 
 
 def _is_python(recipient: str) -> bool:

@@ -72,6 +72,17 @@ def test_tool_call_ends_the_turn(turn):
     assert fmt.tool_call(turn, tokens(turn)[:-1]).code == "print(2**10)"  # ids without the stop token
 
 
+def test_tool_call_is_read_from_the_turns_last_message_alone():
+    """A garbled message earlier in the turn (which stops a whole-turn parse) does not hide the call that ends it."""
+    turn = ("<|channel|>analysis<|message|>" + "x^2 " * 5000 + "<|end|>junk<|message|>y<|end|><|start|>assistant"
+            "<|channel|>commentary to=python code<|message|>print(1)<|call|>")
+    fmt = HarmonyFormat()
+    assert fmt.tool_call(turn, tokens(turn)).code == "print(1)"
+    continued = fmt.continue_ids([], tokens(turn), "1\n")
+    assert text(continued).endswith("<|start|>python to=assistant<|channel|>commentary<|message|>1\n<|end|>"
+                                    "<|start|>assistant")  # the output goes back on the call's channel
+
+
 @pytest.mark.parametrize("turn", [
     "<|channel|>final<|message|>\\boxed{1024}<|return|>",  # the answer, not a call
     "<|channel|>analysis to=python code<|message|>print(2**",  # cut by max_tokens: nothing to run
