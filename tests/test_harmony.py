@@ -79,7 +79,7 @@ def test_tool_call_is_read_from_the_turns_last_message_alone():
     fmt = HarmonyFormat()
     assert fmt.tool_call(turn, tokens(turn)).code == "print(1)"
     continued = fmt.continue_ids([], tokens(turn), "1\n")
-    assert text(continued).endswith("<|start|>python to=assistant<|channel|>commentary<|message|>1\n<|end|>"
+    assert text(continued).endswith("<|call|><|start|>python<|channel|>commentary to=assistant<|message|>1\n<|end|>"
                                     "<|start|>assistant")  # the output goes back on the call's channel
 
 
