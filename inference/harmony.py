@@ -113,7 +113,7 @@ def parse_completion(token_ids: list[int]) -> list[HarmonyMessage]:
 def _marker_ids() -> dict[str, int]:
     """The Harmony markers' ids, in one encode call (each call builds openai-harmony's special-token regex anew:
     ~0.1 s). HarmonyFormat() looks them up, so no sample's answer pays for it."""
-    names = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>")
+    names = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>", "<|endoftext|>")
     return dict(zip(names, encoding().encode("".join(names), allowed_special=set(names)), strict=True))
 
 
@@ -155,11 +155,11 @@ def final_channel(turns: list[list[int]]) -> str | None:
     """The text of the last final-channel message in the generated token ids of a sample's turns (each turn is what
     the model wrote after a `<|start|>assistant`; tool outputs are not among them), or None if there is none.
 
-    Reads as `parse_completion` does (a message ends at <|end|>, <|call|> or <|return|>; a cut last message counts
-    when it has text), walking back from the end of the last turn: a Python loop
+    Reads as `parse_completion` does (a message ends at <|end|>, <|call|> or <|return|>, and at the EOS id
+    <|endoftext|>; a cut last message counts when it has text), walking back from the end of the last turn: a Python loop
     over 50k tokens per parse cost 0.1-0.4 s per sample, this costs one scan for the markers and one decode."""
     marks = _marker_ids()
-    found = {marks["<|message|>"], marks["<|end|>"], marks["<|call|>"], marks["<|return|>"]}
+    found = {marks["<|message|>"], marks["<|end|>"], marks["<|call|>"], marks["<|return|>"], marks["<|endoftext|>"]}
     for ids in reversed(turns):
         ids = list(ids)
         end, message, cut = len(ids), None, True

@@ -147,6 +147,10 @@ def test_final_channel_from_ids_reads_as_openai_harmony_parses(turn):
     assert final_channel([tokens(turn)]) == (finals[-1] if finals else None)
 
 
+def test_final_channel_ends_at_the_eos_id_endoftext():
+    assert final_channel([tokens("<|channel|>final<|message|>\\boxed{42}<|endoftext|>")]) == "\\boxed{42}"
+
+
 def test_final_channel_is_the_last_turn_that_has_one():
     first = tokens("<|channel|>final<|message|>\\boxed{1}<|end|><|start|>assistant" + TOOL_SCRIPT)
     assert final_channel([first, tokens(TOOL_SCRIPT)]) == "\\boxed{1}"
