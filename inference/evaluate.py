@@ -11,7 +11,7 @@ replay any stop rule on the full text later). Reported: pass@1 (mean ± SD over 
 estimate for j = 1, 2, 4 … k), maj@k, mean tokens of correct and of wrong samples, finish reasons, time and n.
 
 Grading: integer answers (AIME, AIMO) go through `inference.answers.extract_answer` exactly as the server votes;
-a set with any non-integer gold answer (MATH-500) is graded with math-verify (`inference.answers.grade`), and its
+a set with any non-integer gold answer (MATH-500) is graded with math-verify (`inference.grading.grade`), and its
 majority vote groups equivalent answers (`is_equivalent`). Every sample goes to the traces JSONL in the replay
 format (problem_id, sample, text, tokens, seconds, finish_reason, variant, seed) plus answer, correct and gold.
 
@@ -43,7 +43,8 @@ from typing import Iterator  # noqa: E402
 
 import yaml  # noqa: E402
 
-from inference.answers import STOP_RULES, extract_answer, grade, is_equivalent, last_boxed, parse_integer  # noqa: E402
+from inference.answers import STOP_RULES, extract_answer, last_boxed, parse_integer  # noqa: E402
+from inference.grading import grade, is_equivalent  # noqa: E402
 from inference.clock import RealClock  # noqa: E402
 from inference.config import REPO, Settings, load_settings, parse_override  # noqa: E402
 from inference.engines.base import Engine, EngineError, Sample  # noqa: E402
@@ -187,7 +188,7 @@ def evaluate(settings: Settings, problems: list[dict], k: int, traces_path: str 
 
 
 def _same(answer: object, gold: str, mode: str, settings: Settings) -> bool:
-    """Whether a (majority) answer matches the gold, by the kit's one scorer (answers.grade, as its samples and the
+    """Whether a (majority) answer matches the gold, by the kit's one scorer (grading.grade, as its samples and the
     simulator are graded): the answer is graded as the text of a sample boxing it."""
     if answer is None:
         return False

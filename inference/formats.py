@@ -64,8 +64,9 @@ class ChatFormat:
             ids += tokenizer.encode(self.frame_output(tool_output), add_special_tokens=False)
         return ids
 
-    def answer_text(self, completion_text: str) -> str:
-        """The part of the completion the vote reads."""
+    def answer_text(self, completion_text: str, turn_token_ids: list[list[int]] | None = None) -> str:
+        """The part of the completion the vote reads. `turn_token_ids`: the ids each turn generated, for formats
+        whose answer lies in the model's own tokens (Harmony's final channel); here the text is the answer."""
         return completion_text
 
 

@@ -14,7 +14,9 @@ A Harmony conversation for the AIMO-3 winners' setup (gpt-oss-120b, reasoning ef
 
 The markers are special tokens, so engines keep them in the text (`skip_special_tokens=False`) and stop a turn on
 the <|call|> token id; <|return|> is the model's end of sequence. The answer the vote reads is the final channel
-(`answer_text`, which the engines apply: a sample's `text` is its final channel, its `turns` the whole conversation).
+(`answer_text`, which the engines apply: a sample's `text` is its final channel, its `turns` the whole conversation),
+read from the token ids the model generated, turn by turn (`final_channel`): tool output is never parsed, so a tool
+that prints `<|start|>assistant<|channel|>final<|message|>...` writes text, not a final answer.
 Turns are continued by appending token ids to the previous prompt (prompt + the turn as generated + the tool
 output + `<|start|>assistant`), so every turn's prompt extends the last one and vLLM's prefix cache reuses it.
 
@@ -107,6 +109,72 @@ def parse_completion(token_ids: list[int]) -> list[HarmonyMessage]:
     return messages
 
 
+@functools.lru_cache(maxsize=1)
+def _marker_ids() -> dict[str, int]:
+    """The Harmony markers' ids, in one encode call (each call builds openai-harmony's special-token regex anew:
+    ~0.1 s). HarmonyFormat() looks them up, so no sample's answer pays for it."""
+    names = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>", "<|endoftext|>")
+    return dict(zip(names, encoding().encode("".join(names), allowed_special=set(names)), strict=True))
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_text(token: int) -> str:
+    return encoding().decode([token])
+
+
+_MAX_HEADER_TOKENS = 64  # a real header is `<|start|>assistant<|channel|>final to=... <|constrain|>...`: ~10 tokens
+
+
+def _final_message(ids: list[int], start: int, message: int, end: int, cut: bool) -> str | None:
+    """The content of the message ids[start:end] whose header ends at `message` (its `<|message|>`), if the header
+    names the final channel; openai-harmony's parser reads the header, the content is decoded in one call."""
+    marks = _marker_ids()
+    header = ids[start:message]
+    if header and header[0] == marks["<|start|>"]:
+        header = header[1:]  # a fresh parser reads the role that follows <|start|> as the header's first word
+    if len(header) > _MAX_HEADER_TOKENS or marks["<|channel|>"] not in header:
+        return None
+    after = header.index(marks["<|channel|>"]) + 1
+    if not "".join(_token_text(t) for t in header[after:after + 3]).startswith("final"):
+        return None  # the common case (analysis, tool calls), without a parser
+    from openai_harmony import HarmonyError, Role, StreamableParser
+
+    parser = StreamableParser(encoding(), Role.ASSISTANT, strict=False)
+    try:
+        for token in header + [marks["<|message|>"]]:
+            parser.process(token)
+    except HarmonyError:
+        return None
+    if parser.current_channel != "final":
+        return None
+    content = encoding().decode(ids[message + 1:end])
+    return None if cut and not content else content  # a message cut before its first character is not written
+
+
+def final_channel(turns: list[list[int]]) -> str | None:
+    """The text of the last final-channel message in the generated token ids of a sample's turns (each turn is what
+    the model wrote after a `<|start|>assistant`; tool outputs are not among them), or None if there is none.
+
+    Reads as `parse_completion` does (a message ends at <|end|>, <|call|> or <|return|>, and at the EOS id
+    <|endoftext|>; a cut last message counts when it has text), walking back from the end of the last turn: a Python loop
+    over 50k tokens per parse cost 0.1-0.4 s per sample, this costs one scan for the markers and one decode."""
+    marks = _marker_ids()
+    found = {marks["<|message|>"], marks["<|end|>"], marks["<|call|>"], marks["<|return|>"], marks["<|endoftext|>"]}
+    for ids in reversed(turns):
+        ids = list(ids)
+        end, message, cut = len(ids), None, True
+        for i in reversed([i for i, t in enumerate(ids) if t in found]):
+            if ids[i] == marks["<|message|>"]:
+                message = i  # walking back, the segment's first <|message|> ends its header
+                continue
+            if message is not None and (text := _final_message(ids, i + 1, message, end, cut)) is not None:
+                return text
+            end, cut, message = i, False, None
+        if message is not None and (text := _final_message(ids, 0, message, end, cut)) is not None:
+            return text
+    return None
+
+
 def text_token_ids(text: str) -> list[int]:
     """The token ids of generated text as an engine decodes it with special tokens kept (the markers come back as
     their special tokens; the content's own segmentation may differ from the model's, which parsing ignores)."""
@@ -145,7 +213,7 @@ class HarmonyFormat(ChatFormat):
         self.system_prompt_in = system_prompt_in
         self.knowledge_cutoff = knowledge_cutoff
         self.conversation_start_date = conversation_start_date
-        self.call_id = special_id("<|call|>")
+        self.call_id = _marker_ids()["<|call|>"]
         self.stop_token_ids = [self.call_id]  # <|return|> and <|end|>-less EOS are the model's own stop tokens
         self.assistant_start = encoding().encode("<|start|>assistant", allowed_special={"<|start|>"})
 
@@ -227,8 +295,8 @@ class HarmonyFormat(ChatFormat):
         turn = list(turn_token_ids)
         if not turn or turn[-1] != self.call_id:  # engines may drop the stop token from the output ids
             turn.append(self.call_id)
-        messages = parse_completion(turn)
-        channel = (messages[-1].channel if messages else None) or "analysis"
+        last = _last_message(turn)
+        channel = (last.channel if last else None) or "analysis"
         return list(prompt_ids) + turn + self.tool_output_ids(tool_output, channel)
 
     # -- parsing ----------------------------------------------------------------------------------------------------
@@ -241,19 +309,35 @@ class HarmonyFormat(ChatFormat):
             return None  # the turn ended some other way (<|return|>, max_tokens, an abort): no call to run
         if ids[-1] != self.call_id:  # an engine that keeps the stop token in the text only
             ids.append(self.call_id)
-        messages = parse_completion(ids)
-        if not messages:
+        last = _last_message(ids)
+        if last is None:
             return None
-        last = messages[-1]
         if last.recipient and _is_python(last.recipient):
             return ToolCall(code=last.text)
         return None
 
-    def answer_text(self, completion_text: str) -> str:
-        """What the vote reads: the final channel's text (the last final message; a cut one counts as written).
-        Empty when the model never reached its final channel (its analysis may hold intermediate \\boxed{})."""
-        finals = [m.text for m in parse_completion(text_token_ids(completion_text)) if m.channel == "final"]
-        return finals[-1] if finals else ""
+    def answer_text(self, completion_text: str, turn_token_ids: list[list[int]] | None = None) -> str:
+        """What the vote reads: the final channel's text (the last final message; a cut one counts as written), from
+        the token ids each turn generated (`final_channel`). Empty when the model never reached its final channel
+        (its analysis may hold intermediate \\boxed{}). Without ids, the text is encoded with its markers as special
+        tokens: only for text that holds no tool output (a tool could print the markers)."""
+        turns = turn_token_ids if turn_token_ids is not None else [text_token_ids(completion_text)]
+        return final_channel(turns) or ""
+
+
+def _last_message(ids: list[int]) -> HarmonyMessage | None:
+    """The message the turn's last token ends, parsed alone (a turn's earlier messages may be tens of thousands of
+    tokens: parsing them token by token on vLLM's event loop cost ~0.1 s per tool call)."""
+    marks = _marker_ids()
+    ends = (marks["<|end|>"], marks["<|call|>"], marks["<|return|>"])
+    start = len(ids) - 1
+    while start > 0 and ids[start - 1] not in ends:
+        start -= 1
+    message = ids[max(start, 0):]
+    if message and message[0] == marks["<|start|>"]:
+        message = message[1:]  # a fresh parser reads the role that follows <|start|> as the header's first word
+    messages = parse_completion(message)
+    return messages[-1] if messages else None
 
 
 def _is_python(recipient: str) -> bool:

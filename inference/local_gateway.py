@@ -10,7 +10,7 @@ Like Kaggle's gateway it drops the answer column, shuffles the problems with the
 `predict` on a worker thread as one-row polars Series, waits for each answer before showing the next problem,
 enforces the server-start, per-call and whole-run limits of the competition, validates every return value exactly
 as that competition's gateway does, and fails with the same error kinds. Then it does what Kaggle does not: scores
-against the gold answers (`inference.answers.grade`, with the competition's range and modulus), shows one live
+against the gold answers (`inference.grading.grade`, with the competition's range and modulus), shows one live
 progress display (problems done, score so far, tokens/s, time left), prints a table, and writes a JSON report next
 to submission.parquet.
 
@@ -41,7 +41,7 @@ from typing import Any, Callable  # noqa: E402
 
 import polars as pl  # noqa: E402
 
-from inference.answers import grade  # noqa: E402
+from inference.grading import grade  # noqa: E402
 from inference.clock import RealClock, VirtualClock  # noqa: E402
 from inference.config import REPO, Competition, Settings, load_settings, parse_override  # noqa: E402
 from inference.interrupt import EXIT_CODE, Interrupt, exit_now  # noqa: E402

@@ -53,7 +53,8 @@ from dataclasses import dataclass, field  # noqa: E402
 
 import yaml  # noqa: E402
 
-from inference.answers import AnswerSpec, extract_answer, grade  # noqa: E402
+from inference.answers import AnswerSpec, extract_answer  # noqa: E402
+from inference.grading import grade  # noqa: E402
 from inference.clock import VirtualClock  # noqa: E402
 from inference.config import REPO, Competition, Settings, load_settings  # noqa: E402
 from inference.engines.replay import ReplayCuts, ReplayEngine, load_traces  # noqa: E402
@@ -177,7 +178,7 @@ def load_trace_set(path: str | Path, problems: str | Path | None = None) -> Trac
 
 
 def is_correct(answer: int | None, gold: str, spec: AnswerSpec) -> bool:
-    """Whether a voted answer scores against the gold, by the kit's one scorer (answers.grade, which evaluate.py and
+    """Whether a voted answer scores against the gold, by the kit's one scorer (grading.grade, which evaluate.py and
     the GRPO rewards use too): the vote is graded as the text a sample boxing it would be."""
     return answer is not None and bool(grade(f"\\boxed{{{answer}}}", gold, spec))
 

@@ -85,6 +85,7 @@ class Conversation:
         self.calls = 0
         self.tool_seconds = 0.0
         self.turns: list[dict] = []
+        self.turn_token_ids: list[list[int]] = []  # what the model generated, per finished turn (no tool output)
         self.turn_started = started  # engine clock
         self.finish_reason: str | None = None  # set when end_turn ends the sample ("max_turns" / "length")
         self._pending: ToolCall | None = None
@@ -106,6 +107,7 @@ class Conversation:
         record = {"text": turn_text, "tokens": len(turn_token_ids), "seconds": round(now - self.turn_started, 4),
                   "call": call.code if call else None, "output": None, "framed": "", "tool_seconds": 0.0}
         self.turns.append(record)
+        self.turn_token_ids.append(list(turn_token_ids))
         self.text += turn_text
         self.tokens += len(turn_token_ids)
         self._turn_ids = list(turn_token_ids)

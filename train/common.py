@@ -4,7 +4,7 @@ its standard error, checkpoint selection, resuming, and the data report.
 
 Held-out evaluation: each checkpoint answers the same problems (`accuracy_eval_samples` answers each, sampled at
 `accuracy_eval_temperature` with a fixed seed, so checkpoints are compared on the same random numbers), graded by
-inference.answers. The record of an evaluation keeps each problem's accuracy, so two checkpoints are compared on the
+inference.grading. The record of an evaluation keeps each problem's accuracy, so two checkpoints are compared on the
 same problems: the standard error of their difference (paired) is what says whether `selection_tolerance` can tell
 them apart, and the selection prints it.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from inference.answers import grade
+from inference.grading import grade
 from train.configs import AccuracyEvalArguments, DataArguments
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def selection_table(history: list[dict], chosen: dict | None, tolerance: float) 
 
 
 class AccuracyEvalCallback(TrainerCallback):
-    """Answers to held-out problems, graded by inference.answers, right before every checkpoint is written.
+    """Answers to held-out problems, graded by inference.grading, right before every checkpoint is written.
 
     The records go into `state.log_history` (so they are saved in each checkpoint's trainer_state.json and survive a
     resume) and `accuracy_eval.jsonl` in output_dir; the best checkpoint by `select_checkpoint` is recorded in

@@ -76,7 +76,7 @@ class HardwareArguments:
 
 @dataclass
 class AccuracyEvalArguments:
-    """How checkpoints are evaluated (greedy or sampled answers graded by inference.answers) and which one is kept."""
+    """How checkpoints are evaluated (greedy or sampled answers graded by inference.grading) and which one is kept."""
 
     system_prompt: str | None = field(
         default=DEFAULT_SYSTEM_PROMPT,

@@ -63,8 +63,9 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from inference.answers import grade, last_boxed
+from inference.answers import last_boxed
 from inference.formats import get_format
+from inference.grading import grade
 from inference.prompts import prompt_messages  # the one prompt builder of training and serving
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ QUANTIZED/quantize_check.json unless --report says otherwise):
   the same for both models ("no answer" on both counts as the same); also the share among samples where full
   precision gave an answer, and, as the ceiling for sampled (temperature > 0) checks, how often full precision
   agrees with itself across seeds;
-- accuracy of each model on the held-out problems (`inference.answers.grade`, which uses extract_answer for
+- accuracy of each model on the held-out problems (`inference.grading.grade`, which uses extract_answer for
   integer golds), mean completion tokens, finish reasons, weight bytes on disk.
 
 Exit status 1, with the reasons, when agreement is below `check.min_agreement` or accuracy falls by more than
@@ -139,7 +139,8 @@ def generate(model_dir: str, requests: list, settings: CheckSettings, engine_nam
 
 
 def summarize(samples: dict, problems: list[dict], spec, model_dir: str, seconds: float) -> dict:
-    from inference.answers import extract_answer, grade
+    from inference.answers import extract_answer
+    from inference.grading import grade
 
     gold = {p["id"]: p["answer"] for p in problems}
     grades = [grade(s.text, gold[pid], spec) for (pid, _), s in samples.items()]

@@ -5,7 +5,7 @@ TRL calls each reward as `f(prompts=..., completions=..., completion_ids=..., so
 (every dataset column is passed by name) and wants one float per completion; `None` means "no opinion" and TRL
 leaves that completion out of this reward. The rows of one prompt's group of generations arrive together.
 
-Grading goes through inference.answers.grade, so training rewards exactly what the server's vote counts.
+Grading goes through inference.grading.grade, so training rewards exactly what the server's vote counts.
 
 Fixes over the seed's finetune/grpo_rewards.py:
 - lengths are completion TOKENS (`completion_ids`), not characters, so they match `max_completion_length`;
@@ -20,7 +20,8 @@ import functools
 import math
 from collections.abc import Callable
 
-from inference.answers import grade, last_boxed
+from inference.answers import last_boxed
+from inference.grading import grade
 
 THINK_END = "</think>"
 
@@ -34,7 +35,7 @@ def completion_text(completion) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _grade(text: str, gold: str) -> bool | None:
-    """inference.answers.grade, remembered: the cosine and length rewards grade the same completions each step."""
+    """inference.grading.grade, remembered: the cosine and length rewards grade the same completions each step."""
     return grade(text, gold)
 
 

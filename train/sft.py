@@ -11,7 +11,7 @@ crash or kill resumes from the newest checkpoint in output_dir.
 What it does: checks the recipe's memory plan on the GPUs it finds (train/memory.py), builds the data
 (train/data.py: prompt/completion rows, so the loss covers the completion only), trains (all parameters, or LoRA
 adapters with `use_peft: true`, on a 4-bit base with `load_in_4bit: true`), and, if the recipe names an `eval_file`,
-answers held-out problems right before every checkpoint (one per epoch) and grades them with inference.answers
+answers held-out problems right before every checkpoint (one per epoch) and grades them with inference.grading
 (train/common.py, shared with GRPO). The final model is the last one, or with `select_checkpoint` the best
 evaluated checkpoint, written to output_dir. With LoRA output_dir holds the adapter (peft's
 `AutoPeftModelForCausalLM.from_pretrained(dir).merge_and_unload()` gives a full model to quantize and serve).

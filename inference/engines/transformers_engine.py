@@ -81,12 +81,14 @@ class _Job:
         entropy = self.entropy.trace() if self.entropy is not None else {}
         if conv is None:
             if self.format is not None:
-                text = self.format.answer_text(text)
+                text = self.format.answer_text(text, [self.token_ids])
             return Sample(r.problem_id, r.sample, text, len(self.token_ids), seconds, finish_reason,
                           variant=r.variant, seed=r.seed, extra={"prompt_tokens": len(self.prompt_ids), **entropy})
         extra = {"prompt_tokens": conv.first_prompt_tokens, **entropy,
                  **conv.trace(text, len(self.token_ids), now if now is not None else self.submitted + seconds)}
-        return Sample(r.problem_id, r.sample, conv.format.answer_text(conv.text + text),
+        # The answer from the ids the model generated: the tool outputs in conv.text are no answer.
+        return Sample(r.problem_id, r.sample, conv.format.answer_text(conv.text + text,
+                                                                      conv.turn_token_ids + [self.token_ids]),
                       conv.tokens + len(self.token_ids), seconds, finish_reason, variant=r.variant, seed=r.seed,
                       extra=extra)
 

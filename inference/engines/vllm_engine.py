@@ -61,7 +61,7 @@ class _Stream:
     conversation: Conversation | None = None  # with tools: the turns so far
     format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
     params: Any = None  # this sample's SamplingParams (each turn copies them)
-    turn_ids: list[int] = field(default_factory=list)  # token ids of the current turn
+    turn_ids: list[int] = field(default_factory=list)  # token ids the model generated in the current turn
     turn_pieces: list[str] = field(default_factory=list)  # its text
 
     def __post_init__(self) -> None:
@@ -76,8 +76,8 @@ class _Stream:
         extra = {"prompt_tokens": self.prompt_tokens} | (self.entropy.trace() if self.entropy else {})
         if conv is not None:
             extra.update(conv.trace(text[len(conv.text):], self.tokens - conv.tokens, self.submitted + seconds))
-        if self.format is not None:
-            text = self.format.answer_text(text)
+        if self.format is not None:  # from the ids the model generated: tool output in the text is no answer
+            text = self.format.answer_text(text, (conv.turn_token_ids if conv else []) + [self.turn_ids])
         return Sample(r.problem_id, r.sample, text, self.tokens, seconds, finish_reason, variant=r.variant,
                       seed=r.seed, extra=extra)
 
@@ -108,6 +108,7 @@ class VLLMEngine(Engine):
             raise ValueError("engine_args: set the model with `model`, not engine_args.model")
         self.stall_seconds = float(stall_seconds)
         self.format = get_format(chat_format, **(format_options or {}))
+        self._turn_stops = set(self.format.stop_strings) | set(self.format.stop_token_ids)  # ends of a tool call
         self.tools = tools if tools is not None and tools.enabled else None
         self._pool = None  # sandbox interpreters, with tools
         self._tool_threads: ThreadPoolExecutor | None = None  # tool calls and interpreter resets, off the loop
@@ -295,11 +296,13 @@ class VLLMEngine(Engine):
                 if stream.entropy is not None and completion.logprobs:
                     stream.entropy.add_positions(completion.logprobs)
                 reason = FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
-                # With tools, a stop string or stop token (vLLM's stop_reason; None at EOS) ends a turn, not the sample.
+                # With tools, the format's tool-call stop string or token ends a turn, not the sample. Any other
+                # stop_reason is one of the model's EOS ids that vLLM adds from generation_config (gpt-oss:
+                # <|endoftext|> next to <|return|>): the model ended the sample.
                 tool_stop = (stream.conversation is not None and reason == "stop"
-                             and completion.stop_reason is not None)
+                             and completion.stop_reason in self._turn_stops)
+                stream.turn_ids.extend(completion.token_ids)
                 if stream.conversation is not None:
-                    stream.turn_ids.extend(completion.token_ids)
                     stream.turn_pieces.append(completion.text)
                 if tool_stop:
                     reason = None
@@ -342,8 +345,8 @@ class VLLMEngine(Engine):
 
         conv, req = stream.conversation, stream.request
         turn_text, turn_ids = "".join(stream.turn_pieces), list(stream.turn_ids)
-        stream.turn_pieces, stream.turn_ids = [], []
         action = conv.end_turn(turn_text, turn_ids, self.clock.now(), req.max_tokens)
+        stream.turn_pieces, stream.turn_ids = [], []  # after end_turn holds them: an abort meanwhile sees the turn
         if action == "tool":
             framed = await asyncio.get_running_loop().run_in_executor(self._tool_threads, conv.run_call)
         else:

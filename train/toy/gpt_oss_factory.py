@@ -79,7 +79,7 @@ def build_model(hidden_size: int = 64, num_layers: int = 2, experts: int = 4, se
         sliding_window=128,
         layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)],
         max_position_embeddings=4096,
-        eos_token_id=[200002, 200012],  # <|return|>, <|call|>: the ends of an assistant turn
+        eos_token_id=[200002, 199999, 200012],  # <|return|>, <|endoftext|>, <|call|>: as gpt-oss's generation_config
         pad_token_id=199999,
         bos_token_id=199998,
         tie_word_embeddings=False,

@@ -125,7 +125,8 @@ def evaluate(model_dir: Path, test_file: Path, settings: EvalSettings, seed: int
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from inference.answers import extract_answer, grade
+    from inference.answers import extract_answer
+    from inference.grading import grade
     from train.configs import DEFAULT_SYSTEM_PROMPT
     from train.data import load_eval_problems
     from train.common import generate_answers, summarize
