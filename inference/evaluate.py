@@ -253,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traces", default="runs/traces.jsonl", help="every sample, in the replay format")
     parser.add_argument("--out", default="runs/eval.json", help="the report")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    parser.add_argument("--workers", type=int, help="N engine replicas on Ray (inference/distributed.py); the traces "
+                        "file is resumed")
+    parser.add_argument("--ray-address", help="with --workers: join this Ray cluster ('auto': the local node's)")
+    parser.add_argument("--verbose", action="store_true", help="with --workers: Ray's and the engines' logs here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -277,11 +281,35 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"evaluate: {len(problems)} problems from {args.problems} × {args.k} samples, engine {settings.engine} "
           f"({settings.model}), max_tokens {settings.sampling.max_tokens}", flush=True)
+    if args.workers is not None:
+        return _main_distributed(args, settings, problems)
     result = evaluate(settings, problems, args.k, args.traces, concurrent=args.concurrent_problems,
                       timeout=args.timeout_seconds, show=lambda line: print(line, flush=True))
     result["problems_file"] = str(args.problems)
     result["traces"] = str(args.traces)
     result["config"] = str(args.config)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(format_report(result))
+    print(f"wrote {args.traces} and {args.out}")
+    return 0
+
+
+def _main_distributed(args, settings: Settings, problems: list[dict]) -> int:
+    """--workers N: the same report and traces from N engine replicas on Ray."""
+    from inference.distributed import evaluate_distributed
+
+    try:
+        result = evaluate_distributed(settings, problems, args.k, args.traces, args.workers, args.ray_address,
+                                      verbose=args.verbose)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished samples are in {args.traces}; rerun the same command to complete it",
+              file=sys.stderr)
+        return 130
+    result.update(problems_file=str(args.problems), traces=str(args.traces), config=str(args.config))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     print(format_report(result))
