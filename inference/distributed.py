@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -177,13 +178,14 @@ def connect(address: str | None, verbose: bool, num_cpus: int | None = None) -> 
     if ray.is_initialized():
         return False
     check_address(address)
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                           os.environ.get("PYTHONPATH")]))}}
+    paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]  # the actors import the kit
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, paths))}}
     if not verbose:
         runtime_env["env_vars"].update(VLLM_LOGGING_LEVEL="WARNING", TRANSFORMERS_VERBOSITY="error")
     try:
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=verbose, runtime_env=runtime_env, logging_level=logging.INFO if verbose else logging.WARNING, configure_logging=True)
+                 log_to_driver=verbose, runtime_env=runtime_env,
+                 logging_level=logging.INFO if verbose else logging.WARNING)
     except ConnectionError as e:
         raise ValueError(f"--ray-address {address}: {e}") from None
     return True
@@ -283,7 +285,7 @@ class Replicas:
         self.actors = [remote.remote(self.settings, self.mode, self.verbose) for _ in range(self.workers)]
         try:
             info = ray.get([a.ready.remote() for a in self.actors])
-        except ray.exceptions.RayActorError as e:
+        except ray.exceptions.RayError as e:
             raise ValueError(f"an engine replica failed to start: {_cause(e)}") from None
         self.load_seconds = time.monotonic() - t0
         log.info("replicas ready: %s", info)
@@ -325,7 +327,7 @@ class Replicas:
                     queue.extendleft(reversed(lost))
                     log.warning("replica %d died (%s); %d items go to the others", i, _cause(e), len(lost))
                     if not alive:
-                        raise RuntimeError(f"every engine replica died; the last: {_cause(e)}") from None
+                        raise ValueError(f"every engine replica died; the last: {_cause(e)}") from None
                     for j in alive:
                         feed(j)
                     continue
@@ -368,7 +370,10 @@ def _log_dir() -> str:
 
 
 def _cause(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    """The root error's line of a Ray error (its text wraps the actor's traceback)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (errors or lines or [type(e).__name__])[-1 if errors else 0]
 
 
 # -- evaluation on replicas (inference/evaluate.py --workers) ---------------------------------------------------------
