@@ -4,7 +4,7 @@ Ray cluster, written as they finish, resumable, and safe against a replica dying
     python inference/evaluate.py --config configs/inference/demo-tir.yaml --problems configs/toy/tir_problems.csv \\
         -k 4 --workers 2 --traces runs/dist/traces.jsonl --out runs/dist/eval.json       # a local Ray, 2 replicas
     python inference/evaluate.py ... --workers 16 --ray-address auto                      # join `ray start` nodes
-    python -m train.generate --config configs/generate/toy-tir.yaml                        # teacher traces → SFT rows
+    python -m train.generate --config configs/generate/toy-tir.yaml                       # teacher traces → SFT rows
     python -m inference.distributed --config configs/inference/demo-tir.yaml \
         --problems configs/generate/toy_tir_problems.csv -k 4 --out runs/dist-bench.json    # in-process vs 1 vs 2
 
@@ -441,7 +441,8 @@ def benchmark(settings: Settings, problems: list[dict], k: int, work_dir: Path, 
     finally:
         if owns:
             _ray().shutdown()
-    base = {(x["problem_id"], x["sample"]): x["answer"] for x in map(json.loads, (work_dir / "in-process.jsonl").open())}
+    base = {(x["problem_id"], x["sample"]): x["answer"]
+            for x in map(json.loads, (work_dir / "in-process.jsonl").open())}
     for n in workers:
         out[f"workers_{n}"]["answers_agree_with_in_process"] = round(
             sum(answers[n][key] == a for key, a in base.items()) / len(base), 4)

@@ -70,17 +70,17 @@ def test_resume_refuses_other_work(tmp_path):
 
 
 def test_rows_keep_tool_output_as_its_own_turn():
+    call, output, final = "<think>\n```python\nprint(2*3)\n```", "```output\n6\n```\n", "\\boxed{6}\n</think>"
     record = {"problem_id": "p", "sample": 0, "correct": True, "tokens": 30, "tool_calls": 1, "seed": 7,
-              "text": "t1o1t2", "turns": [{"text": "<think>\n```python\nprint(2*3)\n```", "framed": "```output\n6\n```\n"},
-                                          {"text": "\\boxed{6}\n</think>", "framed": ""}]}
+              "text": "6", "turns": [{"text": call, "framed": output}, {"text": final, "framed": ""}]}
     rows = select_rows([record, dict(record, sample=1, tokens=20), dict(record, sample=2, correct=False)],
                        [{"id": "p", "problem": "What is 2 * 3?", "answer": "6"}], keep_shortest=1, source="s")
     assert len(rows) == 1 and rows[0]["sample"] == 1  # the shortest correct
     assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant", "tool", "assistant"]
-    assert rows[0]["generation"] == "<think>\n```python\nprint(2*3)\n```" + "```output\n6\n```\n" + "\\boxed{6}\n</think>"
+    assert rows[0]["generation"] == call + output + final
 
 
-# -- on Ray ------------------------------------------------------------------------------------------------------------
+# -- on Ray -----------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_more_workers_than_cpus_is_refused(ray_session):
     with pytest.raises(ValueError, match="3 replicas need 3"):
