@@ -185,18 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="engine replicas (default: the config's)")
     parser.add_argument("--ray-address", help="join this Ray cluster ('auto': the local node's); default: a local Ray")
     parser.add_argument("--out-dir", help="default: the config's")
+    parser.add_argument("--engine", choices=["vllm", "transformers"], help="default: the inference config's")
     parser.add_argument("--limit", type=int, help="only the first N problems")
     parser.add_argument("--verbose", action="store_true", help="Ray's and the engines' logs on the terminal")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = GenerateConfig.load(args.config, {"workers": args.workers, "ray_address": args.ray_address,
-                                                "out_dir": args.out_dir, "limit": args.limit})
+                                                "out_dir": args.out_dir, "limit": args.limit, "engine": args.engine})
         report = generate(cfg, verbose=args.verbose)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # every finished sample is in the traces file already
         print(f"interrupted: the finished samples are in {Path(cfg.out_dir) / 'traces.jsonl'}; rerun the same "
               "command to complete it", file=sys.stderr)
         return 130
