@@ -299,6 +299,10 @@ def _main_distributed(args, settings: Settings, problems: list[dict]) -> int:
     """--workers N: the same report and traces from N engine replicas on Ray."""
     from inference.distributed import evaluate_distributed
 
+    if args.timeout_seconds is not None:
+        print("error: --timeout-seconds is not supported with --workers (every sample runs to its end)",
+              file=sys.stderr)
+        return 2
     try:
         result = evaluate_distributed(settings, problems, args.k, args.traces, args.workers, args.ray_address,
                                       verbose=args.verbose)
