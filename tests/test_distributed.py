@@ -58,6 +58,13 @@ def test_generation_needs_answers(tmp_path):
         generate(cfg, progress=False)
 
 
+def test_generate_config_names_a_bad_key(tmp_path):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("inference_config: x.yaml\nproblems: p.csv\nout_dir: o\nsampels: 4\n")
+    with pytest.raises(ValueError, match="unknown key\\(s\\) \\['sampels'\\]"):
+        GenerateConfig.load(cfg)
+
+
 def test_resume_refuses_other_work(tmp_path):
     s = settings()
     problems = read_problem_list(PROBLEMS, 2)
