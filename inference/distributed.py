@@ -412,7 +412,8 @@ def evaluate_distributed(settings: Settings, problems: list[dict], k: int, trace
 
 
 # -- benchmark: in-process vs 1 vs 2 replicas -------------------------------------------------------------------------
-def benchmark(settings: Settings, problems: list[dict], k: int, work_dir: Path, workers: list[int]) -> dict:
+def benchmark(settings: Settings, problems: list[dict], k: int, work_dir: Path, workers: list[int],
+              inflight: int | None = None) -> dict:
     """The same job in-process (evaluate.evaluate), then on each replica count in one Ray session. Times: wall time
     of the whole call (engine loads included) and of the generation alone."""
     import tempfile
@@ -420,10 +421,11 @@ def benchmark(settings: Settings, problems: list[dict], k: int, work_dir: Path, 
     from inference.evaluate import evaluate
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    out: dict = {"problems": len(problems), "k": k, "engine": settings.engine, "model": settings.model}
-    inflight = max(1, int(settings.engine_args.get("max_num_seqs", 0)) or 8)
-    t0 = time.monotonic()  # in-process with as many samples in flight as one replica holds
-    r = evaluate(settings, problems, k, work_dir / "in-process.jsonl", concurrent=max(1, inflight // k), show=None)
+    out: dict = {"problems": len(problems), "k": k, "engine": settings.engine, "model": settings.model,
+                 "inflight": inflight}
+    seqs = max(1, int(settings.engine_args.get("max_num_seqs", 0)) or 8)
+    t0 = time.monotonic()  # in-process with as many samples in flight as the engine runs at once
+    r = evaluate(settings, problems, k, work_dir / "in-process.jsonl", concurrent=max(1, seqs // k), show=None)
     out["in_process"] = {"wall": round(time.monotonic() - t0, 1), "generate": r["seconds"],
                          "tokens": r["tokens"]["total"]}
     t0 = time.monotonic()
@@ -434,7 +436,7 @@ def benchmark(settings: Settings, problems: list[dict], k: int, work_dir: Path, 
         for n in workers:
             path = Path(tempfile.mkdtemp(dir=work_dir)) / f"workers-{n}.jsonl"
             t0 = time.monotonic()
-            r = evaluate_distributed(settings, problems, k, path, n, progress=False)
+            r = evaluate_distributed(settings, problems, k, path, n, progress=False, inflight=inflight)
             out[f"workers_{n}"] = {"wall": round(time.monotonic() - t0, 1), "generate": r["seconds"],
                                    "tokens": r["tokens"]["total"]}
             answers[n] = {(x["problem_id"], x["sample"]): x["answer"] for x in map(json.loads, path.open())}
@@ -468,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--engine", choices=["vllm", "transformers"])
     parser.add_argument("--workers", default="1,2", help="replica counts to time, comma-separated")
+    parser.add_argument("--inflight", type=int, help="items held per replica (default: engine_args.max_num_seqs)")
     parser.add_argument("--out", default="runs/dist-bench.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -479,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = benchmark(settings, problems, args.k, Path(args.out).with_suffix(""), counts)
+    result = benchmark(settings, problems, args.k, Path(args.out).with_suffix(""), counts, args.inflight)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
