@@ -280,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/eval.json", help="the report")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     parser.add_argument("--log", default=DEFAULT_LOG, help=f"engine logs go here (default {DEFAULT_LOG})")
-    parser.add_argument("--verbose", action="store_true", help="show the engine logs instead of writing them to --log")
+    parser.add_argument("--verbose", action="store_true", help="show the engine logs (with --workers: Ray's too) "
+                        "instead of writing them to a file")
+    parser.add_argument("--workers", type=int, help="N engine replicas on Ray (inference/distributed.py); the traces "
+                        "file is resumed")
+    parser.add_argument("--ray-address", help="with --workers: join this Ray cluster ('auto': the local node's)")
     args = parser.parse_args(argv)
 
     try:
@@ -306,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"evaluate: {len(problems)} problems from {args.problems} × {args.k} samples, engine {settings.engine} "
           f"({settings.model}), max_tokens {settings.sampling.max_tokens}", flush=True)
+    if args.workers is not None:
+        return _main_distributed(args, settings, problems)
     from inference.local_gateway import engine_logs_to
 
     log_path = None if args.verbose else Path(args.log)
@@ -352,6 +358,32 @@ def _console(out, total: int):
         bar.set_postfix_str(line, refresh=True)
 
     return show, bar
+
+
+def _main_distributed(args, settings: Settings, problems: list[dict]) -> int:
+    """--workers N: the same report and traces from N engine replicas on Ray."""
+    from inference.distributed import evaluate_distributed
+
+    if args.timeout_seconds is not None:
+        print("error: --timeout-seconds is not supported with --workers (every sample runs to its end)",
+              file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_distributed(settings, problems, args.k, args.traces, args.workers, args.ray_address,
+                                      verbose=args.verbose)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished samples are in {args.traces}; rerun the same command to complete it",
+              file=sys.stderr)
+        return 130
+    result.update(problems_file=str(args.problems), traces=str(args.traces), config=str(args.config))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(format_report(result))
+    print(f"wrote {args.traces} and {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
