@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from inference.answers import ANSWER_SCAN_CHARS, extract_final_answer
+from inference.clock import RealClock
 from inference.config import Settings
 from inference.engines.base import Engine, EngineError, Sample, SampleRequest
 from inference.prompts import build_messages, variant_schedule
@@ -125,12 +126,13 @@ class Restarts:
 class Solver:
     def __init__(self, engine: Engine, settings: Settings, trace_sink: Callable[[dict], None] | None = None,
                  clock=None, restarts: Restarts | None = None) -> None:
-        """`clock`: the run's clock (default: the engine's, for a solver used on its own). `restarts`: the run's
-        restart bookkeeping (the server passes its own; default: one for this solver)."""
+        """`clock`: the run's clock (default: the engine's, for a solver used on its own; a real clock without an
+        engine, for a solver used only for its requests). `restarts`: the run's restart bookkeeping (the server
+        passes its own; default: one for this solver)."""
         self.engine = engine
         self.settings = settings
         self.trace_sink = trace_sink
-        self.clock = clock if clock is not None else engine.clock
+        self.clock = clock if clock is not None else engine.clock if engine is not None else RealClock()
         self.restarts = restarts or Restarts(engine, settings.watchdog.max_restarts, self.clock)
         self._inbox: dict[str, list[Sample]] = {}  # problem id → finished samples a poll returned to another solve
         self._inbox_lock = threading.Lock()
