@@ -1,0 +1,107 @@
+"""OS-level guards for a sample's interpreter: what Python code inside it cannot switch off.
+
+Three isolation levels, chosen once per pool (`isolation()`):
+- "root": the server runs as root. Each sample runs as its own unprivileged uid (SANDBOX_UIDS, otherwise unused):
+  it cannot read the server's /proc/<pid>/environ or files, cannot signal it, and RLIMIT_NPROC counts its processes
+  only. Where unshare(2) works it also gets its own PID namespace (it is PID 1: killing it kills everything it
+  started) and network namespace (no interface up: no network).
+- "userns": not root, but unprivileged user namespaces work. Each sample gets user, PID, network and mount
+  namespaces with a fresh /proc (the server is not in it), then a nested user namespace that drops its power over
+  the others.
+- "none": neither; the sample runs in its own session with the audit hook only. The pool refuses this unless
+  `allow_unisolated` is set.
+All levels set RLIMIT_NPROC, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_CORE, RLIMIT_CPU and no-new-privileges.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
+SANDBOX_UIDS = range(1_900_000_000, 1_900_004_096)  # uids no account uses: one per live sample
+INNER_UID = 1000  # the sample's uid inside its user namespace
+NPROC = 64  # processes and threads per sample
+FSIZE = 64 << 20
+CPU_SECONDS = 600  # a backstop: the parent's per-call timeout kills first
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def prctl(option: int, value: int) -> None:
+    _check(_libc.prctl(option, value, 0, 0, 0), "prctl")
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def enter_user_namespace(inner_uid: int, outer_uid: int, outer_gid: int, extra_flags: int = 0) -> None:
+    """A new user namespace (plus `extra_flags` namespaces) in which this process is `inner_uid`."""
+    unshare(CLONE_NEWUSER | extra_flags)
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"{inner_uid} {outer_uid} 1")
+    _write("/proc/self/gid_map", f"{inner_uid} {outer_gid} 1")
+
+
+def mount_fresh_proc() -> None:
+    """In a new mount + PID namespace (as its PID 1): /proc shows this namespace's processes only."""
+    _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount proc")
+
+
+def drop_to_uid(uid: int) -> None:
+    """Root only: become `uid` (and gid) for good, with no supplementary groups."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def apply_limits(memory_mb: int) -> None:
+    """The limits every sample runs under; none can be raised again by an unprivileged process."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE, FSIZE))
+    resource.setrlimit(resource.RLIMIT_NPROC, (NPROC, NPROC))
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
+    if memory_mb > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-long write fails with EFBIG instead of killing us
+
+
+def _probe(fn) -> bool:
+    """Run `fn` in a forked child; whether it returned without raising."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn()
+            code = 0
+        except BaseException:  # noqa: BLE001 - any failure means "not available"
+            code = 1
+        os._exit(code)
+    return os.waitpid(pid, 0)[1] == 0
+
+
+def isolation() -> tuple[str, bool]:
+    """(level, namespaces): the isolation this machine gives a sample (see the module docstring)."""
+    if os.geteuid() == 0:
+        return "root", _probe(lambda: unshare(CLONE_NEWPID | CLONE_NEWNET))
+    uid, gid = os.getuid(), os.getgid()
+    if _probe(lambda: enter_user_namespace(INNER_UID, uid, gid, CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS)):
+        return "userns", True
+    return "none", False
