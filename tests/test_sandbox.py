@@ -72,7 +72,7 @@ def test_errors_show_the_models_own_lines_only(session):
 def test_infinite_loop_times_out_and_kills_the_interpreter(pool):
     with pool.session() as s:
         s.run("y = 1")
-        pid = s._worker.proc.pid
+        pid = s._worker.pid
         result = s.run("while True:\n    pass")
         assert result.timed_out and result.error and result.restarted
         assert "TimeoutError" in result.output and "2 seconds" in result.output

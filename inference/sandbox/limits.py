@@ -19,6 +19,8 @@ import ctypes
 import os
 import resource
 import signal
+import stat
+import sys
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
@@ -70,6 +72,55 @@ def drop_to_uid(uid: int) -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+
+
+def _world_reachable(path: str) -> bool:
+    """Whether any uid can list `path`: every ancestor world-searchable, the directory world-readable."""
+    parts = os.path.realpath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        try:
+            mode = os.stat(os.sep.join(parts[:i]) or os.sep).st_mode
+        except OSError:
+            return True  # not there: nothing to reach
+        need = stat.S_IXOTH | (stat.S_IROTH if i == len(parts) else 0)
+        if mode & need != need:
+            return False
+    return True
+
+
+def open_import_paths() -> dict[str, int]:
+    """Root only, before dropping to a sandbox uid: the import directories that uid could not reach (a Python
+    installed under /root, say) → an O_PATH descriptor to each. Through /proc/self/fd/N the directory stays
+    readable to the sample, and nothing else beside or above it does."""
+    dirs = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    for module in list(sys.modules.values()):
+        dirs.update(os.path.realpath(p) for p in (getattr(module, "__path__", None) or []) if isinstance(p, str))
+    opened = {}
+    for d in sorted(dirs):
+        if any(d.startswith(top + os.sep) for top in opened) or _world_reachable(d):
+            continue
+        opened[d] = os.open(d, os.O_PATH | os.O_DIRECTORY)
+    return opened
+
+
+def use_import_paths(opened: dict[str, int]) -> None:
+    """After the uid drop: import through the descriptors of `open_import_paths`."""
+    if not opened:
+        return
+
+    def moved(path: str) -> str:
+        full = os.path.realpath(path)
+        for top, fd in opened.items():
+            if full == top or full.startswith(top + os.sep):
+                return f"/proc/self/fd/{fd}" + full[len(top):]
+        return path
+
+    sys.path[:] = [moved(p) if p else p for p in sys.path]
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__path__", None)
+        if isinstance(path, list):
+            path[:] = [moved(p) if isinstance(p, str) else p for p in path]
+    sys.path_importer_cache.clear()
 
 
 def apply_limits(memory_mb: int) -> None:
