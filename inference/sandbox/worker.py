@@ -15,10 +15,10 @@ import traceback
 
 from inference.sandbox import limits, wire
 
-BLOCKED_EVENTS = {"os.system", "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
+BLOCKED_EVENTS = frozenset({"os.system", "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
                   "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill", "socket.__new__", "socket.connect",
                   "socket.bind", "socket.getaddrinfo", "socket.gethostbyname", "socket.sendto", "os.setuid",
-                  "resource.setrlimit", "resource.prlimit", "sys.addaudithook"}
+                  "resource.setrlimit", "resource.prlimit", "sys.addaudithook"})
 # event -> which arguments are paths that must lie inside the working directory
 PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
                "os.truncate": (0,), "os.utime": (0,), "os.rename": (0, 1), "os.link": (1,), "os.symlink": (1,),
@@ -74,6 +74,7 @@ def truncate(text: str, limit: int) -> str:
 def make_audit_hook(workdir: str):
     """The second line behind the OS limits: refuses processes, sockets and writes outside `workdir`."""
     prefix = workdir + os.sep
+    blocked, path_events, write_flags = BLOCKED_EVENTS, dict(PATH_EVENTS), WRITE_FLAGS
 
     def inside(path) -> bool:
         if isinstance(path, int):
@@ -85,16 +86,16 @@ def make_audit_hook(workdir: str):
         return full == workdir or full.startswith(prefix)
 
     def audit(event: str, args) -> None:
-        if event in BLOCKED_EVENTS:
+        if event in blocked:
             what = "network access" if event.startswith("socket") else "this operation"
             raise PermissionError(f"{event}: {what} is not allowed in the sandbox")
         if event == "open":
             path, mode, flags = args
-            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & WRITE_FLAGS)
+            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & write_flags)
             if writing and path is not None and not inside(path):
                 raise PermissionError(f"writing {os.fsdecode(path)!r}: only the working directory is writable")
-        elif event in PATH_EVENTS:
-            for i in PATH_EVENTS[event]:
+        elif event in path_events:
+            for i in path_events[event]:
                 p = args[i] if i < len(args) else None
                 if p is not None and not inside(p):
                     raise PermissionError(f"{event} {os.fsdecode(p)!r}: only the working directory is writable")
@@ -152,7 +153,9 @@ def serve(channel: int, level: str, namespaces: bool, uid: int | None, workdir: 
         os.dup2(null, 0)
         os.dup2(capture, 1)
         os.dup2(capture, 2)
-        keep |= {0, 1, 2, channel, capture}
+        os.close(capture)
+        capture = 1  # fds 1 and 2 are the capture file, read back and emptied after each call
+        keep |= {0, 1, 2, channel}
         for fd in range(3, 1024):
             if fd not in keep:
                 try:
