@@ -253,18 +253,20 @@ def test_forged_replies_written_to_any_descriptor_are_not_read(pool):
         assert b.run("1 + 1").output == "2\n"
 
 
+FLIP = ("import sys\nf = sys._getframe()\nwhile f is not None:\n"
+        "    for scope in (f.f_locals, f.f_globals):\n"
+        "        for value in list(scope.values()):\n"
+        "            if isinstance(value, dict) and 'on' in value:\n"
+        "                value['on'] = False\n"
+        "    f = f.f_back\n")
+
+
 def test_flipping_a_guard_flag_through_frames_does_not_disable_the_guards(pool, tmp_path):
     outside = tmp_path / "escaped.txt"
     with pool.session() as s:
-        s.run("import sys\nf = sys._getframe()\nwhile f is not None:\n"
-              "    for scope in (f.f_locals, f.f_globals):\n"
-              "        for value in list(scope.values()):\n"
-              "            if isinstance(value, dict) and 'on' in value:\n"
-              "                value['on'] = False\n"
-              "    f = f.f_back")
         for code in ["import subprocess\nsubprocess.run(['true'])", f"open({str(outside)!r}, 'w').write('x')",
                      "import socket\nsocket.socket()"]:
-            result = s.run(code)
+            result = s.run(FLIP + code)  # the flip and the attempt in one call
             assert result.error and "PermissionError" in result.output, (code, result.output)
     assert not outside.exists()
 
