@@ -104,7 +104,7 @@ def open_import_paths() -> dict[str, int]:
 
 
 def use_import_paths(opened: dict[str, int]) -> None:
-    """After the uid drop: import through the descriptors of `open_import_paths`."""
+    """Import through the descriptors of `open_import_paths` (done before forking: the descriptors are inherited)."""
     if not opened:
         return
 

@@ -77,6 +77,7 @@ class SandboxSession:
         self._worker: _Interpreter | None = None
         self._lock = threading.Lock()  # one call at a time
         self._killed = False  # kill() was called: the sample is gone, further calls do nothing
+        self._busy = False  # a call is running
         self.calls = 0
         self.seconds = 0.0  # total tool time of this session
 
@@ -103,6 +104,7 @@ class SandboxSession:
                 return ToolResult(f"Error: the Python sandbox is unavailable ({e}).", 0.0, error=True)
             restarted = self.calls > 0  # a replacement after a timeout or crash
         worker = self._worker
+        self._busy = True
         try:
             if self._killed:  # kill() came while the interpreter was being fetched
                 raise EOFError
@@ -119,6 +121,8 @@ class SandboxSession:
             why = worker.ended or "stopped answering"
             return ToolResult(f"Error: the Python interpreter {why} while running this code. It was restarted: "
                               "variables from earlier calls are lost.", 0.0, error=True, restarted=True)
+        finally:
+            self._busy = False
         output = reply.get("output", "")
         if restarted:
             output = "[note: the interpreter was restarted after the last error; earlier variables are lost]\n" + output

@@ -54,6 +54,9 @@ class Template:
         if not config.get("namespaces", True):
             self.namespaces = False
         self.free_uids = list(reversed(limits.SANDBOX_UIDS)) if self.level == "root" else []
+        # Root samples run as another uid: import through descriptors opened here, once, inherited by every fork.
+        self.import_fds = limits.open_import_paths() if self.level == "root" else {}
+        limits.use_import_paths(self.import_fds)
         self.samples: dict[int, dict] = {}  # handle (our child's pid) -> {"uid", "pidfd", "pid"}
         self.ended: dict[int, str] = {}  # samples that ended by themselves -> how, until the pool asks
 
@@ -64,7 +67,8 @@ class Template:
         if handle == 0:
             os.close(r)
             self.control.close()
-            worker.serve(channel, self.level, self.namespaces, uid, message["dir"], w, self.memory_mb, self.limit,
+            worker.serve(channel, self.level, self.namespaces, uid, message["dir"], w, self.import_fds, self.memory_mb,
+                         self.limit,
                          self.namespace, bytes.fromhex(message["hello"]))
         os.close(w)
         os.close(channel)

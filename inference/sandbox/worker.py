@@ -103,10 +103,12 @@ def make_audit_hook(workdir: str):
     return audit
 
 
-def isolate(level: str, namespaces: bool, uid: int | None, workdir: str, pid_pipe: int) -> set[int]:
+def isolate(level: str, namespaces: bool, uid: int | None, workdir: str, pid_pipe: int,
+            import_fds: dict[str, int]) -> set[int]:
     """Turn this freshly forked process into the sample's isolated interpreter. With PID namespaces it forks once
     more (the interpreter must be PID 1 of its namespace); the process left behind reports the interpreter's pid on
-    `pid_pipe`, waits for it and exits with it. Returns descriptors to keep open."""
+    `pid_pipe`, waits for it and exits with it. `import_fds`: the template's, see limits.open_import_paths. Returns
+    descriptors to keep open."""
     os.setsid()
     limits.prctl(limits.PR_SET_PDEATHSIG, 9)  # the template dies → so do we
     if namespaces:
@@ -132,22 +134,19 @@ def isolate(level: str, namespaces: bool, uid: int | None, workdir: str, pid_pip
     else:
         os.write(pid_pipe, str(os.getpid()).encode())
     os.close(pid_pipe)
-    import_fds = {}
     if level == "root":
         os.chown(workdir, uid, uid)
-        import_fds = limits.open_import_paths()
         limits.drop_to_uid(uid)
-        limits.use_import_paths(import_fds)
     limits.prctl(limits.PR_SET_PDEATHSIG, 9)  # cleared by the uid change; our parent dies → so do we
     return set(import_fds.values())
 
 
 def serve(channel: int, level: str, namespaces: bool, uid: int | None, workdir: str, pid_pipe: int,
-          memory_mb: int, limit: int, namespace: dict, hello: bytes) -> None:
+          import_fds: dict[str, int], memory_mb: int, limit: int, namespace: dict, hello: bytes) -> None:
     """Never returns: runs the sample's calls, then exits."""
     code = 0
     try:
-        keep = isolate(level, namespaces, uid, workdir, pid_pipe)
+        keep = isolate(level, namespaces, uid, workdir, pid_pipe, import_fds)
         capture = os.memfd_create("sandbox-capture")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
