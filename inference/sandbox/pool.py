@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -51,22 +52,45 @@ class _Interpreter:
         self.pool, self.sock, self.pid, self.handle, self.workdir = pool, sock, pid, handle, workdir
         self.reader = wire.Reader(sock.fileno())
         self.ended = ""  # how it ended, once killed
+        self.pidfd: int | None = None
+        self._kill_lock = threading.Lock()
 
     def request(self, message: dict, timeout: float | None) -> dict:
         nonce = wire.new_nonce()
         wire.send(self.sock.fileno(), message, nonce)
         return self.reader.read(nonce, None if timeout is None else time.monotonic() + timeout)
 
+    def watch(self) -> None:
+        """Once it answered: a pidfd, so that a kill from any thread is one syscall and can never hit a recycled
+        pid."""
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            self.pidfd = None
+
     def signal_kill(self) -> None:
-        """Kill it and everything it started (safe from any thread; a call blocked on it then reads end-of-file)."""
-        if self.handle:
-            self.ended = self.pool._control({"op": "kill", "handle": self.handle}).get("ended", "") or self.ended
-            self.handle = 0
+        """SIGKILL it at once (safe from any thread; a call blocked on it then reads end-of-file). With a PID
+        namespace everything it started dies with it; `kill()` makes sure of the rest."""
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
 
     def kill(self) -> None:
-        self.signal_kill()
-        self.sock.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        """Kill it and everything it started (through the template, which waits for them), free its directory."""
+        with self._kill_lock:
+            if self.handle:
+                try:
+                    self.ended = self.pool._control({"op": "kill", "handle": self.handle}).get("ended", "")
+                except (OSError, EOFError, ValueError):  # the template is gone, and took its samples along
+                    pass
+                self.handle = 0
+                self.sock.close()
+                if self.pidfd is not None:
+                    os.close(self.pidfd)
+                    self.pidfd = None
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class SandboxSession:
@@ -136,7 +160,7 @@ class SandboxSession:
         """Stop a call in progress (from another thread) and end the interpreter: the sample was aborted."""
         self._killed = True
         worker = self._worker
-        if worker is not None:
+        if worker is not None and self._busy:
             worker.signal_kill()  # the run() blocked on it returns at once; close() frees the rest
 
     def close(self) -> None:
@@ -228,7 +252,9 @@ class SandboxPool:
     def _control(self, message: dict, fd: int | None = None) -> dict:
         with self._control_lock:
             if self._sock.fileno() < 0:
-                return {}
+                if fd is not None:
+                    raise RuntimeError("the sandbox pool is closed")
+                return {}  # a kill after close: the template killed everything on its way out
             if fd is None:
                 self._sock.send(json.dumps(message).encode())
             else:
@@ -259,6 +285,7 @@ class SandboxPool:
         if not ready.get("ready"):
             worker.kill()
             raise RuntimeError(f"a sandbox interpreter failed to start: {ready.get('error')} {worker.ended}".strip())
+        worker.watch()
         return worker
 
     def _spawn_in_background(self) -> None:
