@@ -149,7 +149,8 @@ class SandboxSession:
             self._busy = False
         output = reply.get("output", "")
         if restarted:
-            output = "[note: the interpreter was restarted after the last error; earlier variables are lost]\n" + output
+            output = ("[note: the interpreter was restarted after the last error; earlier variables are lost]\n"
+                      + output)
         return ToolResult(output, 0.0, error=bool(reply.get("error")), restarted=restarted)
 
     def _drop(self, worker: _Interpreter) -> None:

@@ -15,10 +15,11 @@ import traceback
 
 from inference.sandbox import limits, wire
 
-BLOCKED_EVENTS = frozenset({"os.system", "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
-                  "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill", "socket.__new__", "socket.connect",
-                  "socket.bind", "socket.getaddrinfo", "socket.gethostbyname", "socket.sendto", "os.setuid",
-                  "resource.setrlimit", "resource.prlimit", "sys.addaudithook"})
+BLOCKED_EVENTS = frozenset({
+    "os.system", "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen", "pty.spawn",
+    "os.kill", "os.killpg", "signal.pthread_kill", "socket.__new__", "socket.connect", "socket.bind",
+    "socket.getaddrinfo", "socket.gethostbyname", "socket.sendto", "os.setuid", "resource.setrlimit",
+    "resource.prlimit", "sys.addaudithook"})
 # event -> which arguments are paths that must lie inside the working directory
 PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
                "os.truncate": (0,), "os.utime": (0,), "os.rename": (0, 1), "os.link": (1,), "os.symlink": (1,),
