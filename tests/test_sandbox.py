@@ -352,3 +352,23 @@ def test_nothing_is_left_after_the_pool_closes():
     assert template.poll() is not None
     assert comms("sbxleft") == []
     assert not any(Path(f"/proc/{pid}").exists() for pid in [*idle, busy])
+
+
+def test_a_dead_template_is_replaced():
+    with SandboxPool(size=0, timeout=2.0, memory_mb=1024) as p:
+        first = p._template
+        first.kill()
+        first.wait()
+        with p.session() as s:
+            assert s.run("print(sp.isprime(7))").output == "True\n"
+        assert p._template is not first
+
+
+def test_unisolated_pools_are_refused_unless_allowed():
+    with pytest.raises(RuntimeError, match="tools.allow_unisolated"):
+        SandboxPool(size=0, isolate="none")
+    with SandboxPool(size=0, timeout=2.0, memory_mb=1024, isolate="none", allow_unisolated=True) as p:
+        assert p.level == "none" and not p.isolated
+        with p.session() as s:
+            assert s.run("import os\nprint(os.getuid() == %d)" % os.getuid()).output == "True\n"
+            assert "PermissionError" in s.run("import subprocess\nsubprocess.run(['true'])").output

@@ -189,8 +189,9 @@ class SandboxPool:
                  setup_code: str = DEFAULT_SETUP, isolate: bool | str = "auto",
                  allow_unisolated: bool = False) -> None:
         """`isolate`: "auto" uses PID and network namespaces where they work; True requires them; False never uses
-        them. Without namespaces and without root (for a uid of its own) a sample could read the server's
-        environment and signal it: the pool refuses to start unless `allow_unisolated`."""
+        them; "none" uses nothing (not even a uid of its own as root). Without namespaces and without root (for a
+        uid of its own) a sample could read the server's environment and signal it: the pool refuses to start
+        unless `allow_unisolated`."""
         if size < 0:
             raise ValueError(f"tools.pool_size: must be ≥ 0, got {size}")
         if timeout <= 0:
@@ -198,7 +199,9 @@ class SandboxPool:
         self.size, self.timeout, self.memory_mb = int(size), float(timeout), int(memory_mb)
         self.max_output_chars = int(max_output_chars)
         self.setup_code = setup_code
-        self._want_namespaces = isolate in ("auto", True)
+        if isolate not in ("auto", True, False, "none"):
+            raise ValueError(f"isolate: {isolate!r} is not one of 'auto', True, False, 'none'")
+        self._isolate = isolate
         self._lock = threading.Lock()
         self._control_lock = threading.Lock()
         self._idle: list[_Interpreter] = []
@@ -214,8 +217,9 @@ class SandboxPool:
             raise RuntimeError("tools.allow_unisolated: the sandbox cannot isolate model code here (not root, no user "
                                "namespaces), so it could read the server's environment and kill it; set "
                                "tools.allow_unisolated: true to run tools anyway")
-        log.warning("sandbox: %s%s", LEVELS[self.level],
-                    "; own PID and network namespaces" if self.isolated else "; NO PID/network namespaces")
+        (log.info if self.isolated else log.warning)(
+            "sandbox: %s%s", LEVELS[self.level],
+            "; own PID and network namespaces" if self.isolated else "; NO PID/network namespaces")
         for _ in range(self.size):
             self._spawn_in_background()
 
@@ -231,7 +235,8 @@ class SandboxPool:
         self._sock = ours
         ours.settimeout(STARTUP_SECONDS)
         ours.send(json.dumps({"memory_mb": self.memory_mb, "max_output_chars": self.max_output_chars,
-                              "setup": self.setup_code, "namespaces": self._want_namespaces}).encode())
+                              "setup": self.setup_code, "namespaces": self._isolate in ("auto", True),
+                              "unisolated": self._isolate == "none"}).encode())
         try:
             reply = json.loads(ours.recv(1 << 16) or b"{}")
         except (OSError, ValueError) as e:
@@ -267,6 +272,24 @@ class SandboxPool:
 
     # -- interpreters -----------------------------------------------------------------------------------------
     def _fork(self) -> _Interpreter:
+        template = self._template
+        try:
+            return self._fork_once()
+        except (EOFError, OSError) as e:  # the template died (out of memory, killed): start another, once
+            with self._control_lock:
+                if self._closed:
+                    raise
+                if self._template is template:  # no other thread replaced it meanwhile
+                    try:
+                        template.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        raise e from None
+                    log.error("sandbox: the template interpreter died (%r); starting a new one", e)
+                    self._sock.close()
+                    self._start_template()
+            return self._fork_once()
+
+    def _fork_once(self) -> _Interpreter:
         workdir = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-"))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         hello = wire.new_nonce()
