@@ -172,7 +172,7 @@ class Conversation:
             session.kill()
 
     def close(self) -> None:
-        """Hand the interpreter back (reset) to the pool. Idempotent; blocking for a moment (call off the loop)."""
+        """End the sample's interpreter and all it started. Idempotent; blocking for a moment (call off the loop)."""
         with self._lock:
             self._stopped = True
             session, self._session = self._session, None

@@ -74,7 +74,7 @@ def drop_to_uid(uid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def _world_reachable(path: str) -> bool:
+def world_reachable(path: str) -> bool:
     """Whether any uid can list `path`: every ancestor world-searchable, the directory world-readable."""
     parts = os.path.realpath(path).split(os.sep)
     for i in range(2, len(parts) + 1):
@@ -97,7 +97,7 @@ def open_import_paths() -> dict[str, int]:
         dirs.update(os.path.realpath(p) for p in (getattr(module, "__path__", None) or []) if isinstance(p, str))
     opened = {}
     for d in sorted(dirs):
-        if any(d.startswith(top + os.sep) for top in opened) or _world_reachable(d):
+        if any(d.startswith(top + os.sep) for top in opened) or world_reachable(d):
             continue
         opened[d] = os.open(d, os.O_PATH | os.O_DIRECTORY)
     return opened

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.sandbox import wire
+from inference.sandbox import limits, wire
 
 log = logging.getLogger("inference.sandbox")
 
@@ -217,6 +217,10 @@ class SandboxPool:
             raise RuntimeError("tools.allow_unisolated: the sandbox cannot isolate model code here (not root, no user "
                                "namespaces), so it could read the server's environment and kill it; set "
                                "tools.allow_unisolated: true to run tools anyway")
+        # A sample of its own uid must reach its directory: not under a private temporary directory.
+        self._workroot = None
+        if self.level == "root" and not limits.world_reachable(tempfile.gettempdir()):
+            self._workroot = "/tmp"
         (log.info if self.isolated else log.warning)(
             "sandbox: %s%s", LEVELS[self.level],
             "; own PID and network namespaces" if self.isolated else "; NO PID/network namespaces")
@@ -290,7 +294,7 @@ class SandboxPool:
             return self._fork_once()
 
     def _fork_once(self) -> _Interpreter:
-        workdir = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-"))
+        workdir = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-", dir=self._workroot))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         hello = wire.new_nonce()
         try:
