@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,14 @@ def comms(marker: str) -> list[int]:
     return found
 
 
+def appears(marker: str) -> bool:
+    """Whether a process named `marker` shows up within 5 s (a forked child names itself a moment later)."""
+    deadline = time.monotonic() + 5
+    while not comms(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(comms(marker))
+
+
 def test_an_alarm_set_by_one_sample_does_not_fire_in_the_next(pool):
     with pool.session() as a:
         a.run("import signal\nsignal.signal(signal.SIGALRM, lambda *_: print('ALARM'))\nsignal.alarm(1)")
@@ -322,7 +331,7 @@ def test_a_ctypes_fork_bomb_is_bounded_and_killed_with_the_sample(pool):
                     "        while True:\n            libc.pause()\n    if pid < 0:\n        break\n    n += 1\n"
                     "print(n)", timeout=20).output
         assert int(out) < 100, out
-        assert comms("sbxbomb")
+        assert appears("sbxbomb")
     assert comms("sbxbomb") == []
 
 
@@ -331,12 +340,7 @@ def test_setsid_children_are_killed_with_the_sample(pool):
         s.run("import ctypes\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
               "    if libc.fork() == 0:\n        libc.prctl(15, b'sbxorphan', 0, 0, 0)\n"
               "        while True:\n            libc.pause()\n    libc._exit(0)\n")
-        import time
-
-        deadline = time.monotonic() + 5
-        while not comms("sbxorphan") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert comms("sbxorphan")
+        assert appears("sbxorphan")
     assert comms("sbxorphan") == []
 
 
@@ -347,6 +351,7 @@ def test_nothing_is_left_after_the_pool_closes():
         s = p.session()
         s.run("import ctypes\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
               "    libc.prctl(15, b'sbxleft', 0, 0, 0)\n    while True:\n        libc.pause()\n")
+        assert appears("sbxleft")
         busy = s._worker.pid
         template = p._template
     assert template.poll() is not None
@@ -372,3 +377,22 @@ def test_unisolated_pools_are_refused_unless_allowed():
         with p.session() as s:
             assert s.run("import os\nprint(os.getuid() == %d)" % os.getuid()).output == "True\n"
             assert "PermissionError" in s.run("import subprocess\nsubprocess.run(['true'])").output
+
+
+def test_the_user_namespace_path_hides_the_server_and_leaves_nothing():
+    """The path a non-root server takes (run here as root, so the uid is not separate: only the namespaces)."""
+    with SandboxPool(size=1, timeout=2.0, memory_mb=1024, isolate="userns") as p:
+        if not p.isolated:
+            pytest.skip("no user namespaces here")
+        with p.session() as s:
+            assert s.run("x = 5\nimport os\nos.getpid(), os.getuid(), sorted(os.listdir('/proc'))[:1]").output == \
+                "(1, 1000, ['1'])\n"
+            assert s.run("x + 1").output == "6\n"
+            out = s.run(f"open('/proc/{os.getpid()}/environ', 'rb').read()").output
+            assert "FileNotFoundError" in out, out
+            out = s.run("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.umount2(b'/proc', 2))")
+            assert out.output == "-1\n"  # the fresh /proc cannot be unmounted to show the server's
+            s.run("import ctypes\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
+                  "    libc.prctl(15, b'sbxuserns', 0, 0, 0)\n    while True:\n        libc.pause()\n")
+            assert appears("sbxuserns")
+        assert comms("sbxuserns") == []

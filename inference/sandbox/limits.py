@@ -152,7 +152,11 @@ def isolation() -> tuple[str, bool]:
     """(level, namespaces): the isolation this machine gives a sample (see the module docstring)."""
     if os.geteuid() == 0:
         return "root", _probe(lambda: unshare(CLONE_NEWPID | CLONE_NEWNET))
-    uid, gid = os.getuid(), os.getgid()
-    if _probe(lambda: enter_user_namespace(INNER_UID, uid, gid, CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS)):
+    if userns_works():
         return "userns", True
     return "none", False
+
+
+def userns_works() -> bool:
+    uid, gid = os.getuid(), os.getgid()
+    return _probe(lambda: enter_user_namespace(INNER_UID, uid, gid, CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS))

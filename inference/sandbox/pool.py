@@ -189,7 +189,8 @@ class SandboxPool:
                  setup_code: str = DEFAULT_SETUP, isolate: bool | str = "auto",
                  allow_unisolated: bool = False) -> None:
         """`isolate`: "auto" uses PID and network namespaces where they work; True requires them; False never uses
-        them; "none" uses nothing (not even a uid of its own as root). Without namespaces and without root (for a
+        them; "none" uses nothing (not even a uid of its own as root); "userns" takes the non-root path (user
+        namespaces) even as root, to test it. Without namespaces and without root (for a
         uid of its own) a sample could read the server's environment and signal it: the pool refuses to start
         unless `allow_unisolated`."""
         if size < 0:
@@ -199,8 +200,8 @@ class SandboxPool:
         self.size, self.timeout, self.memory_mb = int(size), float(timeout), int(memory_mb)
         self.max_output_chars = int(max_output_chars)
         self.setup_code = setup_code
-        if isolate not in ("auto", True, False, "none"):
-            raise ValueError(f"isolate: {isolate!r} is not one of 'auto', True, False, 'none'")
+        if isolate not in ("auto", True, False, "none", "userns"):
+            raise ValueError(f"isolate: {isolate!r} is not one of 'auto', True, False, 'none', 'userns'")
         self._isolate = isolate
         self._lock = threading.Lock()
         self._control_lock = threading.Lock()
@@ -239,8 +240,8 @@ class SandboxPool:
         self._sock = ours
         ours.settimeout(STARTUP_SECONDS)
         ours.send(json.dumps({"memory_mb": self.memory_mb, "max_output_chars": self.max_output_chars,
-                              "setup": self.setup_code, "namespaces": self._isolate in ("auto", True),
-                              "unisolated": self._isolate == "none"}).encode())
+                              "setup": self.setup_code, "namespaces": self._isolate in ("auto", True, "userns"),
+                              "level": self._isolate if self._isolate in ("none", "userns") else None}).encode())
         try:
             reply = json.loads(ours.recv(1 << 16) or b"{}")
         except (OSError, ValueError) as e:

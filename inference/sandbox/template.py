@@ -50,7 +50,12 @@ class Template:
         self.namespace = {"__name__": "__main__", "__builtins__": builtins}
         if config.get("setup"):
             exec(compile(config["setup"], "<setup>", "exec"), self.namespace)
-        self.level, self.namespaces = ("none", False) if config.get("unisolated") else limits.isolation()
+        if config.get("level") == "none":
+            self.level, self.namespaces = "none", False
+        elif config.get("level") == "userns":
+            self.level, self.namespaces = "userns", limits.userns_works()
+        else:
+            self.level, self.namespaces = limits.isolation()
         if not config.get("namespaces", True):
             self.namespaces = False
         self.free_uids = list(reversed(limits.SANDBOX_UIDS)) if self.level == "root" else []
