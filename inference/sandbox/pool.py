@@ -54,6 +54,7 @@ class _Interpreter:
         self.ended = ""  # how it ended, once killed
         self.pidfd: int | None = None
         self._kill_lock = threading.Lock()
+        self._pidfd_lock = threading.Lock()  # a closed pidfd's number may be reused: never signal through it
 
     def request(self, message: dict, timeout: float | None) -> dict:
         nonce = wire.new_nonce()
@@ -71,11 +72,12 @@ class _Interpreter:
     def signal_kill(self) -> None:
         """SIGKILL it at once (safe from any thread; a call blocked on it then reads end-of-file). With a PID
         namespace everything it started dies with it; `kill()` makes sure of the rest."""
-        if self.pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            except OSError:
-                pass
+        with self._pidfd_lock:
+            if self.pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                except OSError:
+                    pass
 
     def kill(self) -> None:
         """Kill it and everything it started (through the template, which waits for them), free its directory."""
@@ -87,9 +89,10 @@ class _Interpreter:
                     pass
                 self.handle = 0
                 self.sock.close()
-                if self.pidfd is not None:
-                    os.close(self.pidfd)
-                    self.pidfd = None
+                with self._pidfd_lock:
+                    if self.pidfd is not None:
+                        os.close(self.pidfd)
+                        self.pidfd = None
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -306,6 +309,10 @@ class SandboxPool:
             raise
         finally:
             theirs.close()
+        if "pid" not in reply:
+            ours.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise RuntimeError(f"the sandbox template could not fork: {reply.get('error', reply)}")
         worker = _Interpreter(self, ours, reply["pid"], reply["handle"], workdir)
         try:
             ready = worker.reader.read(hello, time.monotonic() + READY_SECONDS)

@@ -68,13 +68,19 @@ class Template:
     def fork(self, message: dict, channel: int) -> dict:
         uid = self.free_uids.pop() if self.level == "root" else None
         r, w = os.pipe()
-        handle = os.fork()
+        try:
+            handle = os.fork()
+        except OSError:
+            for fd in (r, w):
+                os.close(fd)
+            if uid is not None:
+                self.free_uids.append(uid)
+            raise
         if handle == 0:
             os.close(r)
             self.control.close()
-            worker.serve(channel, self.level, self.namespaces, uid, message["dir"], w, self.import_fds, self.memory_mb,
-                         self.limit,
-                         self.namespace, bytes.fromhex(message["hello"]))
+            worker.serve(channel, self.level, self.namespaces, uid, message["dir"], w, self.import_fds,
+                         self.memory_mb, self.limit, self.namespace, bytes.fromhex(message["hello"]))
         os.close(w)
         os.close(channel)
         data = b""
@@ -153,12 +159,20 @@ class Template:
             if not data:
                 break
             message = json.loads(data)
-            if message["op"] == "fork":
-                reply = self.fork(message, fds[0])
-            elif message["op"] == "kill":
-                reply = {"ok": True, "ended": self.kill(int(message["handle"]))}
-            else:
-                reply = {"error": f"unknown op {message['op']!r}"}
+            try:
+                if message["op"] == "fork":
+                    reply = self.fork(message, fds[0])
+                elif message["op"] == "kill":
+                    reply = {"ok": True, "ended": self.kill(int(message["handle"]))}
+                else:
+                    reply = {"error": f"unknown op {message['op']!r}"}
+            except Exception as e:  # noqa: BLE001 - out of uids, fork refused: the pool reports it
+                for fd in fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                reply = {"error": repr(e)}
             self.control.send(json.dumps(reply).encode())
         for handle in list(self.samples):
             self.kill(handle)
