@@ -1,7 +1,7 @@
 """OS-level guards for a sample's interpreter: what Python code inside it cannot switch off.
 
 Three isolation levels, chosen once per pool (`isolation()`):
-- "root": the server runs as root. Each sample runs as its own unprivileged uid (SANDBOX_UIDS, otherwise unused):
+- "root": the server runs as root. Each sample runs as its own unprivileged uid (`sandbox_uids`, otherwise unused):
   it cannot read the server's /proc/<pid>/environ or files, cannot signal it, and RLIMIT_NPROC counts its processes
   only. Where unshare(2) works it also gets its own PID namespace (it is PID 1: killing it kills everything it
   started) and network namespace (no interface up: no network).
@@ -23,9 +23,15 @@ import stat
 import sys
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
-SANDBOX_UIDS = range(1_900_000_000, 1_900_004_096)  # uids no account uses: one per live sample
+SAMPLES_PER_TEMPLATE = 256
+
+
+def sandbox_uids(template_pid: int) -> range:
+    """Uids no account uses, one per live sample, distinct between live templates (their pids differ)."""
+    base = 2_000_000_000 + (template_pid % (1 << 22)) * SAMPLES_PER_TEMPLATE
+    return range(base, base + SAMPLES_PER_TEMPLATE)
 INNER_UID = 1000  # the sample's uid inside its user namespace
 NPROC = 64  # processes and threads per sample
 FSIZE = 64 << 20

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import time
 
 from inference.sandbox import limits, worker
 
@@ -40,6 +41,18 @@ def describe(status: int | None) -> str:
     return f"exited with code {code}"
 
 
+def _processes_of(uid: int) -> bool:
+    """Whether any process (a zombie included) runs as `uid`: /proc/<pid> belongs to its process's uid."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    return True
+            except OSError:
+                pass
+    return False
+
+
 class Template:
     def __init__(self, control: socket.socket, config: dict) -> None:
         self.control = control
@@ -58,12 +71,13 @@ class Template:
             self.level, self.namespaces = limits.isolation()
         if not config.get("namespaces", True):
             self.namespaces = False
-        self.free_uids = list(reversed(limits.SANDBOX_UIDS)) if self.level == "root" else []
+        self.free_uids = list(reversed(limits.sandbox_uids(os.getpid()))) if self.level == "root" else []
         # Root samples run as another uid: import through descriptors opened here, once, inherited by every fork.
         self.import_fds = limits.open_import_paths() if self.level == "root" else {}
         limits.use_import_paths(self.import_fds)
         self.samples: dict[int, dict] = {}  # handle (our child's pid) -> {"uid", "pidfd", "pid"}
         self.ended: dict[int, str] = {}  # samples that ended by themselves -> how, until the pool asks
+        self.exited: dict[int, int] = {}  # samples reaped -> wait status
 
     def fork(self, message: dict, channel: int) -> dict:
         uid = self.free_uids.pop() if self.level == "root" else None
@@ -95,9 +109,9 @@ class Template:
         self.samples[handle] = {"uid": uid, "pidfd": pidfd, "pid": pid}
         return {"pid": pid, "handle": handle}
 
-    def kill(self, handle: int, status: int | None = None) -> str:
+    def kill(self, handle: int) -> str:
         """Kill a sample and everything it started; returns how it ended ("" if it was already gone)."""
-        sample = self.samples.pop(handle, None)
+        sample = self.samples.get(handle)
         if sample is None:
             return self.ended.pop(handle, "")
         if sample["pidfd"] is not None:
@@ -114,40 +128,50 @@ class Template:
                     os.killpg(handle, signal.SIGKILL)
                 except OSError:
                     pass
-        if status is None:
+        if handle not in self.exited:
             try:
-                status = os.waitpid(handle, 0)[1]
+                self.exited[handle] = os.waitpid(handle, 0)[1]
             except ChildProcessError:
-                status = None
+                pass
+        del self.samples[handle]
         if sample["uid"] is not None:
             self.free_uids.append(sample["uid"])
-        return describe(status)
+        return describe(self.exited.pop(handle, None))
 
     def _kill_uid(self, uid: int) -> None:
-        """Kill every process of `uid`: as that uid, kill(-1) reaches exactly those (and is atomic against fork)."""
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                os.setresuid(uid, uid, uid)
-                for _ in range(100):
+        """Kill every process of `uid` and reap them (we are their subreaper): as that uid, kill(-1) reaches exactly
+        those, atomically against fork; repeated until /proc shows none, not even a zombie."""
+        for _ in range(500):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setresuid(uid, uid, uid)
                     os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            except BaseException:  # noqa: BLE001
-                code = 1
-            os._exit(code)
-        os.waitpid(pid, 0)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+            self._collect()
+            if not _processes_of(uid):
+                return
+            time.sleep(0.002)
+
+    def _collect(self) -> None:
+        """Reap every child that has ended: samples (their status is kept) and orphans handed to us."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.samples:
+                self.exited[pid] = status
 
     def reap(self) -> None:
         """Samples that ended by themselves (a crash, os._exit): clean up after them."""
-        for handle in list(self.samples):
-            try:
-                done, status = os.waitpid(handle, os.WNOHANG)
-            except ChildProcessError:
-                done, status = handle, None
-            if done:
-                self.ended[handle] = self.kill(handle, status)
+        self._collect()
+        for handle in [h for h in self.samples if h in self.exited]:
+            self.ended[handle] = self.kill(handle)
 
     def serve(self) -> None:
         while True:
@@ -183,6 +207,7 @@ def main() -> None:
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.close(null)
+    limits.prctl(limits.PR_SET_CHILD_SUBREAPER, 1)  # orphans of samples come to us, to be reaped
     # No PDEATHSIG here (it follows the server's thread that started us): the server's end closing ends us.
     config = json.loads(control.recv(1 << 20))
     try:
