@@ -396,3 +396,19 @@ def test_the_user_namespace_path_hides_the_server_and_leaves_nothing():
                   "    libc.prctl(15, b'sbxuserns', 0, 0, 0)\n    while True:\n        libc.pause()\n")
             assert appears("sbxuserns")
         assert comms("sbxuserns") == []
+
+
+def test_without_namespaces_the_samples_uid_bounds_and_kills_everything():
+    """Root without unshare (a Docker container, Kaggle): the sample's own uid does what the namespaces did."""
+    with SandboxPool(size=0, timeout=5.0, memory_mb=1024, isolate=False) as p:
+        if p.level != "root":
+            pytest.skip("needs root for a uid of the sample's own")
+        with p.session() as s:
+            out = s.run("import ctypes\nlibc = ctypes.CDLL(None)\nn = 0\nfor i in range(1000):\n"
+                        "    pid = libc.fork()\n    if pid == 0:\n        libc.setsid()\n"
+                        "        libc.prctl(15, b'sbxnons', 0, 0, 0)\n        while True:\n            libc.pause()\n"
+                        "    if pid < 0:\n        break\n    n += 1\nprint(n)", timeout=20).output
+            assert int(out) < 100, out
+            assert appears("sbxnons")
+            assert "PermissionError" in s.run(f"open('/proc/{os.getpid()}/environ', 'rb').read()").output
+        assert comms("sbxnons") == []
