@@ -256,7 +256,11 @@ class SandboxPool:
         self.level, self.isolated = reply["level"], bool(reply["namespaces"])
 
     def _stop_template(self) -> None:
-        self._sock.close()  # end-of-file: the template kills every sample and exits
+        try:  # a fork of the server may hold our end too: say it rather than rely on end-of-file
+            self._sock.send(json.dumps({"op": "close"}).encode())
+        except OSError:
+            pass
+        self._sock.close()  # the template kills every sample and exits
         try:
             self._template.wait(timeout=30)
         except subprocess.TimeoutExpired:

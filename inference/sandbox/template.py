@@ -6,7 +6,8 @@ reaches another.
 Started by the pool as `python -m inference.sandbox.template` with its control socket (SOCK_SEQPACKET: one JSON
 message per packet, a sample's socket passed along with SCM_RIGHTS) on stdin; stdin is moved off fd 0 at once and
 every forked sample closes it. Requests: {"op": "fork", "dir", "hello"} + the sample's socket → {"pid", "handle"};
-{"op": "kill", "handle"} → {"ok"} once everything the sample started is dead. End-of-file: kill all samples, exit.
+{"op": "kill", "handle"} → {"ok"} once everything the sample started is dead. {"op": "close"} or end-of-file: kill
+all samples, exit.
 """
 
 from __future__ import annotations
@@ -183,6 +184,8 @@ class Template:
             if not data:
                 break
             message = json.loads(data)
+            if message["op"] == "close":
+                break
             try:
                 if message["op"] == "fork":
                     reply = self.fork(message, fds[0])
