@@ -39,6 +39,7 @@ class ToolSettings:
     pool_size: int = 16  # interpreters kept warm: about twice the samples that run at once
     setup_code: str = DEFAULT_SETUP  # run in each sample's fresh namespace
     isolation: str = "auto"  # PID/network namespaces: "auto" where unshare works, "always" (fail without), "never"
+    allow_unisolated: bool = False  # run tools even where samples cannot be kept from the server (not root, no userns)
 
     def __post_init__(self) -> None:
         for name in ("max_calls", "max_turns", "pool_size"):
@@ -54,7 +55,8 @@ class ToolSettings:
     def make_pool(self) -> SandboxPool:
         isolate = {"auto": "auto", "always": True, "never": False}[self.isolation]
         return SandboxPool(size=self.pool_size, timeout=self.timeout_seconds, memory_mb=self.memory_mb,
-                           max_output_chars=self.max_output_chars, setup_code=self.setup_code, isolate=isolate)
+                           max_output_chars=self.max_output_chars, setup_code=self.setup_code, isolate=isolate,
+                           allow_unisolated=self.allow_unisolated)
 
 
 def start_tools(tools: ToolSettings) -> tuple[SandboxPool, ThreadPoolExecutor]:
@@ -172,7 +174,7 @@ class Conversation:
             session.kill()
 
     def close(self) -> None:
-        """Hand the interpreter back (reset) to the pool. Idempotent; blocking for a moment (call off the loop)."""
+        """End the sample's interpreter and all it started. Idempotent; blocking for a moment (call off the loop)."""
         with self._lock:
             self._stopped = True
             session, self._session = self._session, None
