@@ -38,7 +38,7 @@ from train.common import (
     save_data_report,
     train_resumably,
 )
-from train.configs import GRPOConfig, GRPOScriptArguments
+from train.configs import GRPOConfig, GRPOScriptArguments, RecipeParser, run_main
 from train.rewards import get_reward_funcs
 
 logger = logging.getLogger(__name__)
@@ -114,11 +114,11 @@ def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) 
 
 
 def make_parser():
-    from trl import ModelConfig, TrlParser
+    from trl import ModelConfig
 
-    return TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
+    return RecipeParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
 
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    main(*make_parser().parse_args_and_config())
+    run_main(main, make_parser())
