@@ -312,8 +312,25 @@ def model_init_kwargs(model_args, training_args) -> dict:
         # Quantized weights cannot be moved after loading: each process loads them onto its own GPU.
         kwargs |= {"quantization_config": get_quantization_config(model_args),
                    "device_map": {"": PartialState().local_process_index}}
+    if is_mxfp4(model_args):  # gpt-oss on the hub: MXFP4 experts, which train only dequantized (bf16)
+        from transformers import Mxfp4Config
+
+        kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
     kwargs.update(training_args.model_init_kwargs or {})
     return kwargs
+
+
+def is_mxfp4(model_args) -> bool:
+    """Whether the model's config.json says its weights are MXFP4-quantized (gpt-oss's experts)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    except (OSError, ValueError):
+        return False
+    quantization = getattr(config, "quantization_config", None) or {}
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
+    return str(getattr(method, "value", method)) == "mxfp4"
 
 
 def peft_config(model_args):
@@ -329,7 +346,8 @@ def peft_config(model_args):
 
 def check_memory(data_args, training_args, model_args) -> None:
     """Before loading a model on GPUs: the recipe's memory plan (train/memory.py) on the GPUs and ZeRO stage this
-    run really has; raises MemoryError naming the settings to change when it does not fit."""
+    run really has; raises MemoryError naming the settings to change when it does not fit, unless force_memory
+    (then the plan and the risk are logged and training goes on)."""
     from accelerate import PartialState
 
     from train import memory
@@ -343,10 +361,9 @@ def check_memory(data_args, training_args, model_args) -> None:
     stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0")) if state.distributed_type.value == "DEEPSPEED" else 0
     offload = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none") not in ("none", "")
     result = memory.plan(settings, state.num_processes, gib, zero_stage=stage, offload_optimizer=offload)
-    if not result.fits:
-        raise MemoryError(f"{result.report()}\n{result.advice()}")
+    text = memory.enforce(result, getattr(training_args, "force_memory", False))
     if state.is_main_process:
-        logger.info(result.report())
+        (logger.warning if not result.fits else logger.info)(text)
 
 
 # --- runs -----------------------------------------------------------------------------------------------------------
