@@ -277,7 +277,7 @@ class Plan:
                         "vLLM then needs vllm_mode: server)")
         if c.get("optimizer states", 0) + c.get("fp32 master weights", 0) > 0.2 * self.gpu_memory_gb:
             tips.append("offload_optimizer_device: cpu in the accelerate config (optimizer states in CPU memory)")
-        if c.get("logits", 0) + c.get("activations", 0) > 0.2 * self.gpu_memory_gb:
+        if c.get("logits (trl fused LM head)", 0) + c.get("activations", 0) > 0.2 * self.gpu_memory_gb:
             if self.micro_batch > 1:
                 tips.append("per_device_train_batch_size: halve it and double gradient_accumulation_steps "
                             "(same batch)")
@@ -346,7 +346,7 @@ def _plan(settings: dict, gpus: int, gpu_memory_gb: float, stage: int, offload: 
     if stage == 0:
         c["gradients"] = (4 if lora else 2) * T / GIB
     else:  # bf16 gradients (reduced in buckets) and the fp32 gradient partition
-        c["gradients"] = ((2 if stage < 3 else 0) + (0 if offload else 4)) * T / shard / GIB
+        c["gradients"] = (0 if offload else 2 + 4 if stage < 3 else 4) * T / shard / GIB
     c["fp32 master weights"] = 0.0 if offload or (stage == 0 and lora) else 4 * T / shard / GIB
     c["optimizer states"] = 0.0 if offload else opt * T / shard / GIB
     if grpo and settings.get("beta", 0.0) > 0 and not lora:
