@@ -256,14 +256,26 @@ def test_sft_seed_schedule_recipe_ends_where_the_seed_kept_its_checkpoint():
     ({"reward_funcs": ["format", "cosin"]}, "reward_funcs: unknown ['cosin']"),
     ({"leraning_rate": 1e-5}, "unknown key 'leraning_rate'"),
 ])
-def test_bad_recipe_values_are_one_line_errors_before_anything_loads(recipe, error, tmp_path):
+def test_bad_recipe_values_are_errors_naming_the_field(recipe, error, tmp_path):
+    """trl sets YAML values as argparse defaults, unchecked: the kit's parser checks them before anything loads."""
+    from train import grpo, sft
+    from train.configs import RecipeError
+
+    stage = sft if "max_length" in recipe else grpo
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(load(f"configs/{stage.__name__.split('.')[-1]}/r1-distill-qwen-1.5b.yaml") | recipe))
+    with pytest.raises(RecipeError) as caught:
+        stage.make_parser().parse_args_and_config(["--config", str(path)])
+    assert error in str(caught.value)
+
+
+def test_a_bad_recipe_is_one_line_and_exit_2(tmp_path):
     import subprocess
     import sys
 
-    base = load("configs/grpo/r1-distill-qwen-1.5b.yaml")
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(base | recipe))
-    done = subprocess.run([sys.executable, "-m", "train.grpo", "--config", str(path)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
-    assert done.returncode == 2 and error in done.stderr, done.stderr
+    path.write_text(yaml.safe_dump(load("configs/grpo/r1-distill-qwen-1.5b.yaml") | {"learning_rate": [1, 2]}))
+    done = subprocess.run([sys.executable, "-m", "train.grpo", "--config", str(path)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and "learning_rate: [1, 2] is not float" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
