@@ -33,7 +33,8 @@ def test_only_a_colocated_engine_is_used():
 
     engine = SimpleNamespace(mode="colocate", llm=object())
     assert colocated_vllm(SimpleNamespace(use_vllm=True, vllm_generation=engine)) is engine
-    assert colocated_vllm(SimpleNamespace(use_vllm=True, vllm_generation=SimpleNamespace(mode="server", llm=None))) is None
+    server = SimpleNamespace(mode="server", llm=None)
+    assert colocated_vllm(SimpleNamespace(use_vllm=True, vllm_generation=server)) is None
     assert colocated_vllm(SimpleNamespace(use_vllm=False)) is None
     assert colocated_vllm(object()) is None  # SFTTrainer
 

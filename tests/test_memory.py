@@ -134,7 +134,8 @@ def test_model_states_are_deepspeeds_estimators_with_the_recipes_offload():
 
 
 def test_advice_never_halves_a_micro_batch_of_one(capsys):
-    assert memory.main(["--config", "configs/sft/r1-distill-qwen-14b.yaml", "--gpus", "2", "--gpu-memory-gb", "80"]) == 1
+    argv = ["--config", "configs/sft/r1-distill-qwen-14b.yaml", "--gpus", "2", "--gpu-memory-gb", "80"]
+    assert memory.main(argv) == 1
     out = capsys.readouterr().out
     assert "DOES NOT FIT" in out and "per_device_train_batch_size: halve" not in out
     assert "already 1 sequence" in out

@@ -263,7 +263,8 @@ def test_bad_recipe_values_are_errors_naming_the_field(recipe, error, tmp_path):
 
     stage = sft if "max_length" in recipe else grpo
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(load(f"configs/{stage.__name__.split('.')[-1]}/r1-distill-qwen-1.5b.yaml") | recipe))
+    base = load(f"configs/{stage.__name__.split('.')[-1]}/r1-distill-qwen-1.5b.yaml")
+    path.write_text(yaml.safe_dump(base | recipe))
     with pytest.raises(RecipeError) as caught:
         stage.make_parser().parse_args_and_config(["--config", str(path)])
     assert error in str(caught.value)

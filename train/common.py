@@ -101,7 +101,7 @@ def colocated_vllm(trainer):
     """The trainer's colocated vLLM generation (trl's VLLMGeneration with its `llm`), or None (no vLLM, server mode,
     or SFT): the held-out evaluation then uses model.generate."""
     generation = getattr(trainer, "vllm_generation", None)
-    if not getattr(trainer, "use_vllm", False) or generation is None or getattr(generation, "mode", None) != "colocate":
+    if not getattr(trainer, "use_vllm", False) or getattr(generation, "mode", None) != "colocate":
         return None
     return generation if getattr(generation, "llm", None) is not None else None
 
@@ -395,7 +395,8 @@ def is_mxfp4(model_args) -> bool:
     except (OSError, ValueError):
         return False
     quantization = getattr(config, "quantization_config", None) or {}
-    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
+    method = (quantization.get("quant_method") if isinstance(quantization, dict)
+              else getattr(quantization, "quant_method", None))
     return str(getattr(method, "value", method)) == "mxfp4"
 
 

@@ -84,7 +84,8 @@ KNOWN_ARCHITECTURES = {
         vocab_size=152064, tie_word_embeddings=False)),
     # Published measurements the README compares the planner with (Qwen2.5-7B/14B share the R1-distill shapes).
     "meta-llama/Llama-2-7b-hf": ("llama", dict(
-        hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+        hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32,
+        num_key_value_heads=32,
         vocab_size=32000, tie_word_embeddings=False)),
     "meta-llama/Meta-Llama-3-8B": ("llama", dict(
         hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
@@ -301,7 +302,8 @@ RESIDENT = ("weights", "LoRA adapters (fp32)", "gradients", "fp32 master weights
 def plan(recipe, gpus: int | None = None, gpu_gib: float | None = None, zero_stage: int | None = None,
          offload_optimizer: bool | None = None) -> Plan:
     """The memory plan of a recipe (a YAML path, or its settings with every key's default filled) on `gpus` GPUs of
-    `gpu_gib` GiB (default: the recipe's hardware_*), ZeRO stage and offload from its accelerate config unless given."""
+    `gpu_gib` GiB (default: the recipe's hardware_*); ZeRO stage and offload from its accelerate config unless
+    given."""
     settings = recipe_settings(recipe) if isinstance(recipe, (str, Path)) else recipe
     gpus = gpus if gpus is not None else settings.get("hardware_gpus")
     gpu_gib = gpu_gib if gpu_gib is not None else settings.get("hardware_gpu_memory_gb")

@@ -103,8 +103,9 @@ def sample_and_score(settings: dict, model: str, prompts: int, max_tokens: int, 
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     rng = random.Random(seed)
-    texts = [tokenizer.apply_chat_template(prompt_messages(make_problem(rng, i).problem, settings.get("system_prompt")),
-                                           tokenize=False, add_generation_prompt=True) for i in range(prompts)]
+    system = settings.get("system_prompt")
+    texts = [tokenizer.apply_chat_template(prompt_messages(make_problem(rng, i).problem, system), tokenize=False,
+                                           add_generation_prompt=True) for i in range(prompts)]
     n = settings.get("num_generations") or 8
     engine = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=1024, seed=seed,
                  logprobs_mode="processed_logprobs", kv_cache_memory_bytes=1 << 30)
@@ -172,8 +173,8 @@ def is_setting(settings: dict) -> str:
         return "no vLLM (no IS correction)"
     if not settings.get("vllm_importance_sampling_correction", True):
         return "IS correction off"
-    return (f"{settings.get('vllm_importance_sampling_mode')}, clip [{settings.get('vllm_importance_sampling_clip_min')}"
-            f", {settings.get('vllm_importance_sampling_clip_max')}]")
+    low, high = settings.get("vllm_importance_sampling_clip_min"), settings.get("vllm_importance_sampling_clip_max")
+    return f"{settings.get('vllm_importance_sampling_mode')}, clip [{low}, {high}]"
 
 
 def main(argv: list[str] | None = None) -> int:
