@@ -294,12 +294,12 @@ class RecipeParser(trl.TrlParser):
     """trl's parser, with the recipe file type-checked first (trl sets YAML values as argparse defaults, which
     argparse never converts or checks)."""
 
-    def parse_args_and_config(self, args=None, return_remaining_strings=False, fail_with_unknown_args=True):
+    def parse_args_and_config(self, args=None, *rest, **kwargs):
         argv = list(sys.argv[1:] if args is None else args)
         if "--config" in argv and argv.index("--config") + 1 < len(argv):
             path = argv[argv.index("--config") + 1]
             check_recipe(read_recipe(path), tuple(self.dataclass_types), path)
-        return super().parse_args_and_config(argv, return_remaining_strings, fail_with_unknown_args)
+        return super().parse_args_and_config(argv, *rest, **kwargs)
 
 
 def run_main(main, parser: RecipeParser) -> None:
