@@ -280,3 +280,24 @@ def test_a_bad_recipe_is_one_line_and_exit_2(tmp_path):
                           text=True, cwd=REPO, timeout=120)
     assert done.returncode == 2 and "learning_rate: [1, 2] is not float" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_grpo_trains_on_the_prompt_the_aimo3_server_sends(tiny_model_dir):
+    """The GRPO recipes' system prompt plus prompt_suffix render exactly as the AIMO-3 server's main prompt."""
+    from transformers import AutoTokenizer
+
+    from inference.config import load_settings
+    from inference.prompts import build_messages
+    from train.data import grpo_record
+    from train.grpo import with_user_suffix
+
+    problem = "Find the remainder when 7^100 is divided by 13."
+    serving = load_settings(REPO / "configs/inference/aimo3.yaml")
+    served = build_messages(problem, serving.prompts.variants[0], serving.prompts, serving.competition.answer)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    render = lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    for recipe in GRPO_RECIPES:
+        settings = load(recipe)
+        trained = with_user_suffix(grpo_record({"problem": problem, "answer": "9", "source": "s"},
+                                               settings["system_prompt"])["prompt"], settings["prompt_suffix"])
+        assert render(trained) == render(served), recipe

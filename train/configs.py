@@ -154,6 +154,11 @@ class GRPOConfig(trl.GRPOConfig, AccuracyEvalArguments, HardwareArguments):
     cosine_max_value_wrong: float = -0.1
     cosine_min_value_correct: float = 0.1
     cosine_max_value_correct: float = 1.0
+    prompt_suffix: str | None = field(
+        default=None, metadata={"help": "Text added (after a space) to every user turn of training and held-out "
+                                "prompts: the served prompt's answer reminder, so GRPO trains on the prompt it is "
+                                "served with (configs/inference/aimo3.yaml: prompts.answer_reminder)."}
+    )
     soft_overlong_cache: int = field(default=256, metadata={"help": "DAPO soft overlong punishment window (tokens)."})
     repetition_ngram_size: int = 3
     repetition_max_penalty: float = -1.0

@@ -78,6 +78,14 @@ def cosine_length_in_tokens(args: GRPOConfig, model_dir: str) -> int:
     return tokens
 
 
+def with_user_suffix(messages: list[dict], suffix: str | None) -> list[dict]:
+    """The chat messages with `suffix` added to each user turn as the server adds its answer reminder
+    (inference/prompts.py: user + " " + reminder)."""
+    if not suffix:
+        return messages
+    return [m | {"content": m["content"] + " " + suffix} if m["role"] == "user" else m for m in messages]
+
+
 def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args):
     """(GRPOTrainer, held-out evaluation callback or None), after the checks, with the data built."""
     from accelerate import PartialState
@@ -95,6 +103,9 @@ def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, mod
         dataset, report = build_grpo_dataset(data_args.sources(), tokenizer, training_args.system_prompt,
                                              data_args.max_prompt_length, data_args.dataset_seed)
     save_data_report(report, training_args)
+    if training_args.prompt_suffix:
+        suffix = training_args.prompt_suffix
+        dataset = dataset.map(lambda row: {"prompt": with_user_suffix(row["prompt"], suffix)})
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     trainer = GRPOTrainer(
@@ -105,7 +116,11 @@ def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, mod
         processing_class=tokenizer,
         peft_config=peft_config(model_args),  # with LoRA the adapter-free model is the KL reference
     )
-    return trainer, add_eval_callback(trainer, data_args, training_args, tokenizer)
+    callback = add_eval_callback(trainer, data_args, training_args, tokenizer)
+    if callback is not None:
+        callback.problems = [p | {"prompt": with_user_suffix(p["prompt"], training_args.prompt_suffix)}
+                             for p in callback.problems]
+    return trainer, callback
 
 
 def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) -> Path:
