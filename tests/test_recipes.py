@@ -82,7 +82,8 @@ def test_recipe_runs_one_step_on_the_tiny_model(recipe, tiny_model_dir, tiny_dat
     evals = [h["accuracy_eval"] for h in state["log_history"] if "accuracy_eval" in h]
     assert evals[-1]["step"] == 1 and evals[-1]["problems"] == 2  # evaluated right before the checkpoint
     assert evals[-1]["n"] == 2 * training_args.accuracy_eval_samples
-    assert (final / "model.safetensors").exists() and (final / "tokenizer_config.json").exists()
+    weights = "adapter_model.safetensors" if model_args.use_peft else "model.safetensors"  # LoRA saves the adapter
+    assert (final / weights).exists() and (final / "tokenizer_config.json").exists()
     assert json.loads((out / "data_report.json").read_text())["kept"] > 0
 
 
