@@ -27,16 +27,26 @@ $(QVENV)/.ready: requirements-quantize.txt
 	$(QPYTHON) -m pip install -q -r requirements-quantize.txt
 	touch $@
 
-# GPU node (Linux, CUDA 12 drivers): the same .venv with CUDA torch, vllm, deepspeed, flash-attn, peft, bitsandbytes.
+# GPU node (Linux, CUDA 12 drivers): its own environment, .venv-gpu (CUDA torch, vllm, deepspeed, flash-attn, peft,
+# bitsandbytes), so `make setup/test/demo/toy` (CPU wheels, .venv) never touch it and it never reuses a CPU torch.
+# Train with its binaries: .venv-gpu/bin/accelerate launch ... TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# takes torch from PyTorch's CUDA index instead of PyPI (whose Linux wheel is the CUDA build).
+GVENV := .venv-gpu
+GPYTHON := $(GVENV)/bin/python
+TORCH_INDEX ?=
+CUDA_TORCH_CHECK := import sys, torch; sys.exit(0 if torch.version.cuda else f"setup-gpu: torch {torch.__version__} is a CPU \
+build (torch.version.cuda is None); rm -rf $(GVENV) and set TORCH_INDEX to a CUDA wheel index")
 .PHONY: setup-gpu
-setup-gpu: $(VENV)/.ready-gpu
-$(VENV)/.ready-gpu: requirements-gpu.txt
-	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q torch==2.13.0          # PyPI's Linux wheel is the CUDA build
-	$(PYTHON) -m pip install -q -r requirements-gpu.txt
-	$(PYTHON) -m pip install -q packaging ninja wheel
-	MAX_JOBS=$${MAX_JOBS:-8} $(PYTHON) -m pip install -q --no-build-isolation flash-attn==2.8.3.post2   # builds against that torch
-	$(PYTHON) -c "import torch, vllm, deepspeed, flash_attn, peft, bitsandbytes; assert torch.cuda.is_available(), 'no CUDA GPU visible'"
+setup-gpu: $(GVENV)/.ready
+$(GVENV)/.ready: requirements-gpu.txt
+	test -x $(GPYTHON) || $(PY) -m venv $(GVENV)
+	$(GPYTHON) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(GPYTHON) -c '$(CUDA_TORCH_CHECK)'
+	$(GPYTHON) -m pip install -q -r requirements-gpu.txt
+	$(GPYTHON) -c '$(CUDA_TORCH_CHECK)'   # no requirement swapped in a CPU torch
+	$(GPYTHON) -m pip install -q packaging ninja wheel
+	MAX_JOBS=$${MAX_JOBS:-8} $(GPYTHON) -m pip install -q --no-build-isolation flash-attn==2.8.3.post2   # builds against that torch
+	$(GPYTHON) -c "import torch, vllm, deepspeed, flash_attn, peft, bitsandbytes; assert torch.cuda.is_available(), 'no CUDA GPU visible'"
 	touch $@
 
 # On a GPU node after setup-gpu: one SFT and one GRPO step of the 1.5B recipes (random weights, synthetic data) and one
@@ -85,4 +95,4 @@ reference-data: setup
 	$(PYTHON) -m kaggle_notebooks.reference_data --competition $(COMPETITION)
 
 clean:
-	rm -rf $(VENV) $(QVENV) runs outputs submission.parquet report.json
+	rm -rf $(VENV) $(QVENV) $(GVENV) runs outputs submission.parquet report.json

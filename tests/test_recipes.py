@@ -82,7 +82,8 @@ def test_recipe_runs_one_step_on_the_tiny_model(recipe, tiny_model_dir, tiny_dat
     evals = [h["accuracy_eval"] for h in state["log_history"] if "accuracy_eval" in h]
     assert evals[-1]["step"] == 1 and evals[-1]["problems"] == 2  # evaluated right before the checkpoint
     assert evals[-1]["n"] == 2 * training_args.accuracy_eval_samples
-    assert (final / "model.safetensors").exists() and (final / "tokenizer_config.json").exists()
+    weights = "adapter_model.safetensors" if model_args.use_peft else "model.safetensors"  # LoRA saves the adapter
+    assert (final / weights).exists() and (final / "tokenizer_config.json").exists()
     assert json.loads((out / "data_report.json").read_text())["kept"] > 0
 
 
@@ -103,7 +104,10 @@ def test_14b_recipes_carry_the_papers_hyperparameters():
     assert (grpo["cosine_max_value_correct"], grpo["cosine_min_value_correct"],
             grpo["cosine_max_value_wrong"], grpo["cosine_min_value_wrong"]) == (1.0, 0.1, -0.1, -1.0)
     assert (grpo["temperature"], grpo["top_p"], grpo["min_p"]) == (1.0, 0.9, 0.05)
-    assert grpo["mask_truncated_completions"] and grpo["select_checkpoint"] == "accuracy_at_length"
+    # The seed's: truncated completions train as wrong answers; no vLLM importance-sampling correction (trl's default
+    # would scale the policy gradient to ~0 at these lengths: train.recipe_check).
+    assert grpo["mask_truncated_completions"] is False and grpo["vllm_importance_sampling_correction"] is False
+    assert grpo["select_checkpoint"] == "accuracy_at_length"
     assert grpo["optim"] == "paged_adamw_8bit" and grpo["cosine_max_chars"] == 30000  # the seed's
     # Selection that can tell 2 points apart: all of MATH-500, several sampled answers each.
     assert (grpo["eval_limit"], grpo["accuracy_eval_samples"], grpo["selection_tolerance"]) == (500, 4, 0.02)
@@ -214,10 +218,13 @@ def test_training_serving_and_calibration_build_the_same_prompt(tiny_model_dir, 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     render = lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)  # noqa: E731
     assert all(render(messages) == render(served) for messages in built.values()), built
-    # The real recipes: SFT, GRPO, quantize calibration and the AIMO-3 server share one system prompt.
+    # The real recipes: SFT, GRPO, quantize calibration and the AIMO-3 server share one system prompt (gpt-oss
+    # recipes: the gpt-oss server's).
     aimo3 = load_settings(REPO / "configs/inference/aimo3.yaml").prompts.variants[0].system
+    gpt_oss = load_settings(REPO / "configs/inference/aimo3-gpt-oss.yaml").prompts.variants[0].system
     for recipe in SFT_RECIPES + GRPO_RECIPES:
-        assert load(recipe)["system_prompt"] == aimo3, recipe
+        served = gpt_oss if load(recipe)["hardware_model"].startswith("openai/gpt-oss") else aimo3
+        assert load(recipe)["system_prompt"] == served, recipe
     assert load("configs/quantize/r1-distill-qwen-14b.yaml")["calibration"]["system_prompt"] == aimo3
 
 
@@ -229,3 +236,69 @@ def test_toy_system_prompt_is_the_demo_servers():
     assert load("configs/toy/sft.yaml")["system_prompt"] == SYSTEM_PROMPT
     assert load("configs/toy/grpo.yaml")["system_prompt"] == SYSTEM_PROMPT
     assert demo["prompts"]["variants"][0]["system"] == SYSTEM_PROMPT
+
+
+def test_sft_seed_schedule_recipe_ends_where_the_seed_kept_its_checkpoint():
+    """The seed's SFT: a 20-epoch cosine from 1e-5, kept at checkpoint-350 (~epoch 9): LR there ~5.8e-6."""
+    from train.recipe_check import lr_schedule
+
+    seed = load("configs/sft/r1-distill-qwen-14b-seed-schedule.yaml")
+    steps = 9 * 39  # ~39 optimizer steps an epoch in the seed's run
+    rates = dict(lr_schedule({**seed, "max_steps": steps, "save_steps": steps}))
+    assert rates[steps] == pytest.approx(5.8e-6, rel=0.03)
+    assert seed["num_train_epochs"] == 9 and seed["learning_rate"] == 1e-5
+
+
+@pytest.mark.parametrize("recipe, error", [
+    ({"learning_rate": [1, 2]}, "learning_rate: [1, 2] is not float"),
+    ({"max_length": -5}, "max_length: must be > 0, got -5"),
+    ({"system_prompt": 5}, "system_prompt: 5 is not str | None"),
+    ({"cosine_max_len": 0}, "cosine_max_len: must be > 0, got 0"),
+    ({"reward_funcs": ["format", "cosin"]}, "reward_funcs: unknown ['cosin']"),
+    ({"leraning_rate": 1e-5}, "unknown key 'leraning_rate'"),
+])
+def test_bad_recipe_values_are_errors_naming_the_field(recipe, error, tmp_path):
+    """trl sets YAML values as argparse defaults, unchecked: the kit's parser checks them before anything loads."""
+    from train import grpo, sft
+    from train.configs import RecipeError
+
+    stage = sft if "max_length" in recipe else grpo
+    path = tmp_path / "bad.yaml"
+    base = load(f"configs/{stage.__name__.split('.')[-1]}/r1-distill-qwen-1.5b.yaml")
+    path.write_text(yaml.safe_dump(base | recipe))
+    with pytest.raises(RecipeError) as caught:
+        stage.make_parser().parse_args_and_config(["--config", str(path)])
+    assert error in str(caught.value)
+
+
+def test_a_bad_recipe_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(load("configs/grpo/r1-distill-qwen-1.5b.yaml") | {"learning_rate": [1, 2]}))
+    done = subprocess.run([sys.executable, "-m", "train.grpo", "--config", str(path)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and "learning_rate: [1, 2] is not float" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_grpo_trains_on_the_prompt_the_aimo3_server_sends(tiny_model_dir):
+    """The GRPO recipes' system prompt plus prompt_suffix render exactly as the AIMO-3 server's main prompt."""
+    from transformers import AutoTokenizer
+
+    from inference.config import load_settings
+    from inference.prompts import build_messages
+    from train.data import grpo_record
+    from train.grpo import with_user_suffix
+
+    problem = "Find the remainder when 7^100 is divided by 13."
+    serving = load_settings(REPO / "configs/inference/aimo3.yaml")
+    served = build_messages(problem, serving.prompts.variants[0], serving.prompts, serving.competition.answer)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    render = lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    for recipe in GRPO_RECIPES:
+        settings = load(recipe)
+        trained = with_user_suffix(grpo_record({"problem": problem, "answer": "9", "source": "s"},
+                                               settings["system_prompt"])["prompt"], settings["prompt_suffix"])
+        assert render(trained) == render(served), recipe

@@ -68,6 +68,44 @@ def generate_answers(
     return results
 
 
+def generate_answers_vllm(
+    llm,
+    tokenizer,
+    problems: list[dict],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    seed: int = 0,
+) -> list[dict]:
+    """generate_answers' records, from a vLLM engine (GRPO's colocated one): one batched call, every prompt's
+    samples seeded, truncated = stopped by the token budget."""
+    from vllm import SamplingParams
+
+    prompts = [{"prompt_token_ids": tokenizer.apply_chat_template(p["prompt"], add_generation_prompt=True,
+                                                                  tokenize=True, return_dict=False)}
+               for p in problems]
+    params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                            max_tokens=max_new_tokens, seed=seed)
+    results = []
+    for i, output in enumerate(llm.generate(prompts, sampling_params=params, use_tqdm=False)):
+        for sample in output.outputs:
+            text = tokenizer.decode(sample.token_ids, skip_special_tokens=True)
+            results.append({"problem": i, "text": text, "tokens": len(sample.token_ids),
+                            "truncated": sample.finish_reason == "length",
+                            "correct": grade(text, problems[i]["solution"])})
+    return results
+
+
+def colocated_vllm(trainer):
+    """The trainer's colocated vLLM generation (trl's VLLMGeneration with its `llm`), or None (no vLLM, server mode,
+    or SFT): the held-out evaluation then uses model.generate."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if not getattr(trainer, "use_vllm", False) or getattr(generation, "mode", None) != "colocate":
+        return None
+    return generation if getattr(generation, "llm", None) is not None else None
+
+
 def per_problem_accuracy(results: list[dict], n_problems: int | None = None) -> list[float | None]:
     """Each problem's share of correct samples (None: its gold cannot be graded), in problem order."""
     n = n_problems if n_problems is not None else 1 + max((r["problem"] for r in results), default=-1)
@@ -162,11 +200,11 @@ class AccuracyEvalCallback(TrainerCallback):
     """
 
     def __init__(self, problems: list[dict], tokenizer, settings: AccuracyEvalArguments, accelerator=None,
-                 seed: int = 0):
+                 seed: int = 0, trainer=None):
         if not problems:
             raise ValueError("eval_file: no held-out problems to evaluate")
         self.problems, self.tokenizer, self.settings = problems, tokenizer, settings
-        self.accelerator, self.seed = accelerator, seed
+        self.accelerator, self.seed, self.trainer = accelerator, seed, trainer
         self.history: list[dict] = []
         self._last_step = -1
 
@@ -185,7 +223,7 @@ class AccuracyEvalCallback(TrainerCallback):
         if state.global_step == self._last_step:
             return
         self._last_step = state.global_step
-        results = self._generate_on_all_processes(model)
+        results = self._generate_on_all_processes(model, state.global_step)
         record = {"step": state.global_step, "epoch": state.epoch or 0.0, **summarize(results),
                   "per_problem": per_problem_accuracy(results, len(self.problems)),  # for paired comparisons
                   "checkpoint": checkpoint}
@@ -203,10 +241,33 @@ class AccuracyEvalCallback(TrainerCallback):
             with open(os.path.join(args.output_dir, "accuracy_eval.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def _generate(self, model, problems: list[dict]) -> list[dict]:
+    def _generate_vllm(self, generation, problems: list[dict], step: int) -> list[dict]:
+        """The colocated vLLM answers (GRPO with use_vllm, colocate): the current weights pushed to it as trl does
+        before a rollout, its KV cache woken and put back to sleep around the call."""
+        s, trainer = self.settings, self.trainer
+        if getattr(trainer, "_last_loaded_step", None) != step:
+            generation.sync_weights()
+            trainer._last_loaded_step = step
+        elif generation.enable_sleep_mode and generation._llm_weights_sleeping:
+            generation.sync_weights()
+        if generation.enable_sleep_mode:
+            generation.llm.wake_up(tags=["kv_cache"])
+        try:
+            return generate_answers_vllm(generation.llm, self.tokenizer, problems, s.accuracy_eval_max_new_tokens,
+                                         s.accuracy_eval_temperature, s.accuracy_eval_top_p, s.accuracy_eval_samples,
+                                         self.seed)
+        finally:
+            if generation.enable_sleep_mode:
+                generation.llm.sleep(level=2)
+                generation._llm_weights_sleeping = True
+
+    def _generate(self, model, problems: list[dict], step: int = 0) -> list[dict]:
         from trl.models import unwrap_model_for_generation
 
         s = self.settings
+        generation = colocated_vllm(self.trainer)
+        if generation is not None:
+            return self._generate_vllm(generation, problems, step)
         sampled = s.accuracy_eval_temperature > 0
         # The same seed at every evaluation (common random numbers: checkpoints differ by their weights, not their
         # dice); the training RNG is put back afterwards.
@@ -224,23 +285,28 @@ class AccuracyEvalCallback(TrainerCallback):
                                         temperature=s.accuracy_eval_temperature, top_p=s.accuracy_eval_top_p,
                                         num_samples=s.accuracy_eval_samples)
 
-    def _generate_on_all_processes(self, model) -> list[dict]:
+    def _generate_on_all_processes(self, model, step: int = 0) -> list[dict]:
         from accelerate import PartialState
         from accelerate.utils import gather_object
 
         state = PartialState()
         if state.num_processes == 1:
-            return self._generate(model, self.problems)
+            return self._generate(model, self.problems, step)
         # Equal-sized shards (padded with a repeat of problem 0, dropped after) so every process calls generate the
-        # same number of times.
-        per_process = math.ceil(len(self.problems) / state.num_processes)
-        mine = list(range(state.process_index, len(self.problems), state.num_processes))
-        padded = mine + [0] * (per_process - len(mine))
-        results = self._generate(model, [self.problems[i] for i in padded])
+        # same number of times. A colocated vLLM with tensor parallelism serves a group of processes that must
+        # send it the same prompts: shards go to groups, and one process of each group reports.
+        generation = colocated_vllm(self.trainer)
+        group = generation.tensor_parallel_size if generation is not None else 1
+        groups, index = state.num_processes // group, state.process_index // group
+        per_group = math.ceil(len(self.problems) / groups)
+        mine = list(range(index, len(self.problems), groups))
+        padded = mine + [0] * (per_group - len(mine))
+        results = self._generate(model, [self.problems[i] for i in padded], step)
         kept = []
-        for r in results:
-            if r["problem"] < len(mine):
-                kept.append(r | {"problem": mine[r["problem"]]})
+        if state.process_index % group == 0:
+            for r in results:
+                if r["problem"] < len(mine):
+                    kept.append(r | {"problem": mine[r["problem"]]})
         return sorted(gather_object(kept), key=lambda r: r["problem"])
 
 
@@ -312,8 +378,26 @@ def model_init_kwargs(model_args, training_args) -> dict:
         # Quantized weights cannot be moved after loading: each process loads them onto its own GPU.
         kwargs |= {"quantization_config": get_quantization_config(model_args),
                    "device_map": {"": PartialState().local_process_index}}
+    if is_mxfp4(model_args):  # gpt-oss on the hub: MXFP4 experts, which train only dequantized (bf16)
+        from transformers import Mxfp4Config
+
+        kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
     kwargs.update(training_args.model_init_kwargs or {})
     return kwargs
+
+
+def is_mxfp4(model_args) -> bool:
+    """Whether the model's config.json says its weights are MXFP4-quantized (gpt-oss's experts)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    except (OSError, ValueError):
+        return False
+    quantization = getattr(config, "quantization_config", None) or {}
+    method = (quantization.get("quant_method") if isinstance(quantization, dict)
+              else getattr(quantization, "quant_method", None))
+    return str(getattr(method, "value", method)) == "mxfp4"
 
 
 def peft_config(model_args):
@@ -329,7 +413,8 @@ def peft_config(model_args):
 
 def check_memory(data_args, training_args, model_args) -> None:
     """Before loading a model on GPUs: the recipe's memory plan (train/memory.py) on the GPUs and ZeRO stage this
-    run really has; raises MemoryError naming the settings to change when it does not fit."""
+    run really has; raises MemoryError naming the settings to change when it does not fit, unless force_memory
+    (then the plan and the risk are logged and training goes on)."""
     from accelerate import PartialState
 
     from train import memory
@@ -343,10 +428,9 @@ def check_memory(data_args, training_args, model_args) -> None:
     stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0")) if state.distributed_type.value == "DEEPSPEED" else 0
     offload = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none") not in ("none", "")
     result = memory.plan(settings, state.num_processes, gib, zero_stage=stage, offload_optimizer=offload)
-    if not result.fits:
-        raise MemoryError(f"{result.report()}\n{result.advice()}")
+    text = memory.enforce(result, getattr(training_args, "force_memory", False))
     if state.is_main_process:
-        logger.info(result.report())
+        (logger.warning if not result.fits else logger.info)(text)
 
 
 # --- runs -----------------------------------------------------------------------------------------------------------
@@ -375,7 +459,8 @@ def add_eval_callback(trainer, data_args: DataArguments, training_args, tokenize
         return None
     problems = load_eval_problems(data_args.eval_file, data_args.eval_problem_column, data_args.eval_answer_column,
                                   training_args.system_prompt, data_args.eval_limit, data_args.eval_split)
-    callback = AccuracyEvalCallback(problems, tokenizer, training_args, trainer.accelerator, training_args.seed)
+    callback = AccuracyEvalCallback(problems, tokenizer, training_args, trainer.accelerator, training_args.seed,
+                                    trainer=trainer)
     trainer.add_callback(callback)
     return callback
 

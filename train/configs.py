@@ -9,9 +9,15 @@ trl.ModelConfig through peft and bitsandbytes (train/common.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+import sys
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 
 import trl
+import yaml
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 SELECTION_RULES = ("last", "accuracy", "accuracy_at_length")
@@ -72,6 +78,9 @@ class HardwareArguments:
     hardware_model: str | None = field(
         default=None, metadata={"help": "Architecture to plan for: a hub id of train.memory.KNOWN_ARCHITECTURES or a "
                                 "local model directory (default: model_name_or_path)."})
+    force_memory: bool = field(
+        default=False, metadata={"help": "Train even when the memory plan says the run does not fit (the plan is an "
+                                 "estimate): the plan and the risk are printed instead of an error."})
 
 
 @dataclass
@@ -121,6 +130,8 @@ class SFTConfig(trl.SFTConfig, AccuracyEvalArguments, HardwareArguments):
     def __post_init__(self):
         super().__post_init__()
         self.check_selection()
+        if self.max_length is not None and self.max_length < 1:
+            raise RecipeError(f"max_length: must be a positive number of tokens, got {self.max_length}")
 
 
 @dataclass
@@ -150,10 +161,167 @@ class GRPOConfig(trl.GRPOConfig, AccuracyEvalArguments, HardwareArguments):
     cosine_max_value_wrong: float = -0.1
     cosine_min_value_correct: float = 0.1
     cosine_max_value_correct: float = 1.0
+    prompt_suffix: str | None = field(
+        default=None, metadata={"help": "Text added (after a space) to every user turn of training and held-out "
+                                "prompts: the served prompt's answer reminder, so GRPO trains on the prompt it is "
+                                "served with (configs/inference/aimo3.yaml: prompts.answer_reminder)."}
+    )
     soft_overlong_cache: int = field(default=256, metadata={"help": "DAPO soft overlong punishment window (tokens)."})
     repetition_ngram_size: int = 3
     repetition_max_penalty: float = -1.0
+    # The seed's behaviour (trl's default too): a truncated completion trains as a wrong answer.
+    mask_truncated_completions: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         self.check_selection()
+        from train.rewards import REWARDS
+
+        unknown = [n for n in self.reward_funcs if n not in REWARDS]
+        if unknown:
+            raise RecipeError(f"reward_funcs: unknown {unknown}; known: {sorted(REWARDS)}")
+        for name in ("cosine_max_len", "cosine_max_chars", "max_completion_length", "num_generations"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RecipeError(f"{name}: must be >= 1, got {value}")
+
+
+# --- recipe files: every value type-checked before anything loads -------------------------------------------------
+
+
+class RecipeError(ValueError):
+    """A recipe key or value that cannot be used; the message names the field."""
+
+
+POSITIVE = ("learning_rate", "max_length", "max_completion_length", "max_prompt_length", "num_generations",
+            "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "cosine_max_len",
+            "cosine_max_chars", "hardware_gpus", "hardware_gpu_memory_gb", "temperature", "lora_r",
+            "accuracy_eval_max_new_tokens", "accuracy_eval_batch_size", "save_steps", "logging_steps")
+
+
+def _accepts(hint, value) -> bool:
+    """Whether `value` (as YAML gives it) is an instance of the dataclass field type `hint`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or hint is None and value is None:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return value in args
+    if origin is list or hint is list:
+        return isinstance(value, list) and (not args or all(_accepts(args[0], v) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, hint) or value in {e.value for e in hint}
+    return True  # a type this check does not know: left to the parser
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def check_recipe(recipe: dict, classes: tuple, source: str = "recipe") -> None:
+    """Raise RecipeError naming the first key of `recipe` that no class has, whose value has the wrong type or is out
+    of range, or a reward name train.rewards does not know."""
+    hints, choices = {}, {}
+    for cls in classes:
+        resolved = typing.get_type_hints(cls)
+        for f in fields(cls):
+            hints.setdefault(f.name, []).append(resolved.get(f.name, typing.Any))
+            if f.metadata.get("choices"):
+                choices[f.name] = f.metadata["choices"]
+    for key, value in recipe.items():
+        if key == "env":
+            continue
+        if key not in hints:
+            raise RecipeError(f"{source}: unknown key {key!r}")
+        if not any(_accepts(h, value) for h in hints[key]):
+            raise RecipeError(f"{source}: {key}: {value!r} is not {' or '.join(_type_name(h) for h in hints[key])}")
+        if key in choices and value not in choices[key]:
+            raise RecipeError(f"{source}: {key}: {value!r} is not one of {choices[key]}")
+        if key in POSITIVE and value is not None and value <= 0:
+            raise RecipeError(f"{source}: {key}: must be > 0, got {value}")
+    if "reward_funcs" in recipe:
+        from train.rewards import REWARDS
+
+        unknown = [n for n in recipe["reward_funcs"] if n not in REWARDS]
+        if unknown:
+            raise RecipeError(f"{source}: reward_funcs: unknown {unknown}; known: {sorted(REWARDS)}")
+        weights = recipe.get("reward_weights")
+        if weights is not None and len(weights) != len(recipe["reward_funcs"]):
+            raise RecipeError(f"{source}: reward_weights: {len(weights)} weights for {len(recipe['reward_funcs'])} "
+                              "reward_funcs")
+
+
+def recipe_classes(recipe: dict) -> tuple:
+    """The parser dataclasses of a recipe: GRPO's when it names rewards or generations, else SFT's."""
+    from trl import ModelConfig
+
+    if "reward_funcs" in recipe or "num_generations" in recipe:
+        return GRPOScriptArguments, GRPOConfig, ModelConfig
+    return DataArguments, SFTConfig, ModelConfig
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The YAML mapping of a recipe file; RecipeError when it is missing or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"--config: {path} does not exist")
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{path}: not a YAML mapping of recipe keys")
+    return recipe
+
+
+def load_recipe(path: str | Path) -> dict:
+    """A checked recipe's keys with the defaults of every field of its parser's dataclasses filled in."""
+    recipe = read_recipe(path)
+    classes = recipe_classes(recipe)
+    check_recipe(recipe, classes, str(path))
+    settings = {}
+    for cls in classes:
+        for f in fields(cls):
+            if f.default is not MISSING:
+                settings[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                settings[f.name] = f.default_factory()
+    return settings | recipe
+
+
+class RecipeParser(trl.TrlParser):
+    """trl's parser, with the recipe file type-checked first (trl sets YAML values as argparse defaults, which
+    argparse never converts or checks)."""
+
+    def parse_args_and_config(self, args=None, *rest, **kwargs):
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--config" in argv and argv.index("--config") + 1 < len(argv):
+            path = argv[argv.index("--config") + 1]
+            check_recipe(read_recipe(path), tuple(self.dataclass_types), path)
+        return super().parse_args_and_config(argv, *rest, **kwargs)
+
+
+def run_main(main, parser: RecipeParser) -> None:
+    """Parse and run a training script's main; a bad recipe or flag is one line on stderr and exit 2."""
+    try:
+        parsed = parser.parse_args_and_config()
+    except (RecipeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as e:  # trl/transformers' own __post_init__ checks of a value
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    main(*parsed)

@@ -38,7 +38,7 @@ from train.common import (
     save_data_report,
     train_resumably,
 )
-from train.configs import GRPOConfig, GRPOScriptArguments
+from train.configs import GRPOConfig, GRPOScriptArguments, RecipeParser, run_main
 from train.interrupt import stop_on_ctrl_c
 from train.rewards import get_reward_funcs
 
@@ -79,6 +79,14 @@ def cosine_length_in_tokens(args: GRPOConfig, model_dir: str) -> int:
     return tokens
 
 
+def with_user_suffix(messages: list[dict], suffix: str | None) -> list[dict]:
+    """The chat messages with `suffix` added to each user turn as the server adds its answer reminder
+    (inference/prompts.py: user + " " + reminder)."""
+    if not suffix:
+        return messages
+    return [m | {"content": m["content"] + " " + suffix} if m["role"] == "user" else m for m in messages]
+
+
 def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args):
     """(GRPOTrainer, held-out evaluation callback or None), after the checks, with the data built."""
     from accelerate import PartialState
@@ -97,6 +105,9 @@ def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, mod
                                              data_args.max_prompt_length, data_args.dataset_seed,
                                              eval_files=[data_args.eval_file])  # held-out problems never trained
     save_data_report(report, training_args)
+    if training_args.prompt_suffix:
+        suffix = training_args.prompt_suffix
+        dataset = dataset.map(lambda row: {"prompt": with_user_suffix(row["prompt"], suffix)})
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     trainer = GRPOTrainer(
@@ -107,7 +118,11 @@ def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, mod
         processing_class=tokenizer,
         peft_config=peft_config(model_args),  # with LoRA the adapter-free model is the KL reference
     )
-    return trainer, add_eval_callback(trainer, data_args, training_args, tokenizer)
+    callback = add_eval_callback(trainer, data_args, training_args, tokenizer)
+    if callback is not None:
+        callback.problems = [p | {"prompt": with_user_suffix(p["prompt"], training_args.prompt_suffix)}
+                             for p in callback.problems]
+    return trainer, callback
 
 
 def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) -> Path:
@@ -116,11 +131,11 @@ def main(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args) 
 
 
 def make_parser():
-    from trl import ModelConfig, TrlParser
+    from trl import ModelConfig
 
-    return TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
+    return RecipeParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
 
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    main(*make_parser().parse_args_and_config())
+    run_main(main, make_parser())

@@ -39,7 +39,7 @@ from train.common import (
     save_data_report,
     train_resumably,
 )
-from train.configs import DataArguments, SFTConfig
+from train.configs import DataArguments, RecipeParser, SFTConfig, run_main
 from train.interrupt import stop_on_ctrl_c
 
 
@@ -76,11 +76,11 @@ def main(data_args: DataArguments, training_args: SFTConfig, model_args) -> Path
 
 
 def make_parser():
-    from trl import ModelConfig, TrlParser
+    from trl import ModelConfig
 
-    return TrlParser((DataArguments, SFTConfig, ModelConfig))
+    return RecipeParser((DataArguments, SFTConfig, ModelConfig))
 
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    main(*make_parser().parse_args_and_config())
+    run_main(main, make_parser())
