@@ -157,7 +157,7 @@ def run_stage(stage: str, recipe: str, model_dir: Path, work: Path, tiny: bool, 
 
     settings = {**vars(data_args), **vars(model_args), **vars(args)}
     gib = device_gib() or float(args.hardware_gpu_memory_gb or 80)
-    plan = memory.plan(settings, 1, gib)
+    plan = memory.plan(settings, 1, gib, zero_stage=0, offload_optimizer=False)  # one process, no DeepSpeed
     reset_peak()
     started = time.perf_counter()
     module.check_memory = lambda *a: None  # measure, do not refuse: the plan is printed next to the measurement

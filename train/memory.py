@@ -349,8 +349,11 @@ def _plan(settings: dict, gpus: int, gpu_memory_gb: float, stage: int, offload: 
         c["gradients"] = (4 if lora else 2) * T / GIB
     else:  # bf16 gradients (reduced in buckets) and the fp32 gradient partition
         c["gradients"] = (0 if offload else 2 + 4 if stage < 3 else 4) * T / shard / GIB
-    c["fp32 master weights"] = 0.0 if offload or (stage == 0 and lora) else 4 * T / shard / GIB
-    c["optimizer states"] = 0.0 if offload else opt * T / shard / GIB
+    # Without DeepSpeed a full model loaded in bf16/fp16 trains in that dtype: no fp32 master copy, and torch's AdamW
+    # keeps its two moments in the parameters' dtype (measured on an H200: train/gpu_check.py, README).
+    half = stage == 0 and not lora and str(settings.get("dtype") or "").replace("torch.", "") in ("bfloat16", "float16")
+    c["fp32 master weights"] = 0.0 if offload or half or (stage == 0 and lora) else 4 * T / shard / GIB
+    c["optimizer states"] = 0.0 if offload else (min(opt, 4) if half else opt) * T / shard / GIB
     if grpo and settings.get("beta", 0.0) > 0 and not lora:
         c["reference model"] = 2 * P / (n if stage == 3 else 1) / GIB
     if offload:
