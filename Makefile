@@ -51,11 +51,10 @@ $(GVENV)/.ready: requirements-gpu.txt
 
 # On a GPU node after setup-gpu: one SFT and one GRPO step of the 1.5B recipes (random weights, synthetic data) and one
 # gpt-oss-20b LoRA step, each peak memory measured next to train/memory.py's plan (train/gpu_check.py).
-GPU_PYTHON ?= $(PYTHON)
 .PHONY: gpu-check
-gpu-check:
+gpu-check: setup-gpu
 	@mkdir -p runs
-	$(GPU_PYTHON) -m train.gpu_check --grpo-completion-tokens 2048 --gpt-oss-lora --out runs/gpu-check.json
+	$(GPYTHON) -m train.gpu_check --grpo-completion-tokens 2048 --gpt-oss-lora --out runs/gpu-check.json
 
 demo: setup
 	@test -f models/toy-math/config.json || { echo "models/toy-math missing: building a random-weight model (run 'make toy' to train one)"; \
