@@ -598,19 +598,23 @@ def synthetic_traces(problems: int = 30, samples: int = 16, seed: int = 0, max_t
             correct = rng.random() < p
             answer = gold if correct else (rng.choice(distractors) if rng.random() < 0.6 else rng.randint(0, 999))
             tokens = int(rng.lognormvariate(math.log(length * (1.0 if correct else 1.5)), 0.4))
-            text = "<think>\n" + "Let me work this out step by step.\n" * 6
-            if text_chars > 0:
-                text += _reasoning(text_rng, text_chars)
-            reason = "stop"
-            if tokens >= max_tokens:
-                tokens, reason, answer = max_tokens, "length", None
-            else:
-                text += f"\\boxed{{{answer}}}\n</think>\nThe answer is \\boxed{{{answer}}}."
+            text, tokens, reason, answer = _made_up_sample(text_rng, text_chars, answer, tokens, max_tokens)
             out.append({"problem_id": pid, "sample": s, "text": text, "tokens": tokens,
                         "seconds": round(tokens / 30.0, 2),  # as if 8 ran at once on ~240 tok/s
                         "finish_reason": reason, "answer": answer, "gold": str(gold),
                         "correct": answer is not None and answer == gold, "difficulty": kind})
     return out
+
+
+def _made_up_sample(text_rng, text_chars: int, answer, tokens: int, max_tokens: int) -> tuple[str, int, str, object]:
+    """(text, tokens, finish reason, answer) of a made-up sample: `text_chars` of reasoning, then its boxed answer,
+    or cut at max_tokens without one."""
+    text = "<think>\n" + "Let me work this out step by step.\n" * 6
+    if text_chars > 0:
+        text += _reasoning(text_rng, text_chars)
+    if tokens >= max_tokens:
+        return text, max_tokens, "length", None
+    return text + f"\\boxed{{{answer}}}\n</think>\nThe answer is \\boxed{{{answer}}}.", tokens, "stop", answer
 
 
 def hard_heavy_traces(easy: int = 20, medium: int = 20, hard: int = 10, samples: int = 16, seed: int = 0,
@@ -639,14 +643,7 @@ def hard_heavy_traces(easy: int = 20, medium: int = 20, hard: int = 10, samples:
             if rng.random() < 1 / 8:
                 tokens *= rng.uniform(2.0, 4.0)  # the long tail: a sample that goes round in circles
             tokens = max(200, int(tokens))
-            text = "<think>\n" + "Let me work this out step by step.\n" * 6
-            if text_chars > 0:
-                text += _reasoning(text_rng, text_chars)
-            reason = "stop"
-            if tokens >= max_tokens:
-                tokens, reason, answer = max_tokens, "length", None
-            else:
-                text += f"\\boxed{{{answer}}}\n</think>\nThe answer is \\boxed{{{answer}}}."
+            text, tokens, reason, answer = _made_up_sample(text_rng, text_chars, answer, tokens, max_tokens)
             seconds = tokens / tokens_per_second * rng.uniform(0.8, 1.25)
             out.append({"problem_id": pid, "sample": s, "text": text, "tokens": tokens, "seconds": round(seconds, 2),
                         "finish_reason": reason, "answer": answer, "gold": str(gold),
