@@ -53,7 +53,7 @@ from dataclasses import dataclass, field  # noqa: E402
 
 import yaml  # noqa: E402
 
-from inference.answers import AnswerSpec, extract_answer  # noqa: E402
+from inference.answers import AnswerSpec  # noqa: E402
 from inference.grading import grade  # noqa: E402
 from inference.clock import VirtualClock  # noqa: E402
 from inference.config import REPO, Competition, Settings, load_settings  # noqa: E402
@@ -139,6 +139,7 @@ class TraceSet:
     problems: dict[str, str] = field(default_factory=dict)  # problem text where known (prompts only)
     cuts: ReplayCuts = field(default_factory=ReplayCuts, repr=False)  # shared by every engine replaying these
     graded: dict = field(default_factory=dict, repr=False)  # (problem, answer, spec) → correct, graded once
+    requests: dict = field(default_factory=dict, repr=False)  # id(settings) → (settings, each slot's requests)
 
     def correct(self, problem_id: str, answer: int | None, spec: AnswerSpec) -> bool:
         key = (problem_id, answer, spec)
@@ -188,7 +189,7 @@ def trace_accuracy(ts: TraceSet, spec: AnswerSpec) -> dict:
     every full sample's answer extracted as the server votes."""
     per_problem, maj = [], []
     for pid, traces in ts.samples.items():
-        answers = [extract_answer(t["text"], spec) for t in traces]
+        answers = [ts.cuts.answer(t["text"], spec) for t in traces]  # extract_answer, once per text
         per_problem.append(sum(is_correct(a, ts.gold[pid], spec) for a in answers) / len(answers))
         maj.append(is_correct(Votes.of(answers).leader(), ts.gold[pid], spec))
     return {"problems": len(per_problem), "samples": sum(len(t) for t in ts.samples.values()),
@@ -252,6 +253,7 @@ def served_in_gateway_order(ts: TraceSet, seed: int) -> list[Slot]:
 # -- one simulated run --------------------------------------------------------------------------------------------
 def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: SpeedProfile | None) -> dict:
     """Serve the slots one at a time to a Predictor on replayed samples; return the run's record."""
+    requests = ts.requests.setdefault(id(settings), (settings, {}))[1]  # kept with its settings: the id stays theirs
     if all(s.traces for s in slots):
         # In virtual time the solver only needs to wake when a sample finishes or the deadline passes, and the replay
         # engines' poll returns at exactly those moments: a long poll interval gives the same decisions, far faster.
@@ -268,7 +270,10 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
     predictor = Predictor(settings, engine=engine, problems=len(slots), clock=clock)
     # Start the engine now rather than inside the first call (the same moment on the clock: before the first
     # problem's deadline is set).
-    predictor.solver()
+    solver = predictor.solver()
+    # A slot's requests (prompts, seeds) are the same in every run of this policy: build them once. The replay
+    # engine only reads them.
+    solver.requests = _memo_requests(solver.requests, requests)
     problems = []
     for s in slots:
         # Predictor.solve is predict without the one-row DataFrames (the local gateway test checks they agree).
@@ -281,6 +286,17 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
     predictor.shutdown()
     return {"score": sum(p["correct"] for p in problems), "seconds": clock.now(),
             "tokens": sum(p["tokens"] for p in problems), "problems": problems}
+
+
+def _memo_requests(make, cache: dict):
+    def requests(problem_id: str, problem: str, first: int, count: int):
+        key = (problem_id, problem, first, count)
+        made = cache.get(key)
+        if made is None:
+            made = cache[key] = make(problem_id, problem, first, count)
+        return made
+
+    return requests
 
 
 # -- policies ------------------------------------------------------------------------------------------------------
@@ -347,7 +363,8 @@ def warm_cuts(settings: Settings, ts: TraceSet) -> None:
     s, spec = settings.sampling, settings.competition.answer
     for traces in ts.samples.values():
         for t in traces:
-            ts.cuts.answer(ts.cuts.get(t, s.stop_rule, s.max_tokens).text, spec)
+            text = ts.cuts.get(t, s.stop_rule, s.max_tokens).text
+            ts.cuts.answer(text, spec)  # the one parse also answers its aborted prefixes
 
 
 # Parallel orders: worker processes are forked with this state, so the trace set and its cuts are never pickled.
