@@ -153,7 +153,8 @@ class TimeBudget:
         self._problem_start = now
         self._planned = budget
         self._stretch_limit = min(hard, budget * p.stretch)
-        if p.kind == "share" and p.stretch_reserve_factor is not None and (expected := self.expected_use()) is not None:
+        expected = self.expected_use() if p.kind == "share" and p.stretch_reserve_factor is not None else None
+        if expected is not None:
             spare = left - later * p.stretch_reserve_factor * max(expected, p.min_seconds)
             self._stretch_limit = min(hard, max(self._stretch_limit, spare))
         return now + budget

@@ -45,7 +45,7 @@ def test_an_aborted_replay_sample_votes_what_its_text_says():
         assert partial.finish_reason == "aborted" and len(partial.text) == int(len(text) * seconds / 100)
         answers.append(engine.answer_of(partial, spec))
         assert answers[-1] == extract_final_answer(partial.text, spec)
-    assert answers == [None, 12, 7, None]  # the last: a box after </think> not closed yet, which the vote must wait for
+    assert answers == [None, 12, 7, None]  # the last: a box after </think> not closed yet
 
 
 # The simulator's own results on this case (3 policies, 3 hardware timings, 12 orders, AIMO-3's two-run score too),
@@ -58,7 +58,8 @@ sampling: {samples: 16, max_tokens: 16384, temperature: 1.0, top_p: 0.9, min_p: 
 prompts:
   variants:
     - {name: think, weight: 8, system: "Please reason step by step, and put your final answer within \\\\boxed{}."}
-    - {name: verify, weight: 2, system: "Please reason step by step, check your result once, and put your final answer within \\\\boxed{}."}
+    - {name: verify, weight: 2,
+       system: "Please reason step by step, check your result once, and put your final answer within \\\\boxed{}."}
   answer_reminder: "The answer is an integer between {min} and {max}."
 voting: {kind: calibrated, confidence: 0.8, min_votes: 3, straggler_fraction: 0.75, hopeless_after: 4}
 time: {kind: share, expected_use_factor: 0.8, expected_prior_seconds: 200, min_seconds: 60, max_seconds: 3600,
@@ -70,13 +71,13 @@ policies:
   share:
     overrides: {{time.open_votes: 0, time.stretch_reserve_factor: null}}
   fixed:
-    overrides: {{sampling.samples: 12, voting.kind: k_of_n, voting.k: 4, voting.n: 5, voting.straggler_fraction: 0.8334,
-      time.kind: fixed, time.base_seconds: 350, time.bank_max_seconds: 210, time.min_seconds: 0, time.max_seconds: 560,
-      time.stretch: 1.0, voting.hopeless_after: null}}
+    overrides: {{sampling.samples: 12, voting.kind: k_of_n, voting.k: 4, voting.n: 5,
+      voting.straggler_fraction: 0.8334, time.kind: fixed, time.base_seconds: 350, time.bank_max_seconds: 210,
+      time.min_seconds: 0, time.max_seconds: 560, time.stretch: 1.0, voting.hopeless_after: null}}
   reserve:
-    overrides: {{sampling.samples: 8, voting.kind: k_of_n, voting.k: 4, voting.n: null, voting.straggler_fraction: null,
-      time.kind: reserve, time.reserve_seconds: 240, time.min_seconds: 240, time.max_seconds: 840, time.stretch: 1.0,
-      voting.hopeless_after: null}}
+    overrides: {{sampling.samples: 8, voting.kind: k_of_n, voting.k: 4, voting.n: null,
+      voting.straggler_fraction: null, time.kind: reserve, time.reserve_seconds: 240, time.min_seconds: 240,
+      time.max_seconds: 840, time.stretch: 1.0, voting.hopeless_after: null}}
 """
 BEFORE = {
     "recorded": {

@@ -300,7 +300,7 @@ class ReplayEngine(Engine):
         self._work = 0.0
         self._loaded = False
         self._tools: list[tuple[float, int, tuple[str, int]]] = []  # (tool calls end, order, key): off the batch
-        self._partials: dict[int, tuple[Sample, Cut]] = {}  # the last abort's partial samples → what they were cut from
+        self._partials: dict[int, tuple[Sample, Cut]] = {}  # the last abort's partials → the cuts they come from
         if confidence_stop is not None and not 0 < confidence_stop < 1:
             raise ValueError(f"replay: confidence_stop must be in (0, 1), got {confidence_stop}")
         self.confidence_stop, self.confidence_warmup = confidence_stop, confidence_warmup
