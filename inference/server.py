@@ -45,7 +45,6 @@ from inference.config import Settings
 from inference.engines import Engine, make_engine
 from inference.solver import ProblemResult, Restarts, Solver
 from inference.time_budget import TimeBudget
-from inference.voting import contention  # [sim]
 
 log = logging.getLogger("inference.server")
 
@@ -268,7 +267,7 @@ class Predictor:
         (time.stretch > 1; TimeBudget.extend), or None for a fixed deadline."""
         if self.settings.time.stretch <= 1:
             return None
-        return lambda votes, finished, launched: self.budget.extend(contention(votes, finished, launched))
+        return lambda votes, finished, launched: self.budget.extend(self.budget.contention(votes, finished, launched))
 
     # -- the guard's threads ----------------------------------------------------------------------------------------
 

@@ -386,7 +386,7 @@ class Solver:
             rescued = []
             for s in aborted:
                 try:
-                    rescued.append(extract_final_answer(s.text, settings.competition.answer))
+                    rescued.append(self.vote_of(s))  # extract_final_answer, or the replay engine's parse-once
                 except Exception:  # noqa: BLE001 - an unreadable partial is no rescue
                     pass
             leader = Votes.of(rescued).leader()

@@ -43,6 +43,13 @@ class TimePolicy:
     # `expected_prior_weight` problems in the mean, so the plan works from the first problem (None: wait for 3)
     expected_prior_seconds: float | None = None
     expected_prior_weight: float = 3.0
+    # "share" with expected use: a contested problem may stretch past `stretch` × its budget, up to the time left
+    # minus this × the expected use of each later problem (what later problems will likely leave goes to the problem
+    # still contested now instead of being left unspent; None: `stretch` × its budget only)
+    stretch_reserve_factor: float | None = None
+    # a problem with at most this many valid votes, all for one answer, while samples still run is still open:
+    # it counts as fully contested (0: only split votes do; see contention)
+    open_votes: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -58,6 +65,10 @@ class TimePolicy:
             raise ValueError(f"time.expected_prior_seconds must be > 0 or null, got {self.expected_prior_seconds}")
         if not self.expected_prior_weight > 0:
             raise ValueError(f"time.expected_prior_weight must be > 0, got {self.expected_prior_weight}")
+        if self.stretch_reserve_factor is not None and not self.stretch_reserve_factor >= 0:
+            raise ValueError(f"time.stretch_reserve_factor must be ≥ 0 or null, got {self.stretch_reserve_factor}")
+        if self.open_votes < 0:
+            raise ValueError(f"time.open_votes must be ≥ 0, got {self.open_votes}")
         if not self.stretch >= 1:
             raise ValueError(f"time.stretch must be ≥ 1, got {self.stretch}")
         if self.base_seconds is not None and self.base_seconds <= 0:
@@ -142,6 +153,10 @@ class TimeBudget:
         self._problem_start = now
         self._planned = budget
         self._stretch_limit = min(hard, budget * p.stretch)
+        expected = self.expected_use() if p.kind == "share" and p.stretch_reserve_factor is not None else None
+        if expected is not None:
+            spare = left - later * p.stretch_reserve_factor * max(expected, p.min_seconds)
+            self._stretch_limit = min(hard, max(self._stretch_limit, spare))
         return now + budget
 
     def expected_use(self) -> float | None:
@@ -164,6 +179,16 @@ class TimeBudget:
             return self.clock.now()
         c = min(max(contention, 0.0), 1.0)
         return self._problem_start + self._planned + c * max(0.0, self._stretch_limit - self._planned)
+
+    def contention(self, votes, finished: int, launched: int) -> float:
+        """How contested the current problem is for `extend`: inference.voting.contention, except that a problem
+        with samples still running and at most `open_votes` valid votes, all for one answer, is still open (1)."""
+        from inference.voting import contention
+
+        p = self.policy
+        if p.open_votes and finished < launched and votes.valid <= p.open_votes and len(votes.counts) < 2:
+            return 1.0
+        return contention(votes, finished, launched)
 
     def latest_deadline(self) -> float:
         """The latest deadline `extend` can give the current problem (a guard waiting on the solver waits this long)."""

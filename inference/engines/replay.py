@@ -27,13 +27,26 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from inference.answers import AnswerSpec, extract_answer, find_stop
+from inference.answers import (
+    _BOX_RE,
+    _TAIL_CHARS,
+    ANSWER_SCAN_CHARS,
+    AnswerSpec,
+    _holds_no_answer,
+    _matching_braces,
+    _unboxed_answer,
+    extract_answer,
+    extract_final_answer,
+    find_stop,
+    parse_integer,
+)
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest
 from inference.tools import cut_tool_trace
@@ -110,6 +123,76 @@ def cut_sample(trace: dict, stop_rule: str, max_tokens: int) -> Cut:
     return Cut(text, tokens, reason, fraction, seconds, extra, trace)
 
 
+_THINK_END = "</think>"
+_RUN_RE = re.compile(r"[^\s$]+")
+
+
+class PrefixAnswers:
+    """extract_answer(text[:n]) for any n from one parse of `text`: the vote (or rescued answer) of a replayed
+    sample aborted part-way, without parsing each 40 kB prefix again (that was most of a simulated run's time).
+
+    A prefix holds the boxes of the whole text that close inside it (brace matching is a left-to-right stack, so a
+    pair closed before n is paired the same in the prefix, and a brace still open at n is unclosed there), a
+    `\\boxed 5` whose argument runs past n cut at n, and the first `</think>` if it ends inside it; the unboxed
+    answer reads only the prefix's last characters. A test checks it against extract_final_answer on every prefix."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.close = text.find(_THINK_END)
+        braces: dict[int, int] | None = None
+        # (start, end of the \boxed/\fbox literal, end of the match, kind, end of the argument, argument, empty)
+        # kind 0: a {…} argument closed at `end` - 1; 1: a `\boxed 5` run ending at `end`; 2: never a box.
+        self.boxes: list[tuple[int, int, int, int, int, str, bool]] = []
+        for m in _BOX_RE.finditer(text):
+            start, i = m.start(), m.end()
+            boxed = m.group(0).startswith("\\boxed")
+            literal = start + (len("\\boxed") if boxed else len("\\fbox"))
+            kind, end, content = 2, i, ""
+            if i < len(text) and text[i] == "{":
+                if braces is None:
+                    braces = _matching_braces(text)
+                j = braces.get(i)
+                if j is not None:
+                    kind, end, content = 0, j + 1, text[i + 1: j]
+            elif boxed and i > start + len("\\boxed"):
+                run = _RUN_RE.match(text, i)
+                if run:
+                    kind, end, content = 1, run.end(), run.group(0)
+            self.boxes.append((start, literal, i, kind, end, content, kind != 2 and _holds_no_answer(content)))
+
+    def answer(self, n: int, spec: AnswerSpec | None) -> int | None:
+        """extract_final_answer(self.text[:n], spec)."""
+        text = self.text
+        n = max(0, min(n, len(text)))
+        if n > ANSWER_SCAN_CHARS:
+            return extract_final_answer(text[:n], spec)
+        if n == 0:
+            return None
+        boxes = []
+        for start, literal, i, kind, end, content, empty in self.boxes:
+            if literal > n:
+                break
+            if i >= n or kind == 2:
+                continue
+            if end <= n:
+                if not empty:
+                    boxes.append((start, content))
+            elif kind == 1 and not _holds_no_answer(text[i:n]):
+                boxes.append((start, text[i:n]))
+        close = self.close if 0 <= self.close <= n - len(_THINK_END) else -1
+        answer = None
+        if close >= 0:
+            final_boxes = [content for start, content in boxes if start > close]
+            after = close + len(_THINK_END)
+            answer = final_boxes[-1] if final_boxes else _unboxed_answer(text[max(after, n - _TAIL_CHARS):n])
+        if answer is None:
+            answer = boxes[-1][1] if boxes else _unboxed_answer(text[max(0, n - _TAIL_CHARS):n])
+        value = parse_integer(answer)
+        if value is None or spec is None:
+            return value
+        return spec.apply(value)
+
+
 class ReplayCuts:
     """Cuts shared by many replay engines over the same recorded samples: each is computed once per
     (recorded sample, stop rule, max_tokens). Keyed by the record object itself, which the cache keeps alive."""
@@ -118,6 +201,7 @@ class ReplayCuts:
         self.parse_once = parse_once  # False: cut and parse again on every call (the simulator benchmark's baseline)
         self._cuts: dict[tuple[int, str, int], tuple[dict, Cut]] = {}
         self._answers: dict[tuple[int, AnswerSpec | None], tuple[str, int | None]] = {}
+        self._prefixes: dict[int, PrefixAnswers] = {}
 
     def get(self, trace: dict, stop_rule: str, max_tokens: int) -> Cut:
         if not self.parse_once:
@@ -136,8 +220,23 @@ class ReplayCuts:
         key = (id(text), spec)
         hit = self._answers.get(key)
         if hit is None or hit[0] is not text:
-            hit = self._answers[key] = (text, extract_answer(text, spec))
+            # the same parse serves the votes of its prefixes (extract_final_answer is extract_answer up to there)
+            answer = self._prefix(text).answer(len(text), spec) if len(text) <= ANSWER_SCAN_CHARS else \
+                extract_answer(text, spec)
+            hit = self._answers[key] = (text, answer)
         return hit[1]
+
+    def prefix_answer(self, text: str, n: int, spec: AnswerSpec | None) -> int | None:
+        """extract_final_answer(text[:n], spec), `text` parsed once (see PrefixAnswers)."""
+        if not self.parse_once:
+            return extract_final_answer(text[:n], spec)
+        return self._prefix(text).answer(n, spec)
+
+    def _prefix(self, text: str) -> PrefixAnswers:
+        hit = self._prefixes.get(id(text))
+        if hit is None or hit.text is not text:
+            hit = self._prefixes[id(text)] = PrefixAnswers(text)
+        return hit
 
     def __len__(self) -> int:
         return len(self._cuts)
@@ -201,6 +300,7 @@ class ReplayEngine(Engine):
         self._work = 0.0
         self._loaded = False
         self._tools: list[tuple[float, int, tuple[str, int]]] = []  # (tool calls end, order, key): off the batch
+        self._partials: dict[int, tuple[Sample, Cut]] = {}  # the last abort's partials → the cuts they come from
         if confidence_stop is not None and not 0 < confidence_stop < 1:
             raise ValueError(f"replay: confidence_stop must be in (0, 1), got {confidence_stop}")
         self.confidence_stop, self.confidence_warmup = confidence_stop, confidence_warmup
@@ -344,13 +444,18 @@ class ReplayEngine(Engine):
         frac = self._fraction_done(r, now)
         text = r.cut.text[: int(len(r.cut.text) * frac)]
         sample = self._sample(r, text, int(r.cut.tokens * frac), now - r.start, "aborted")
+        self._partials[id(sample)] = (sample, r.cut)
         if r.cut.trace.get("turns") and len(text) < len(r.cut.trace["text"]):
             sample.extra.update(cut_tool_trace(r.cut.trace, len(text))[2])  # the turns up to where it stopped
         return sample
 
     # -- the Engine interface ------------------------------------------------------------------------------------
     def answer_of(self, sample: Sample, spec: AnswerSpec | None) -> int | None:
-        """The sample's vote, as extract_answer gives it; each replayed text is parsed once (the solver asks)."""
+        """The sample's vote, as extract_answer gives it; each replayed text is parsed once (the solver asks). An
+        aborted sample's prefix is answered from its cut's one parse (the solver rescues an answer from it)."""
+        partial = self._partials.get(id(sample))
+        if partial is not None and partial[0] is sample:
+            return self.cuts.prefix_answer(partial[1].text, len(sample.text), spec)
         return self.cuts.answer(sample.text, spec)
 
     def poll(self, timeout: float) -> list[Sample]:
@@ -373,6 +478,7 @@ class ReplayEngine(Engine):
         reason (they finished, so they vote)."""
         now = self.clock.now()
         with self._lock:
+            self._partials.clear()  # the solver is done with the last abort's partials
             self._advance(now)
             # Finished by now but not yet polled: they keep their own finish reason (they finished, so they vote).
             done = [s for s in self._finished if s.problem_id == problem_id]
@@ -387,8 +493,11 @@ class ReplayEngine(Engine):
         with self._lock:
             position = self.clock.now() if self.speed is None else self._work
             tokens = 0.0
-            for r in self._running.values():
-                tokens += r.cut.tokens * min(1.0, max(0.0, (position - r.begin) / max(r.end - r.begin, 1e-9)))
+            for r in self._running.values():  # Σ tokens × min(1, max(0, done)), without the calls (run per poll)
+                span = r.end - r.begin
+                done = (position - r.begin) / (span if span > 1e-9 else 1e-9)
+                if done > 0.0:
+                    tokens += r.cut.tokens * (done if done < 1.0 else 1.0)
             running = len(self._running)
         # Recorded samples stream steadily, so a replay never looks stalled.
         return EngineProgress(running=running, tokens_in_flight=int(tokens), seconds_since_token=0.0)
@@ -399,5 +508,6 @@ class ReplayEngine(Engine):
             self._finished.clear()
             self._heap.clear()
             self._tools.clear()
+            self._partials.clear()
             self._conf_seen.clear()
             self._conf_threshold.clear()
