@@ -9,8 +9,9 @@ The samples come from the kit's own engines and prompts (the settings' engine, `
 all k are submitted and every one runs to its end (`--stop-rule none` by default, so inference/simulate.py can
 replay any stop rule on the full text later; DeepConf's `voting.confidence_stop` terminates nothing here either, but
 its logprobs are requested, so each trace carries the compact confidence summary `conf_window`, `conf_windows`,
-`conf_min`, `conf_tail` that the replay engine terminates on). Reported: pass@1 (mean ± SD over problems, and the unbiased pass@j
-estimate for j = 1, 2, 4 … k), maj@k, mean tokens of correct and of wrong samples, finish reasons, time and n.
+`conf_min`, `conf_tail` that the replay engine terminates on). Reported: pass@1 (mean ± SD over problems, and the
+unbiased pass@j estimate for j = 1, 2, 4 … k), maj@k, mean tokens of correct and of wrong samples, finish reasons,
+time and n.
 
 Grading: integer answers (AIME, AIMO) go through `inference.answers.extract_answer` exactly as the server votes;
 a set with any non-integer gold answer (MATH-500) is graded with math-verify (`inference.grading.grade`), and its

@@ -14,8 +14,8 @@ Every finished sample votes once: samples `abort` hands back with their own fini
 polls) count like polled ones, a sample the engine hands back twice counts once, and samples of another open
 problem that a poll returns (possible only after the server gave up on a wedged solve) go to that problem, which
 votes them as they come. A sample the engine terminated for low confidence (finish reason "low_confidence", DeepConf
-online: `voting.confidence_stop`) counts as finished and never votes. Only a bounded tail of a sample's text is parsed (answers.extract_final_answer), so no
-sample, however long, holds the interpreter past a deadline.
+online: `voting.confidence_stop`) counts as finished and never votes. Only a bounded tail of a sample's text is
+parsed (answers.extract_final_answer), so no sample, however long, holds the interpreter past a deadline.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ class TransformersEngine(Engine):
         self._queue: list[_Job] = []  # submitted, not yet in a batch
         self._active: list[_Job] = []  # rows of the running batch
         self._finished: list[Sample] = []
-        self._gates: dict[str, ConfidenceGate] = {}  # problem id → its DeepConf threshold (requests' confidence_stop)
+        self._gates: dict[str, ConfidenceGate] = {}  # problem id → its DeepConf threshold (confidence_stop)
         self._last_activity = 0.0
         self._stopping = False
         self._error: str | None = None

@@ -123,7 +123,7 @@ class VLLMEngine(Engine):
         self._lock = threading.Lock()
         self._finished_cond = threading.Condition(self._lock)
         self._streams: dict[str, _Stream] = {}  # request id → sample in flight
-        self._gates: dict[str, ConfidenceGate] = {}  # problem id → its DeepConf threshold (requests' confidence_stop)
+        self._gates: dict[str, ConfidenceGate] = {}  # problem id → its DeepConf threshold (confidence_stop)
         self._finished: list[Sample] = []  # finished, not yet returned by poll
         self._last_activity = 0.0  # engine clock: last token or submission
         self._error: str | None = None  # set when vLLM died
