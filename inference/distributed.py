@@ -55,10 +55,11 @@ POLL_SECONDS = 0.5
 def work_items(settings: Settings, problems: list[dict], k: int) -> list[tuple[SampleRequest, str | None]]:
     """(request, gold) for every (problem, sample): the exact requests (prompt, variant, seed) a single-process
     run sends."""
+    from inference.evaluate import full_samples
     from inference.solver import Solver
 
     solver = Solver(None, settings)  # only its requests: they need the settings, not the engine
-    return [(solver.requests(p["id"], p["problem"], s, 1)[0], p.get("answer"))
+    return [(full_samples(solver.requests(p["id"], p["problem"], s, 1))[0], p.get("answer"))
             for p in problems for s in range(k)]
 
 

@@ -12,13 +12,19 @@ the model was sure), averaged over sliding windows of tokens. Fed logprobs (`add
 the meter also keeps a compact summary for the trace: the mean confidence of each block of `conf_window` tokens
 (`conf_windows`), the lowest sliding-window mean (`conf_min`, DeepConf's "lowest group confidence") and the last
 window's (`conf_tail`) - a few dozen numbers per sample, not every logprob.
+
+DeepConf online termination is `ConfidenceGate`, one per problem, the same code in every engine: once `warmup` of
+the problem's samples finished on their own, the threshold is the `quantile` of their lowest window confidence
+(`confidence_threshold`), and a sample whose lowest window confidence so far falls below it is terminated (the
+engines finish it with reason "low_confidence"; the solver gives it no vote). The live engines test the lowest
+sliding window while tokens stream; the replay engine tests the recorded blocks (`conf_windows`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 
 def token_entropy(logprobs: Iterable[float]) -> float:
@@ -37,6 +43,44 @@ def top_logprobs(position: Mapping, k: int) -> list[float]:
     vLLM adds the sampled token to the top k when it ranks lower, so a position can hold k + 1 entries: keep k."""
     values = [getattr(v, "logprob", v) for v in position.values()]
     return sorted(values, reverse=True)[:k]
+
+
+def confidence_threshold(lowest: Sequence[float], quantile: float) -> float:
+    """DeepConf's online threshold: the `quantile` of the warmup samples' lowest window confidences, by rank from
+    below (sorted[int(quantile · n)], the last one at most)."""
+    if not lowest:
+        raise ValueError("confidence_threshold: no warmup confidences")
+    ordered = sorted(lowest)
+    return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
+
+class ConfidenceGate:
+    """DeepConf online termination for one problem: the threshold from its first `warmup` finished samples, and
+    whether a running sample falls below it. Pure bookkeeping: engines call it under their own lock."""
+
+    def __init__(self, quantile: float, warmup: int) -> None:
+        if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0 < quantile < 1:
+            raise ValueError(f"confidence_stop must be in (0, 1), got {quantile!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+            raise ValueError(f"confidence_warmup must be an integer ≥ 1, got {warmup!r}")
+        self.quantile, self.warmup = quantile, warmup
+        self.lowest: list[float] = []  # lowest window confidence of each warmup sample, in finishing order
+        self.threshold: float | None = None
+
+    def finished(self, lowest: float | None) -> bool:
+        """A sample finished on its own (not terminated, not aborted) with this lowest window confidence (None:
+        no logprobs, not counted). True when it completed the warmup: the threshold holds from now on."""
+        if lowest is None or self.threshold is not None:
+            return False
+        self.lowest.append(float(lowest))
+        if len(self.lowest) < self.warmup:
+            return False
+        self.threshold = confidence_threshold(self.lowest, self.quantile)
+        return True
+
+    def terminates(self, confidence: float | None) -> bool:
+        """Whether a sample whose (lowest) window confidence is `confidence` ends now; never before the warmup."""
+        return self.threshold is not None and confidence is not None and confidence < self.threshold
 
 
 class EntropyMeter:
@@ -98,6 +142,14 @@ class EntropyMeter:
         return {"conf_window": self.conf_window, "conf_windows": [round(b, 4) for b in blocks],
                 "conf_min": round(self.conf_min if self.conf_min is not None else tail, 4),
                 "conf_tail": round(tail, 4)}
+
+    @property
+    def lowest(self) -> float | None:
+        """The sample's lowest window confidence (`conf_min` unrounded; the mean of all its tokens while it is
+        shorter than a window); None before any token came with logprobs."""
+        if not self._conf:
+            return None
+        return self.conf_min if self.conf_min is not None else self._conf_sum / len(self._conf)
 
     @property
     def mean(self) -> float | None:

@@ -7,8 +7,11 @@
 
 The samples come from the kit's own engines and prompts (the settings' engine, `Solver.requests`), with no early stop:
 all k are submitted and every one runs to its end (`--stop-rule none` by default, so inference/simulate.py can
-replay any stop rule on the full text later). Reported: pass@1 (mean ± SD over problems, and the unbiased pass@j
-estimate for j = 1, 2, 4 … k), maj@k, mean tokens of correct and of wrong samples, finish reasons, time and n.
+replay any stop rule on the full text later; DeepConf's `voting.confidence_stop` terminates nothing here either, but
+its logprobs are requested, so each trace carries the compact confidence summary `conf_window`, `conf_windows`,
+`conf_min`, `conf_tail` that the replay engine terminates on). Reported: pass@1 (mean ± SD over problems, and the
+unbiased pass@j estimate for j = 1, 2, 4 … k), maj@k, mean tokens of correct and of wrong samples, finish reasons,
+time and n.
 
 Grading: integer answers (AIME, AIMO) go through `inference.answers.extract_answer` exactly as the server votes;
 a set with any non-integer gold answer (MATH-500) is graded with math-verify (`inference.grading.grade`), and its
@@ -47,7 +50,7 @@ from inference.answers import STOP_RULES, extract_answer, last_boxed, parse_inte
 from inference.grading import grade, is_equivalent  # noqa: E402
 from inference.clock import RealClock  # noqa: E402
 from inference.config import REPO, Settings, load_settings, parse_override  # noqa: E402
-from inference.engines.base import Engine, EngineError, Sample  # noqa: E402
+from inference.engines.base import Engine, EngineError, Sample, SampleRequest  # noqa: E402
 from inference.interrupt import EXIT_CODE, Interrupt, exit_now  # noqa: E402
 from inference.solver import Solver  # noqa: E402
 from inference.voting import Votes  # noqa: E402
@@ -112,7 +115,7 @@ def generate(engine: Engine, solver: Solver, problems: list[dict], k: int, concu
             return
         while queue and len(active) < concurrent:
             p = queue.pop(0)
-            engine.submit(solver.requests(p["id"], p["problem"], 0, k))
+            engine.submit(full_samples(solver.requests(p["id"], p["problem"], 0, k)))
             active[p["id"]] = (p, clock.now(), [])
         for s in engine.poll(1.0):
             if s.problem_id in active:
@@ -124,6 +127,14 @@ def generate(engine: Engine, solver: Solver, problems: list[dict], k: int, concu
             if len(samples) >= k:
                 del active[pid]
                 yield p, sorted(samples, key=lambda s: s.sample)
+
+
+def full_samples(requests: list[SampleRequest]) -> list[SampleRequest]:
+    """The requests without DeepConf termination: every sample runs to its end (its logprobs stay requested, so
+    its trace carries the confidence summary a replay terminates on)."""
+    for r in requests:
+        r.confidence_stop = None
+    return requests
 
 
 def evaluate(settings: Settings, problems: list[dict], k: int, traces_path: str | Path, engine: Engine | None = None,

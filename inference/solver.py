@@ -13,8 +13,9 @@ solve still aborts its samples. `watch` shows the server which engine call the s
 Every finished sample votes once: samples `abort` hands back with their own finish reason (they finished between two
 polls) count like polled ones, a sample the engine hands back twice counts once, and samples of another open
 problem that a poll returns (possible only after the server gave up on a wedged solve) go to that problem, which
-votes them as they come. Only a bounded tail of a sample's text is parsed (answers.extract_final_answer), so no
-sample, however long, holds the interpreter past a deadline.
+votes them as they come. A sample the engine terminated for low confidence (finish reason "low_confidence", DeepConf
+online: `voting.confidence_stop`) counts as finished and never votes. Only a bounded tail of a sample's text is
+parsed (answers.extract_final_answer), so no sample, however long, holds the interpreter past a deadline.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class Solver:
         self._unaborted: set[str] = set()  # problems whose solve was given up before it aborted their samples
 
     def requests(self, problem_id: str, problem: str, first: int, count: int) -> list[SampleRequest]:
-        s, p = self.settings.sampling, self.settings.prompts
+        s, p, v = self.settings.sampling, self.settings.prompts, self.settings.voting
         spec = self.settings.competition.answer
         schedule = variant_schedule(p.variants, first + count)[first:]
         return [
@@ -154,8 +155,11 @@ class Solver:
                 min_p=s.min_p,
                 stop_rule=s.stop_rule,
                 variant=variant.name,
-                logprobs=self.settings.voting.entropy_top_k if uses_entropy(self.settings.voting) else 0,
-                entropy_tail_tokens=self.settings.voting.entropy_tail_tokens,
+                logprobs=v.entropy_top_k if uses_entropy(v) or v.confidence_stop is not None else 0,
+                entropy_tail_tokens=v.entropy_tail_tokens,
+                confidence_stop=v.confidence_stop,
+                confidence_warmup=v.confidence_warmup,
+                confidence_window=v.confidence_window,
             )
             for i, variant in enumerate(schedule)
         ]
@@ -247,7 +251,8 @@ class Solver:
                     fresh.append(s)
             for s in fresh:
                 samples.append(s)
-                answer = self.vote_of(s)
+                # DeepConf terminated it: finished, no vote (its partial text may hold a box it had not committed to)
+                answer = None if s.finish_reason == "low_confidence" else self.vote_of(s)
                 weight = vote_weight(rule, answer, s.tokens, settings.sampling.max_tokens)
                 votes.add(answer, weight)
                 choice.add(answer, weight * selection_weight(rule, s.extra))

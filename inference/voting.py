@@ -140,9 +140,10 @@ class StopRule:
     stop_table: a table `python -m inference.calibrate` fitted on recorded traces (a path; relative ones from the
       repository root). With it, while the leader has ≤ 2 votes the table decides instead of the rule's kind: stop
       (reason "stop_table") only in a cell (leader, runner-up, finished) whose fitted risk is ≤ `max_risk`.
-    confidence_stop: DeepConf online termination, in the replay engine (simulator) only so far: once
-      `confidence_warmup` samples finished, a sample whose window confidence falls below this quantile of their
-      lowest window confidence ends there without a vote (inference/engines/replay.py). None: off.
+    confidence_stop: DeepConf online termination, in every engine (inference.entropy.ConfidenceGate): once
+      `confidence_warmup` samples finished, a sample whose window confidence (windows of `confidence_window` tokens)
+      falls below this quantile of their lowest window confidence ends there without a vote. The live engines then
+      ask for `entropy_top_k` logprobs. None: off.
     """
 
     kind: str = "k_of_n"
@@ -162,6 +163,7 @@ class StopRule:
     max_risk: float = 0.05
     confidence_stop: float | None = None
     confidence_warmup: int = 4
+    confidence_window: int = 256
 
     def __post_init__(self) -> None:
         bad = [w for w in self.weights if w not in VOTE_WEIGHTS]
@@ -186,6 +188,7 @@ class StopRule:
                                                  or not 0 < self.confidence_stop < 1):
             raise ValueError(f"voting.confidence_stop must be in (0, 1) or null, got {self.confidence_stop!r}")
         _check_int("confidence_warmup", self.confidence_warmup, minimum=1)
+        _check_int("confidence_window", self.confidence_window, minimum=1)
         if not _is_number(self.max_risk) or not 0 <= self.max_risk < 1:
             raise ValueError(f"voting.max_risk must be a number in [0, 1), got {self.max_risk!r}")
         if self.stop_table is not None:

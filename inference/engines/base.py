@@ -38,6 +38,12 @@ class SampleRequest:
     variant: str = ""  # name of the prompt variant, recorded in traces
     logprobs: int = 0  # top-k logprobs per token for the entropy vote (inference/entropy.py); 0: none
     entropy_tail_tokens: int = 256  # the tail window of the sample's `entropy_tail`
+    # DeepConf online termination (inference.entropy.ConfidenceGate; needs logprobs): once `confidence_warmup`
+    # samples of the problem finished, a sample whose lowest window confidence (windows of `confidence_window`
+    # tokens) falls below their `confidence_stop` quantile ends with finish_reason "low_confidence". None: off.
+    confidence_stop: float | None = None
+    confidence_warmup: int = 4
+    confidence_window: int = 256
 
 
 @dataclass
@@ -49,7 +55,9 @@ class Sample:
     text: str
     tokens: int  # completion tokens generated
     seconds: float  # from submission to finish, on the engine's clock
-    finish_reason: str  # "stop" (EOS), "length" (max_tokens), "answer" (stop rule), "aborted", "error"
+    # "stop" (EOS), "length" (max_tokens), "answer" (stop rule), "aborted", "error", "low_confidence" (terminated by
+    # DeepConf online: finished, never votes)
+    finish_reason: str
     variant: str = ""
     seed: int | None = None
     extra: dict = field(default_factory=dict)

@@ -49,6 +49,7 @@ from inference.answers import (
 )
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineProgress, Sample, SampleRequest
+from inference.entropy import ConfidenceGate
 from inference.tools import cut_tool_trace
 
 REQUIRED = {"problem_id": str, "sample": int, "text": str, "tokens": int, "seconds": (int, float)}
@@ -281,7 +282,9 @@ class ReplayEngine(Engine):
         `confidence_stop`: DeepConf online - once `confidence_warmup` samples of a problem finished, the threshold
         is this quantile of their lowest window confidence (`conf_min`), and a sample of that problem whose window
         confidence (`conf_windows`, blocks of `conf_window` tokens) falls below it is terminated at the end of that
-        window: it finishes then, empty, with reason "low_confidence" (no vote). Samples without the fields run on."""
+        window: it finishes then, empty, with reason "low_confidence" (no vote). Samples without the fields run on.
+        Without it the requests' own `confidence_stop` / `confidence_warmup` (the solver's policy) decide, as in the
+        live engines; the threshold is inference.entropy.ConfidenceGate's."""
         super().__init__(clock)
         if speed is not None and not getattr(self.clock, "virtual", False):
             raise ValueError("replay: a speed profile needs a VirtualClock (--virtual-clock)")
@@ -304,8 +307,7 @@ class ReplayEngine(Engine):
         if confidence_stop is not None and not 0 < confidence_stop < 1:
             raise ValueError(f"replay: confidence_stop must be in (0, 1), got {confidence_stop}")
         self.confidence_stop, self.confidence_warmup = confidence_stop, confidence_warmup
-        self._conf_seen: dict[str, list[float]] = {}  # problem → conf_min of its first finished samples
-        self._conf_threshold: dict[str, float] = {}
+        self._gates: dict[str, ConfidenceGate] = {}  # problem → its DeepConf threshold
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -334,8 +336,22 @@ class ReplayEngine(Engine):
                 self._running[key] = r
                 self._order += 1
                 heapq.heappush(self._heap, (r.end, self._order, key))
-                if req.problem_id in self._conf_threshold:
-                    self._terminate_if_unsure(r, self._conf_threshold[req.problem_id], r.begin)
+                gate = self._gate(req)
+                if gate is not None and gate.threshold is not None:
+                    self._terminate_if_unsure(r, gate, r.begin)
+
+    def _gate(self, req: SampleRequest) -> ConfidenceGate | None:
+        """The problem's DeepConf gate (made at its first request): the engine's settings, else the request's."""
+        gate = self._gates.get(req.problem_id)
+        if gate is None:
+            if self.confidence_stop is not None:
+                gate = ConfidenceGate(self.confidence_stop, self.confidence_warmup)
+            elif req.confidence_stop is not None:
+                gate = ConfidenceGate(req.confidence_stop, req.confidence_warmup)
+            else:
+                return None
+            self._gates[req.problem_id] = gate
+        return gate
 
     # -- timing -------------------------------------------------------------------------------------------------
     def _first(self) -> _Running | None:
@@ -354,27 +370,20 @@ class ReplayEngine(Engine):
             self._finished.append(self._sample(r, "", r.stopped_at, at - r.start, "low_confidence"))
             return
         self._finished.append(self._sample(r, r.cut.text, r.cut.tokens, at - r.start, r.cut.finish_reason))
-        if self.confidence_stop is not None and r.cut.extra.get("conf_min") is not None:
-            pid = r.request.problem_id
-            seen = self._conf_seen.setdefault(pid, [])
-            if len(seen) < self.confidence_warmup:
-                seen.append(float(r.cut.extra["conf_min"]))
-                if len(seen) == self.confidence_warmup:
-                    ordered = sorted(seen)
-                    threshold = ordered[min(len(ordered) - 1, int(self.confidence_stop * len(ordered)))]
-                    self._conf_threshold[pid] = threshold
-                    position = at if self.speed is None else self._work
-                    for other in list(self._running.values()):
-                        if other.request.problem_id == pid:
-                            self._terminate_if_unsure(other, threshold, position)
+        gate = self._gates.get(r.request.problem_id)
+        if gate is not None and gate.finished(r.cut.extra.get("conf_min")):  # the warmup is complete
+            position = at if self.speed is None else self._work
+            for other in list(self._running.values()):
+                if other.request.problem_id == r.request.problem_id:
+                    self._terminate_if_unsure(other, gate, position)
 
-    def _terminate_if_unsure(self, r: _Running, threshold: float, position: float) -> None:
-        """DeepConf online: end `r` after the first window whose confidence is below `threshold`, if any, but not
-        before `position` (now, on the clock or in per-sample work)."""
+    def _terminate_if_unsure(self, r: _Running, gate: ConfidenceGate, position: float) -> None:
+        """DeepConf online: end `r` after the first recorded window the gate terminates at, if any, but not before
+        `position` (now, on the clock or in per-sample work)."""
         windows, size = r.cut.extra.get("conf_windows"), r.cut.extra.get("conf_window")
         if not windows or not size or r.stopped_at is not None or r.tool_seconds > 0:
             return
-        low = next((i for i, c in enumerate(windows) if c < threshold), None)
+        low = next((i for i, c in enumerate(windows) if gate.terminates(c)), None)
         if low is None or (low + 1) * size >= r.cut.tokens:
             return
         r.stopped_at = (low + 1) * size
@@ -509,5 +518,4 @@ class ReplayEngine(Engine):
             self._heap.clear()
             self._tools.clear()
             self._partials.clear()
-            self._conf_seen.clear()
-            self._conf_threshold.clear()
+            self._gates.clear()

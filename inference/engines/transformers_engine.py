@@ -14,6 +14,9 @@ applied while streaming, abort stops generation, progress shows tokens as they c
   (a window of the last tokens, as vLLM's detokenizer does, so a step costs the same at token 10 and 10,000), feeds
   it to the row's stop rule (`inference.answers.StopDetector`), ends rows that hit their own max_tokens, EOS or an
   abort, and hands finished samples to `poll` right away.
+- DeepConf online (`confidence_stop` on the requests, with logprobs): the row's sliding-window token confidence is
+  tested against its problem's `inference.entropy.ConfidenceGate` at every step; under the threshold the row ends
+  with reason "low_confidence".
 - Tools (inference/tools.py): a row that ends at the chat format's tool-call stop string leaves its batch; a tool
   thread runs the call in the sandbox and queues the sample's next turn (prompt + turn + framed output) as a new job.
 """
@@ -45,7 +48,7 @@ from transformers import (
 from inference.answers import StopDetector
 from inference.clock import RealClock, VirtualClock
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
-from inference.entropy import EntropyMeter
+from inference.entropy import ConfidenceGate, EntropyMeter
 from inference.formats import get_format
 from inference.prompts import fit_prompt_ids
 from inference.tools import Conversation, ToolSettings, start_tools, stop_tools
@@ -71,6 +74,7 @@ class _Job:
     seed: int | None = None  # this turn's seed (the request's, shifted per turn)
     format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
     entropy: EntropyMeter | None = None  # when the request asked for logprobs (kept across turns)
+    gate: ConfidenceGate | None = None  # the problem's DeepConf threshold, with confidence_stop (shared)
 
     def __post_init__(self) -> None:
         self.detector = StopDetector(self.request.stop_rule)
@@ -136,6 +140,7 @@ class TransformersEngine(Engine):
         self._queue: list[_Job] = []  # submitted, not yet in a batch
         self._active: list[_Job] = []  # rows of the running batch
         self._finished: list[Sample] = []
+        self._gates: dict[str, ConfidenceGate] = {}  # problem id → its DeepConf threshold (confidence_stop)
         self._last_activity = 0.0
         self._stopping = False
         self._error: str | None = None
@@ -174,6 +179,7 @@ class TransformersEngine(Engine):
                 job.done = True  # ends the running generate at its next step
             self._queue.clear()
             self._finished.clear()
+            self._gates.clear()
             tooling, self._tooling = self._tooling, []
             self._wake.notify_all()
         for job in tooling:
@@ -218,8 +224,15 @@ class TransformersEngine(Engine):
                 conversation = Conversation(self.format, self.tools, self._pool, prompt_ids, now)
             jobs.append(_Job(req, prompt_ids, max_tokens, now, conversation=conversation, seed=req.seed,
                              format=self.format,
-                             entropy=EntropyMeter(req.logprobs, req.entropy_tail_tokens) if req.logprobs else None))
+                             entropy=EntropyMeter(req.logprobs, req.entropy_tail_tokens, req.confidence_window)
+                             if req.logprobs else None))
         with self._lock:
+            for job in jobs:
+                req = job.request
+                if job.entropy is not None and req.confidence_stop is not None:
+                    if req.problem_id not in self._gates:
+                        self._gates[req.problem_id] = ConfidenceGate(req.confidence_stop, req.confidence_warmup)
+                    job.gate = self._gates[req.problem_id]
             self._queue.extend(jobs)
             if jobs:
                 self._last_activity = jobs[-1].submitted
@@ -251,6 +264,7 @@ class TransformersEngine(Engine):
             self._tooling = [j for j in self._tooling if j.request.problem_id != problem_id]
             done = [s for s in self._finished if s.problem_id == problem_id]
             self._finished = [s for s in self._finished if s.problem_id != problem_id]
+            self._gates.pop(problem_id, None)
             token_lists = [list(j.token_ids) for j in jobs]
         for job in tooling:
             job.conversation.stop()  # a call in progress ends now; its thread drops the sample
@@ -361,8 +375,13 @@ class TransformersEngine(Engine):
                     continue
                 elif reason:
                     text = self._tokenizer.decode(job.token_ids, skip_special_tokens=skip)
+                elif job.gate is not None and job.gate.terminates(job.entropy.conf_min):
+                    # DeepConf online: a full window fell under the problem's threshold
+                    text, reason = self._tokenizer.decode(job.token_ids, skip_special_tokens=skip), "low_confidence"
                 if reason:
                     job.done = True
+                    if job.gate is not None and reason != "low_confidence":  # ended on its own: a warmup sample
+                        job.gate.finished(job.entropy.lowest)
                     finished.append(job.sample(text, now - job.submitted, reason, now))
                     self._release(job)
             if finished:
@@ -392,11 +411,14 @@ class TransformersEngine(Engine):
                 prompt_ids = conv.next_prompt_ids(self._tokenizer, now) if action != "done" else []
                 left = min(job.request.max_tokens - conv.tokens, self._context - len(prompt_ids))
                 if action == "done" or left <= 0:
+                    if job.gate is not None:
+                        job.gate.finished(job.entropy.lowest)
                     self._finished.append(job.sample("", now - job.submitted, conv.finish_reason or "length", now))
                     self._release(job)
                 else:
                     turn = _Job(job.request, prompt_ids, left, job.submitted, conversation=conv,
-                                seed=job.request.seed + conv.turn, format=job.format, entropy=job.entropy)
+                                seed=job.request.seed + conv.turn, format=job.format, entropy=job.entropy,
+                                gate=job.gate)
                     turn.detector = job.detector
                     self._queue.append(turn)
                 self._last_activity = now

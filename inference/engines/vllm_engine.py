@@ -8,7 +8,9 @@ background thread it owns, and its public methods are plain synchronous calls th
 Each sample is one vLLM request with its own seed (prefix caching shares the prompt's KV cache among the samples of a
 problem). A consumer task per request reads the streamed deltas, counts tokens, feeds the request's stop rule
 (`inference.answers.StopDetector`, whose cost is linear in the new text) and aborts the request in vLLM the moment
-the sample has committed to an answer.
+the sample has committed to an answer. With `confidence_stop` on the requests (and logprobs), the problem's
+`inference.entropy.ConfidenceGate` ends a sample the same way once its sliding-window token confidence falls below the
+threshold of the problem's first finished samples: it finishes with reason "low_confidence".
 Finished samples go to a list that `poll` hands out. If vLLM dies (its engine core process crashed, or the loop
 stopped answering for `stall_seconds`), `submit` and `poll` raise `EngineError` and the watchdog restarts the engine.
 
@@ -34,7 +36,7 @@ from typing import Any, Coroutine, Sequence
 
 from inference.answers import StopDetector
 from inference.clock import RealClock, VirtualClock
-from inference.entropy import EntropyMeter
+from inference.entropy import ConfidenceGate, EntropyMeter
 from inference.engines.base import Engine, EngineError, EngineProgress, Sample, SampleRequest
 from inference.formats import get_format
 from inference.prompts import fit_prompt_ids
@@ -58,6 +60,7 @@ class _Stream:
     pieces: list[str] = field(default_factory=list)  # the text so far, joined only when the sample ends
     detector: StopDetector = field(init=False)  # the request's stop rule, fed every delta
     entropy: EntropyMeter | None = None  # when the request asked for logprobs
+    gate: ConfidenceGate | None = None  # the problem's DeepConf threshold, with confidence_stop (shared)
     conversation: Conversation | None = None  # with tools: the turns so far
     format: Any = None  # the engine's ChatFormat: the sample's text is its answer_text of the completion
     params: Any = None  # this sample's SamplingParams (each turn copies them)
@@ -120,6 +123,7 @@ class VLLMEngine(Engine):
         self._lock = threading.Lock()
         self._finished_cond = threading.Condition(self._lock)
         self._streams: dict[str, _Stream] = {}  # request id → sample in flight
+        self._gates: dict[str, ConfidenceGate] = {}  # problem id → its DeepConf threshold (confidence_stop)
         self._finished: list[Sample] = []  # finished, not yet returned by poll
         self._last_activity = 0.0  # engine clock: last token or submission
         self._error: str | None = None  # set when vLLM died
@@ -181,6 +185,7 @@ class VLLMEngine(Engine):
         with self._lock:
             self._streams.clear()
             self._finished.clear()
+            self._gates.clear()
         llm, self._llm = self._llm, None
         if llm is not None:
 
@@ -264,13 +269,19 @@ class VLLMEngine(Engine):
             for req, request_id, prompt_ids, params in batch:
                 collector = await self._llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
                 added.append(request_id)
+                meter = EntropyMeter(req.logprobs, req.entropy_tail_tokens, req.confidence_window) if req.logprobs \
+                    else None
                 stream = _Stream(req, request_id, len(prompt_ids), self.clock.now(), params=params,
-                                 format=self.format,
-                                 entropy=EntropyMeter(req.logprobs, req.entropy_tail_tokens) if req.logprobs else None)
+                                 format=self.format, entropy=meter)
                 if self.tools is not None:
                     stream.conversation = Conversation(self.format, self.tools, self._pool, prompt_ids,
                                                        stream.submitted)
                 with self._lock:
+                    if meter is not None and req.confidence_stop is not None:
+                        stream.gate = self._gates.get(req.problem_id)
+                        if stream.gate is None:
+                            stream.gate = self._gates[req.problem_id] = ConfidenceGate(req.confidence_stop,
+                                                                                       req.confidence_warmup)
                     self._streams[request_id] = stream
                     self._last_activity = stream.submitted
                 asyncio.create_task(self._consume(self._llm, stream, collector))
@@ -306,8 +317,8 @@ class VLLMEngine(Engine):
                     stream.turn_pieces.append(completion.text)
                 if tool_stop:
                     reason = None
-                if self._on_delta(stream, completion.text, len(completion.token_ids), reason) == "answer":
-                    await llm.abort(stream.request_id)  # free its batch slot now
+                if self._on_delta(stream, completion.text, len(completion.token_ids), reason) is not None:
+                    await llm.abort(stream.request_id)  # answered or terminated: free its batch slot now
                     return
                 if tool_stop:
                     collector = await self._next_turn(llm, stream)
@@ -359,7 +370,8 @@ class VLLMEngine(Engine):
             stream.detector.feed(framed)  # keeps the detector's count of the text; a cut shows at the next delta
             if action == "done":
                 del self._streams[stream.request_id]
-                self._finish(stream.sample(stream.text, now - stream.submitted, conv.finish_reason or "length"))
+                self._finish(stream.sample(stream.text, now - stream.submitted, conv.finish_reason or "length"),
+                             stream)
                 return None
             self._last_activity = now
         prompt_ids = conv.next_prompt_ids(self._tokenizer, now)
@@ -373,7 +385,7 @@ class VLLMEngine(Engine):
             log.info("vllm engine: %s ends at its context limit (%s)", stream.request_id, e)
             with self._lock:
                 if self._streams.pop(stream.request_id, None) is stream:
-                    self._finish(stream.sample(stream.text, self.clock.now() - stream.submitted, "length"))
+                    self._finish(stream.sample(stream.text, self.clock.now() - stream.submitted, "length"), stream)
             return None
         with self._lock:
             if self._streams.get(stream.request_id) is stream:
@@ -385,8 +397,9 @@ class VLLMEngine(Engine):
         return None
 
     def _on_delta(self, stream: _Stream, delta: str, tokens: int, finish_reason: str | None) -> str | None:
-        """Account one delta; finish the sample if it ended or committed to an answer. Returns "answer" when the stop
-        rule fired (the caller aborts the request), else None."""
+        """Account one delta; finish the sample if it ended, committed to an answer or fell under the problem's
+        confidence threshold. Returns "answer" when the stop rule fired, "low_confidence" when the gate terminated
+        it (the caller aborts the request), else None."""
         now = self.clock.now()
         with self._lock:
             if self._streams.get(stream.request_id) is not stream:
@@ -396,17 +409,24 @@ class VLLMEngine(Engine):
             self._last_activity = now
             stop = stream.detector.feed(delta)
             if stop is None and finish_reason is None:
-                return None
+                if stream.gate is None or not stream.gate.terminates(stream.entropy.conf_min):
+                    return None
+                del self._streams[stream.request_id]  # DeepConf online: a full window fell under the threshold
+                self._finish(stream.sample(stream.text, now - stream.submitted, "low_confidence"))
+                return "low_confidence"
             del self._streams[stream.request_id]
             text = stream.text
             if stop is not None:
-                self._finish(stream.sample(text[:stop], now - stream.submitted, "answer"))
+                self._finish(stream.sample(text[:stop], now - stream.submitted, "answer"), stream)
                 return "answer" if finish_reason is None else None
-            self._finish(stream.sample(text, now - stream.submitted, finish_reason))
+            self._finish(stream.sample(text, now - stream.submitted, finish_reason), stream)
             return None
 
-    def _finish(self, sample: Sample) -> None:
-        """Queue a finished sample for poll (caller holds the lock)."""
+    def _finish(self, sample: Sample, stream: _Stream | None = None) -> None:
+        """Queue a finished sample for poll (caller holds the lock). `stream`: it ended on its own, so its lowest
+        window confidence counts towards its problem's threshold (errors do not)."""
+        if stream is not None and stream.gate is not None and sample.finish_reason not in ("aborted", "error"):
+            stream.gate.finished(stream.entropy.lowest)
         self._finished.append(sample)
         self._finished_cond.notify_all()
 
@@ -443,6 +463,7 @@ class VLLMEngine(Engine):
             streams = [s for s in self._streams.values() if s.request.problem_id == problem_id]
             for s in streams:
                 del self._streams[s.request_id]
+            self._gates.pop(problem_id, None)
             done = [s for s in self._finished if s.problem_id == problem_id]
             self._finished = [s for s in self._finished if s.problem_id != problem_id]
         aborted = [s.sample("".join(s.pieces), now - s.submitted, "aborted") for s in streams]
