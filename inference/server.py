@@ -117,8 +117,15 @@ class Predictor:
             elapsed_seconds=0.0 if run_started_at is None else max(0.0, time.time() - run_started_at),  # [sim]
         )
         self.results: dict[str, ProblemResult] = {}
-        # the token scheduler (settings.token_scheduler): per problem, max_tokens and a time weight from its length
-        self.scheduler = Scheduler(settings.token_scheduler) if settings.token_scheduler.source else None
+        # the token scheduler (settings.token_scheduler): per problem, max_tokens and a time weight from its length;
+        # its model loads here, before the first problem's clock starts
+        self.scheduler: Scheduler | None = None
+        if settings.token_scheduler.source:
+            try:
+                self.scheduler = Scheduler(settings.token_scheduler)
+            except Exception:  # noqa: BLE001 - no scheduler is the config's own limits, never a lost run
+                log.exception("token scheduler %s failed to load; using the config's max_tokens and time share",
+                              settings.token_scheduler.source)
         self.max_tokens: dict[str, int] = {}  # problem id → the scheduler's max_tokens for it
         self._lock = threading.Lock()
         self._trace_lock = threading.Lock()

@@ -68,11 +68,11 @@ class LengthModel:
         self.source = source
         self._lock = threading.Lock()
         self._cache: dict[str, float] = {}
-        self._model = None
         if path.is_dir():
             meta = json.loads((path / META_FILE).read_text())
             self.meta = meta
             self.table: dict[str, float] = {}
+            self._load_model()  # now, not inside the first problem's time
         else:
             try:
                 meta = json.loads(path.read_text())
@@ -97,13 +97,15 @@ class LengthModel:
                 self._cache[problem] = self._run_model(problem)
             return self._cache[problem]
 
-    def _run_model(self, problem: str) -> float:
-        import torch
+    def _load_model(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if self._model is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.source)
-            self._model = AutoModelForSequenceClassification.from_pretrained(self.source).eval()
+        self._tokenizer = AutoTokenizer.from_pretrained(self.source)
+        self._model = AutoModelForSequenceClassification.from_pretrained(self.source).eval()
+
+    def _run_model(self, problem: str) -> float:
+        import torch
+
         enc = self._tokenizer(problem, truncation=True, max_length=int(self.meta["max_problem_tokens"]),
                               return_tensors="pt")
         with torch.no_grad():

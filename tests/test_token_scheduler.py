@@ -62,6 +62,16 @@ def test_trained_regressor_tracks_lengths_and_serves_from_its_folder(tmp_path):
     model = LengthModel(str(out))
     text = json.loads(problems.read_text().splitlines()[5])["problem"]
     assert math.isclose(model.predict("p05", text), table["predictions"][text], rel_tol=1e-3)
+    # ... and through the Predictor, as the server runs it.
+    settings = load_settings(REPO / "configs" / "inference" / "aimo3.yaml",
+                             {"token_scheduler.source": str(out), "token_scheduler.min_tokens": 100,
+                              "token_scheduler.max_tokens": 400, "sampling.samples": 2},
+                             engine="replay", traces=str(traces), virtual_clock=True)
+    clock = VirtualClock()
+    predictor = Predictor(settings, engine=ReplayEngine(str(traces), clock=clock), problems=1, clock=clock,
+                          total_seconds=600)
+    predictor.solve("p05", text)
+    assert predictor.max_tokens["p05"] == predictor.scheduler.max_tokens(table["predictions"][text])
 
 
 @pytest.mark.slow
@@ -168,3 +178,19 @@ def test_time_share_follows_the_prediction(tmp_path):
     plain = TimeBudget(TimePolicy(kind="share"), total_seconds=1000, problems=10, clock=clock)
     weighted = TimeBudget(TimePolicy(kind="share"), total_seconds=1000, problems=10, clock=clock)
     assert plain.start_problem() == 100 and weighted.start_problem(1.5) == 150
+
+
+def test_a_scheduler_that_cannot_load_leaves_the_config_limits(tmp_path, write_traces):
+    """A model folder whose weights are missing: the run goes on with sampling.max_tokens, never a lost run."""
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "token_scheduler.json").write_text(json.dumps({"lo": 1, "hi": 2, "mean": 0, "std": 1,
+                                                             "max_problem_tokens": 8}))
+    traces = write_traces({"a": [toy_trace_text(7)] * 2})
+    settings = load_settings(REPO / "configs" / "inference" / "aimo3.yaml",
+                             {"token_scheduler.source": str(folder), "sampling.samples": 2}, engine="replay",
+                             traces=str(traces), virtual_clock=True)
+    clock = VirtualClock()
+    predictor = Predictor(settings, engine=ReplayEngine(str(traces), clock=clock), problems=1, clock=clock)
+    assert predictor.scheduler is None
+    assert predictor.solve("a", "What is a?").answer == 7 and predictor.max_tokens == {}
