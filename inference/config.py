@@ -23,6 +23,7 @@ from inference.engines import ENGINES
 from inference.engines.base import STOP_RULES
 from inference.mappings import dataclass_from_mapping
 from inference.time_budget import TimePolicy
+from inference.token_scheduler import TokenSchedule
 from inference.tools import ToolSettings
 from inference.voting import StopRule
 
@@ -144,6 +145,8 @@ class Settings:
     time: TimePolicy = field(default_factory=TimePolicy)
     watchdog: Watchdog = field(default_factory=Watchdog)
     tools: ToolSettings = field(default_factory=ToolSettings)  # the Python tool loop (inference/tools.py)
+    # the seed's token scheduler: predicted length → max_tokens and time share (inference/token_scheduler.py)
+    token_scheduler: TokenSchedule = field(default_factory=TokenSchedule)
     source: str = "<defaults>"  # the file these settings came from, for messages
 
     def __post_init__(self) -> None:
@@ -320,6 +323,7 @@ def _load(raw: dict, overrides: dict, kwargs: dict, source: str, path: Path | No
         "time": TimePolicy,
         "watchdog": Watchdog,
         "tools": ToolSettings,
+        "token_scheduler": TokenSchedule,
     }
     built: dict[str, Any] = {}
     for name, cls in sections.items():
@@ -341,5 +345,11 @@ def _load(raw: dict, overrides: dict, kwargs: dict, source: str, path: Path | No
     for key in ("model", "traces", "problems"):
         if raw.get(key) is not None:
             raw[key] = resolve_path(raw[key], base)
+    scheduler = built["token_scheduler"]
+    scheduler.source = resolve_path(scheduler.source, base)
+    try:
+        scheduler.check_source()
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     comp = competition if isinstance(competition, Competition) else Competition.load(competition)
     return Settings(competition=comp, source=source, **raw, **built)

@@ -45,6 +45,7 @@ from inference.config import Settings
 from inference.engines import Engine, make_engine
 from inference.solver import ProblemResult, Restarts, Solver
 from inference.time_budget import TimeBudget
+from inference.token_scheduler import Scheduler
 
 log = logging.getLogger("inference.server")
 
@@ -115,6 +116,16 @@ class Predictor:
             elapsed_seconds=0.0 if run_started_at is None else max(0.0, time.time() - run_started_at),  # [sim]
         )
         self.results: dict[str, ProblemResult] = {}
+        # the token scheduler (settings.token_scheduler): per problem, max_tokens and a time weight from its length;
+        # its model loads here, before the first problem's clock starts
+        self.scheduler: Scheduler | None = None
+        if settings.token_scheduler.source:
+            try:
+                self.scheduler = Scheduler(settings.token_scheduler)
+            except Exception:  # noqa: BLE001 - no scheduler is the config's own limits, never a lost run
+                log.exception("token scheduler %s failed to load; using the config's max_tokens and time share",
+                              settings.token_scheduler.source)
+        self.max_tokens: dict[str, int] = {}  # problem id → the scheduler's max_tokens for it
         self._lock = threading.Lock()
         self._trace_lock = threading.Lock()
         self._calls = 0
@@ -198,9 +209,11 @@ class Predictor:
             log.exception("engine failed to start")
             self._solver = None
             return self._fallback(problem_id, "engine_error", f"engine start failed: {e!r}")
-        deadline = self._deadline = self.budget.start_problem()
+        max_tokens, weight = self._schedule(problem_id, problem)
+        deadline = self._deadline = self.budget.start_problem(weight)
         try:
-            return solver.solve(problem_id, problem, deadline, extend=self._contested_deadline())  # [sim]
+            return solver.solve(problem_id, problem, deadline, extend=self._contested_deadline(),  # [sim]
+                                max_tokens=max_tokens)
         finally:
             self.budget.finish_problem()
 
@@ -219,7 +232,8 @@ class Predictor:
                 return self._fallback(problem_id, "global_cutoff", "the model was still loading at the cutoff")
             if "error" in box:
                 log.error("engine failed to start: %r", box["error"])
-        deadline = self._deadline = self.budget.start_problem()
+        max_tokens, weight = self._schedule(problem_id, problem)
+        deadline = self._deadline = self.budget.start_problem(weight)
         try:
             if not self._engine_free(deadline):
                 return self._fallback(problem_id, "engine_dead" if self.engine_dead else "engine_busy")
@@ -242,7 +256,7 @@ class Predictor:
 
             def work() -> ProblemResult:
                 return solver.solve(problem_id, problem, deadline, result=live, cancel=cancel, extend=extend,
-                                    watch=watch)
+                                    watch=watch, max_tokens=max_tokens)
 
             grace = self.settings.watchdog.answer_grace_seconds
             finished, box = self._in_worker(f"solve-{problem_id}", work, lambda: current["deadline"] + grace,
@@ -261,6 +275,20 @@ class Predictor:
             return result
         finally:
             self.budget.finish_problem()
+
+    def _schedule(self, problem_id: str, problem: str) -> tuple[int | None, float]:
+        """(max_tokens, time weight) for this problem from the token scheduler; (None, 1.0) without one or when the
+        prediction fails (the config's own limits: a scheduler error never costs an answer)."""
+        if self.scheduler is None:
+            return None, 1.0
+        try:
+            max_tokens, weight = self.scheduler.plan(problem_id, problem)
+        except Exception:  # noqa: BLE001 - e.g. a model that fails to load
+            log.exception("token scheduler failed on %s; using the config's max_tokens and time share", problem_id)
+            return None, 1.0
+        if max_tokens is not None:
+            self.max_tokens[problem_id] = max_tokens
+        return max_tokens, weight
 
     def _contested_deadline(self) -> Callable | None:
         """[sim] For the solver: the deadline of the problem being solved, stretched while its votes are split

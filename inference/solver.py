@@ -139,7 +139,9 @@ class Solver:
         self._inbox_lock = threading.Lock()
         self._unaborted: set[str] = set()  # problems whose solve was given up before it aborted their samples
 
-    def requests(self, problem_id: str, problem: str, first: int, count: int) -> list[SampleRequest]:
+    def requests(self, problem_id: str, problem: str, first: int, count: int,
+                 max_tokens: int | None = None) -> list[SampleRequest]:
+        """`max_tokens`: this problem's (the token scheduler's), else sampling.max_tokens."""
         s, p, v = self.settings.sampling, self.settings.prompts, self.settings.voting
         spec = self.settings.competition.answer
         schedule = variant_schedule(p.variants, first + count)[first:]
@@ -149,7 +151,7 @@ class Solver:
                 sample=first + i,
                 messages=build_messages(problem, variant, p, spec),
                 seed=sample_seed(s.seed, problem_id, first + i),
-                max_tokens=s.max_tokens,
+                max_tokens=max_tokens or s.max_tokens,
                 temperature=s.temperature,
                 top_p=s.top_p,
                 min_p=s.min_p,
@@ -199,25 +201,28 @@ class Solver:
 
     def solve(self, problem_id: str, problem: str, deadline: float, result: ProblemResult | None = None,
               cancel: threading.Event | None = None,
-              extend: Callable[[Votes, int, int], float] | None = None, watch: dict | None = None) -> ProblemResult:
+              extend: Callable[[Votes, int, int], float] | None = None, watch: dict | None = None,
+              max_tokens: int | None = None) -> ProblemResult:
         """Answer one problem by `deadline` (the run's clock). `result`, if given, is filled in as votes arrive, so
         a caller that stops waiting can answer its current leader; once `cancel` is set the solve returns without
         calling the engine again. `extend(votes, finished, launched)`, if given, re-sets the deadline after each
         poll ([sim]: the time budget stretches contested problems; see TimeBudget.extend). `watch`, if given, holds
-        the engine call in progress ("call": its name or None, "since": clock time it began)."""
+        the engine call in progress ("call": its name or None, "since": clock time it began). `max_tokens`: this
+        problem's samples' limit (the token scheduler's), else sampling.max_tokens."""
         with self._inbox_lock:
             early = self._inbox.pop(problem_id, [])
             self._inbox[problem_id] = []
         try:
             return self._solve(problem_id, problem, deadline, result, cancel or threading.Event(), early, extend,
-                               watch if watch is not None else {})
+                               watch if watch is not None else {}, max_tokens)
         finally:
             with self._inbox_lock:
                 self._inbox.pop(problem_id, None)
 
     def _solve(self, problem_id: str, problem: str, deadline: float, result: ProblemResult | None,
                cancel: threading.Event, early: list[Sample],
-               extend: Callable[[Votes, int, int], float] | None, watch: dict) -> ProblemResult:
+               extend: Callable[[Votes, int, int], float] | None, watch: dict,
+               max_tokens: int | None = None) -> ProblemResult:
         settings, clock = self.settings, self.clock
         rule = settings.voting
         start = clock.now()
@@ -280,7 +285,7 @@ class Solver:
             return launch(outstanding)
 
         def launch(count: int) -> bool:
-            requests = self.requests(problem_id, problem, result.launched, count)
+            requests = self.requests(problem_id, problem, result.launched, count, max_tokens)
             while True:
                 try:
                     call("submit", self.engine.submit, requests)

@@ -127,8 +127,9 @@ class TimeBudget:
             limit = min(limit, self.per_call_seconds)
         return max(limit, 0.0)
 
-    def start_problem(self) -> float:
-        """The absolute deadline (on the clock) for the problem starting now."""
+    def start_problem(self, weight: float = 1.0) -> float:
+        """The absolute deadline (on the clock) for the problem starting now. `weight` scales the policy's budget
+        before its min/max and hard limits (the token scheduler's predicted length; inference/token_scheduler.py)."""
         now = self.clock.now()
         left = self.cutoff - now
         later = self.problems_left - 1
@@ -144,7 +145,7 @@ class TimeBudget:
             budget = self.base + self.bank
         else:  # reserve
             budget = left - later * p.reserve_seconds
-        budget = min(max(budget, p.min_seconds), p.max_seconds)
+        budget = min(max(budget * weight, p.min_seconds), p.max_seconds)
         if p.kind == "reserve":  # the AIMO-3 notebook's formula as it is: reserve_seconds is its own guard
             hard = max(0.0, min(left, self.per_call_seconds if self.per_call_seconds is not None else left))
         else:
