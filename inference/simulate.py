@@ -9,6 +9,7 @@ and a hardware speed model, and compare policies (configs/simulate/policies.yaml
     python inference/simulate.py --rank ckpt1/traces.jsonl ckpt2/traces.jsonl --hardware h100   # checkpoints
     python inference/simulate.py --write-synthetic runs/synthetic.jsonl   # made-up traces shaped like a 14B model's
     python inference/simulate.py --write-synthetic runs/hard.jsonl --mix hard-heavy --seed 1   # where time binds
+    python inference/simulate.py --write-synthetic runs/go1.jsonl --mix gpt-oss --seed 1 --text-chars 40000
     python inference/simulate.py --benchmark --orders 1000               # how fast the simulator is, old vs new
 
 Traces are evaluate.py's JSONL (one line per sample, the replay format) with a `gold` field, or any replay traces
@@ -669,6 +670,43 @@ def hard_heavy_traces(easy: int = 20, medium: int = 20, hard: int = 10, samples:
     return out
 
 
+def gpt_oss_traces(problems: int = 10, samples: int = 80, seed: int = 0, max_tokens: int = 65536,
+                   tokens_per_second: float = 110.0, text_chars: int = 0) -> list[dict]:
+    """Made-up traces shaped like a gpt-oss-120b run (reasoning effort high) on AIMO-3-level problems, the
+    real-shaped set the early-stop policies are judged on: 6 in 10 problems easy (per-sample accuracy 0.88-0.99),
+    2 medium (0.55-0.8), 2 hard (0.15-0.4); most wrong answers agree on one distractor (a shared wrong turn), the
+    rest scatter; median lengths 9k / 16k / 24k tokens, wrong answers 1.4 × longer, log-normal σ 0.45 and one
+    sample in 10 another 2-3 × longer; past `max_tokens` a sample times out without an answer. Recorded seconds are
+    tokens / `tokens_per_second` × a per-sample factor in [0.8, 1.25] (8 at once on one H100)."""
+    rng = random.Random(f"gpt-oss:{seed}")
+    text_rng = random.Random(f"gpt-oss:{seed}:text")
+    kinds = [("easy", "medium", "hard")[int(i * 10 / problems >= 6) + int(i * 10 / problems >= 8)]
+             for i in range(problems)]
+    rng.shuffle(kinds)
+    shapes = {"easy": ((0.88, 0.99), 9000), "medium": ((0.55, 0.8), 16000), "hard": ((0.15, 0.4), 24000)}
+    out = []
+    for i, kind in enumerate(kinds):
+        pid = f"go-{i:03d}"
+        gold = rng.randint(0, 99999)
+        (lo, hi), length = shapes[kind]
+        p = rng.uniform(lo, hi)
+        distractors = [rng.randint(0, 99999) for _ in range(3)]
+        for s in range(samples):
+            correct = rng.random() < p
+            wrong = distractors[0] if rng.random() < 0.6 else rng.choice(distractors[1:] + [rng.randint(0, 99999)])
+            answer = gold if correct else wrong
+            tokens = rng.lognormvariate(math.log(length * (1.0 if correct else 1.4)), 0.45)
+            if rng.random() < 0.1:
+                tokens *= rng.uniform(2.0, 3.0)
+            tokens = max(500, int(tokens))
+            text, tokens, reason, answer = _made_up_sample(text_rng, text_chars, answer, tokens, max_tokens)
+            seconds = tokens / tokens_per_second * rng.uniform(0.8, 1.25)
+            out.append({"problem_id": pid, "sample": s, "text": text, "tokens": tokens, "seconds": round(seconds, 2),
+                        "finish_reason": reason, "answer": answer, "gold": str(gold),
+                        "correct": answer is not None and answer == gold, "difficulty": kind})
+    return out
+
+
 # -- benchmark -------------------------------------------------------------------------------------------------------
 def benchmark(competition: str, hardware: str, policies_path: str | Path, orders: int, workers: int,
               baseline_orders: int = 2, text_chars: int = 40_000, problems: int = 10, samples: int = 80) -> dict:
@@ -793,9 +831,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", nargs="+", metavar="TRACES", help="rank checkpoints by simulated score")
     parser.add_argument("--rank-policy", default="default", help="the policy --rank simulates")
     parser.add_argument("--write-synthetic", metavar="PATH", help="write synthetic traces and exit")
-    parser.add_argument("--mix", choices=["standard", "hard-heavy"], default="standard",
-                        help="--write-synthetic: the 14B-shaped mix, or 20 easy + 20 medium + 10 hard problems with "
-                             "long tails and time-outs where time binds")
+    parser.add_argument("--mix", choices=["standard", "hard-heavy", "gpt-oss"], default="standard",
+                        help="--write-synthetic: the 14B-shaped mix; 20 easy + 20 medium + 10 hard problems with "
+                             "long tails and time-outs where time binds; or gpt-oss-120b-shaped (10 problems × 80)")
     parser.add_argument("--synthetic-problems", type=int, default=30, help="--write-synthetic: problems")
     parser.add_argument("--synthetic-samples", type=int, default=16, help="--write-synthetic: samples per problem")
     parser.add_argument("--text-chars", type=int, default=0,
@@ -815,6 +853,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.write_synthetic).parent.mkdir(parents=True, exist_ok=True)
             if args.mix == "hard-heavy":
                 records = hard_heavy_traces(samples=args.synthetic_samples, seed=args.seed, text_chars=args.text_chars)
+            elif args.mix == "gpt-oss":
+                records = gpt_oss_traces(seed=args.seed, text_chars=args.text_chars)
             else:
                 records = synthetic_traces(args.synthetic_problems, args.synthetic_samples, args.seed,
                                            text_chars=args.text_chars)
