@@ -27,6 +27,7 @@ i.e. the context the sample used. Each reward also receives `tool_calls` (calls 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -59,6 +60,8 @@ class RolloutTools:
             tools = dataclass_from_mapping(ToolSettings, {"enabled": True} | tool_keys, where)
         except TypeError as e:
             raise ValueError(f"{where}: {e}") from None
+        except ValueError as e:  # ToolSettings names its keys tools.<key>
+            raise ValueError(re.sub(r"^tools\.", f"{where}.", str(e))) from None
         settings = cls(**own, tools=tools)
         if not isinstance(settings.batch_size, int) or settings.batch_size < 1:
             raise ValueError(f"{where}.batch_size: must be an integer ≥ 1, got {settings.batch_size!r}")
