@@ -171,6 +171,11 @@ class GRPOConfig(trl.GRPOConfig, AccuracyEvalArguments, HardwareArguments):
     repetition_max_penalty: float = -1.0
     # The seed's behaviour (trl's default too): a truncated completion trains as a wrong answer.
     mask_truncated_completions: bool = False
+    rollout_tools: dict | None = field(
+        default=None, metadata={"help": "Generate with the Python tool in the kit's sandbox: the chat format and tool "
+                                "settings of the rollouts (train/grpo_tools.py); tool outputs out of the loss. "
+                                "YAML only."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -184,6 +189,16 @@ class GRPOConfig(trl.GRPOConfig, AccuracyEvalArguments, HardwareArguments):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RecipeError(f"{name}: must be >= 1, got {value}")
+        if self.rollout_tools is not None:
+            from train.grpo_tools import RolloutTools
+
+            try:
+                RolloutTools.from_mapping(self.rollout_tools)
+            except ValueError as e:
+                raise RecipeError(str(e)) from None
+            if self.use_vllm:
+                raise RecipeError("rollout_tools: rollouts run through the kit's transformers engine; set use_vllm: "
+                                  "false")
 
 
 # --- recipe files: every value type-checked before anything loads -------------------------------------------------

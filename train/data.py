@@ -79,6 +79,7 @@ EVAL_SETS = {"AIME 2024": "configs/data/aime2024.jsonl", "AIME 2025": "configs/d
 NGRAM = 13  # words: the n-gram overlap open post-training pipelines (Tülu 3, OLMo) decontaminate with
 MIN_CONTAINED_WORDS = 5  # a shorter evaluation problem matches only a training problem with exactly its words
 WORD = re.compile(r"[^\W_]+|[^\w\s$\\{}]")  # letter/digit runs, and every other visible character but $ \ { }
+EMBEDDED_FORMATS = ("python_block", "tool_call")  # formats whose calls and outputs can be read back from one text
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system",
          "tool": "tool"}
 
@@ -105,6 +106,10 @@ class Source:
     max_trace_tokens: int | None = None
     weight: float = 1.0  # fraction of this source's surviving problems to keep (random, dataset_seed)
     max_problems: int | None = None
+    # SFT: the trace is one generation with its code and output blocks embedded in this format's markers
+    # (python_block: ```python / ```output; tool_call: <tool_call> / ```output), split into turns
+    trace_format: str | None = None
+    filters: dict | None = None  # {column: allowed value or list of values}; other rows are dropped, counted
 
     @classmethod
     def from_dict(cls, d: dict) -> "Source":
@@ -117,6 +122,16 @@ class Source:
         source = cls(**d)
         if not 0 < source.weight <= 1:
             raise ValueError(f"dataset_sources[{source.path}].weight must be in (0, 1], got {source.weight}")
+        if source.trace_format is not None:
+            if source.trace_format not in EMBEDDED_FORMATS:
+                raise ValueError(f"dataset_sources[{source.path}].trace_format: {source.trace_format!r} is not one of "
+                                 f"{', '.join(EMBEDDED_FORMATS)}")
+            if source.messages_column:
+                raise ValueError(f"dataset_sources[{source.path}]: trace_format splits trace_column; messages_column "
+                                 "rows already have their turns")
+        if source.filters is not None and not isinstance(source.filters, dict):
+            raise ValueError(f"dataset_sources[{source.path}].filters: expected a mapping of column to allowed "
+                             f"values, got {source.filters!r}")
         return source
 
     @property
@@ -254,6 +269,59 @@ def parse_messages(messages, where: str) -> tuple[str, list[dict] | None, str]:
     return problem, turns or None, flat
 
 
+def split_generation(text: str, format_name: str, where: str) -> list[dict]:
+    """The turns (parse_messages' shape) of one generation whose tool calls and outputs are embedded in it, as
+    NeMo-Skills' TIR solutions are (OpenMathReasoning `tir`): assistant text up to a code block, the code as the
+    turn's call, the following output block as the tool turn, and so on; the text after the last output block is
+    the final assistant turn. Markers are matched without their surrounding newlines. A code block with no output
+    block right after it, or an unclosed block, raises ValueError naming `where`."""
+    fmt = get_format(format_name)
+    code_begin, code_end = fmt.code_begin.strip(), fmt.code_end.strip()
+    output_begin, output_end = fmt.output_begin.strip(), fmt.output_end.strip()
+    turns, pos = [], 0
+    while (start := text.find(code_begin, pos)) >= 0:
+        body = start + len(code_begin)
+        end = text.find(code_end, body)
+        if end < 0:
+            raise ValueError(f"{where}: the code block at character {start} is not closed ({code_end!r})")
+        after = end + len(code_end)
+        out = after + len(text[after:]) - len(text[after:].lstrip())
+        if not text.startswith(output_begin, out):
+            raise ValueError(f"{where}: the code block at character {start} has no output block "
+                             f"({output_begin!r}) after it")
+        out_body = out + len(output_begin)
+        out_end = text.find(output_end, out_body)
+        if out_end < 0:
+            raise ValueError(f"{where}: the output block at character {out} is not closed ({output_end!r})")
+        output = text[out_body:out_end].removeprefix("\n")
+        turns += [{"role": "assistant", "content": text[pos:start], "thinking": None,
+                   "call": text[body:end].strip("\n")},
+                  {"role": "tool", "content": output}]
+        pos = out_end + len(output_end)
+        pos += text.startswith("\n", pos)  # the newline that closes the output block is part of its frame
+    return turns + [{"role": "assistant", "content": text[pos:], "thinking": None, "call": None}]
+
+
+def _row_filtered_out(row: dict, source: Source) -> str | None:
+    """The drop reason when a `filters` column of `row` holds a value the source does not allow, else None."""
+    for column, allowed in (source.filters or {}).items():
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        if _column(row, column, source) not in allowed:
+            return f"{column} not in {allowed}"
+    return None
+
+
+def _accuracy_value(value) -> float | None:
+    """A solve rate from its column: a number, or a numeric string (OpenMathReasoning's pass_rate_72b_tir is a
+    string, "n/a" when unknown)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value
+
+
 def problem_words(text: str) -> list[str]:
     """A problem as lowercase words and single symbols: spacing, case, `$`, backslashes and braces do not count."""
     return WORD.findall(text.lower())
@@ -348,6 +416,9 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
     for index, row in enumerate(load_rows(source)):
         report.read[label] += 1
         turns = None
+        if source.filters and (reason := _row_filtered_out(row, source)):
+            report.drop(label, reason)
+            continue
         if source.messages_column:
             problem, turns, trace = parse_messages(_column(row, source.messages_column, source),
                                                    f"dataset_sources[{label}] row {index}")
@@ -367,7 +438,7 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
             continue
         if source.min_accuracy is not None or source.max_accuracy is not None:
             if source.accuracy_column:
-                accuracy = _column(row, source.accuracy_column, source)
+                accuracy = _accuracy_value(_column(row, source.accuracy_column, source))
                 unknown = "no accuracy value"
             else:  # one flag is not a solve rate
                 accuracy = sum(map(bool, flags)) / len(flags) if flags and len(flags) > 1 else None
@@ -385,6 +456,9 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
             if not (trace or "").strip():
                 report.drop(label, "empty trace")
                 continue
+            embedded = None  # a malformed trace fails whatever its answer
+            if source.trace_format:
+                embedded = split_generation(trace, source.trace_format, f"dataset_sources[{label}] row {index}")
             answer = gold
             if source.answer_from_trace and not answer:
                 answer = (last_boxed(trace) or "").strip()
@@ -408,6 +482,8 @@ def _sft_candidates(source: Source, report: DataReport) -> list[dict]:
                          "verified": verified}
             if turns is not None:
                 candidate["turns"] = turns
+            elif embedded is not None and len(embedded) > 1:  # no call: a plain trace
+                candidate["turns"] = embedded
             candidates.append(candidate)
     return candidates
 

@@ -87,6 +87,19 @@ def with_user_suffix(messages: list[dict], suffix: str | None) -> list[dict]:
     return [m | {"content": m["content"] + " " + suffix} if m["role"] == "user" else m for m in messages]
 
 
+def tool_rollouts(args: GRPOConfig):
+    """With `rollout_tools`: trl's rollout_func that generates through the kit's tool loop (train/grpo_tools.py)."""
+    if args.rollout_tools is None:
+        return None
+    import os
+
+    from train.grpo_tools import RolloutTools, ToolRollouts
+
+    settings = RolloutTools.from_mapping(args.rollout_tools)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in trl 1.16: pinned
+    return ToolRollouts(settings)
+
+
 def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, model_args):
     """(GRPOTrainer, held-out evaluation callback or None), after the checks, with the data built."""
     from accelerate import PartialState
@@ -97,6 +110,9 @@ def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, mod
 
     set_seed(training_args.seed)
     check_groups_stay_whole(training_args)
+    if training_args.rollout_tools is not None and data_args.eval_file:
+        raise ValueError("eval_file: the held-out accuracy evaluation generates without the tool; with rollout_tools "
+                         "leave it out and evaluate with the tool afterwards (train/toy/grpo_tir.py)")
     training_args.cosine_max_len = cosine_length_in_tokens(training_args, model_args.model_name_or_path)
     check_memory(data_args, training_args, model_args)
     tokenizer = load_tokenizer(model_args, chat_template_path=None)  # the SFT checkpoint's own template
@@ -110,6 +126,7 @@ def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, mod
         dataset = dataset.map(lambda row: {"prompt": with_user_suffix(row["prompt"], suffix)})
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+    rollouts = tool_rollouts(training_args)
     trainer = GRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=get_reward_funcs(training_args.reward_funcs, training_args),
@@ -117,7 +134,10 @@ def build_trainer(data_args: GRPOScriptArguments, training_args: GRPOConfig, mod
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(model_args),  # with LoRA the adapter-free model is the KL reference
+        rollout_func=rollouts,
     )
+    if rollouts is not None:
+        trainer.add_callback(rollouts.closing_callback())  # ends the sandbox interpreters with training
     callback = add_eval_callback(trainer, data_args, training_args, tokenizer)
     if callback is not None:
         callback.problems = [p | {"prompt": with_user_suffix(p["prompt"], training_args.prompt_suffix)}
