@@ -1,0 +1,215 @@
+"""train/export_gpt_oss.py: MXFP4 experts in the released gpt-oss layout, LoRA merged without re-quantizing, vLLM's
+LoRA through the kit's engine, and the quantized-vs-unquantized check on a tiny gpt-oss."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from train.export_gpt_oss import (
+    ExportSettings,
+    change_kept,
+    dequantize_expert,
+    export,
+    quantize_expert,
+    quantize_mxfp4,
+    serving_plan,
+)
+
+
+def _decode(blocks, scales):
+    """MXFP4 values [..., n] from blocks/scales along the last axis (for 2-D tests; experts use dequantize_expert)."""
+    lut = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6])
+    codes = torch.stack([blocks & 0x0F, blocks >> 4], dim=-1).long().flatten(-2)
+    return (lut[codes] * torch.exp2(scales.float() - 127).unsqueeze(-1)).flatten(-2)
+
+
+def _tensors(path):
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            out |= {k: st.get_tensor(k) for k in st.keys()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny bf16 gpt-oss (train/toy/gpt_oss_factory.py) and its MXFP4 export, the stand-in for the released one."""
+    from train.toy.gpt_oss_factory import build
+
+    root = tmp_path_factory.mktemp("gpt-oss")
+    bf16 = build(root / "bf16")
+    mxfp4 = root / "mxfp4"
+    report = export(ExportSettings(mode="requantize", model=str(bf16), output_dir=str(mxfp4)))
+    return bf16, mxfp4, report
+
+
+def test_rounding_is_nearest_even_with_power_of_two_block_scales():
+    # One block with max 6 (scale 2^0): each value rounds to the nearest E2M1 value, ties to the even code.
+    values = [6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -5.0, 0.3, 6.9, -0.1] + [0.0] * 20
+    blocks, scales = quantize_mxfp4(torch.tensor([values]))
+    assert scales.tolist() == [[127]]
+    expect = [6.0, 0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, -4.0, 0.5, 6.0, 0.0] + [0.0] * 20
+    assert _decode(blocks, scales)[0].tolist() == expect
+    # Representable values come back exactly at any scale; the block scale follows the block's max.
+    exact = torch.tensor([[3.0, -1.5, 0.5, 2.0] * 8, [6.0, 4.0, -0.5, 1.0] * 8]) * torch.tensor([[2.0 ** -9], [8.0]])
+    blocks, scales = quantize_mxfp4(exact)
+    assert torch.equal(_decode(blocks, scales), exact)
+    assert scales[:, 0].tolist() == [127 - 10, 127 + 3]  # max 3·2^-9 = 1.5·2^-8 → 2^(-8-2); 6·8 → 2^(5-2)
+
+
+def test_error_is_within_one_step_of_the_block_scale():
+    w = torch.randn(3, 8, 256) * 0.02
+    blocks, scales = quantize_mxfp4(w)
+    err = (_decode(blocks, scales) - w).abs().reshape(3, 8, 8, 32)
+    step = torch.exp2(scales.float() - 127).unsqueeze(-1)  # the widest E2M1 gap (4 → 6) is 2 steps
+    assert bool((err <= step * (1 + 1e-6)).all())
+    assert 0.05 < float((_decode(blocks, scales) - w).norm() / w.norm()) < 0.2  # MXFP4 on Gaussian weights
+
+
+def test_layout_is_what_transformers_dequantizes_and_round_trips_exactly():
+    # Expert parameters are [experts, in, out]; the checkpoint keeps [experts, out, in/32, 16] blocks.
+    w = (torch.randn(2, 64, 96) * 0.05).to(torch.bfloat16)
+    blocks, scales = quantize_expert(w)
+    assert blocks.shape == (2, 96, 2, 16) and scales.shape == (2, 96, 2) and blocks.dtype == torch.uint8
+    once = dequantize_expert(blocks, scales)
+    assert once.shape == w.shape
+    assert torch.equal(once.float(), _decode(blocks, scales).transpose(1, 2))
+    assert torch.equal(dequantize_expert(*quantize_expert(once)), once)  # unchanged experts are kept exactly
+
+
+def test_small_fine_tune_changes_round_back_to_the_base_values():
+    base = dequantize_expert(*quantize_expert(torch.randn(4, 64, 64) * 0.02)).float()
+    direction = torch.randn_like(base)
+    small = base + 1e-4 * direction * base.abs().mean()  # far inside one 4-bit step
+    large = base + 3.0 * direction * base.abs().mean()  # several steps
+    for tuned, lo, hi in ((small, -0.05, 0.05), (large, 0.85, 1.05)):
+        served = dequantize_expert(*quantize_expert(tuned)).float()
+        kept = change_kept(base, tuned, served)
+        assert lo <= kept["kept"] <= hi, kept
+    lost = change_kept(base, small, dequantize_expert(*quantize_expert(small)).float())
+    assert lost["moved"] == 0.0 and lost["noise"] == pytest.approx(1.0)  # served == base: the change is the error
+
+
+def test_requantize_writes_the_released_layout_that_transformers_loads(tiny):
+    from transformers import AutoModelForCausalLM
+
+    bf16, mxfp4, report = tiny
+    config = json.loads((mxfp4 / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "mxfp4"
+    assert "model.layers.*.self_attn" in config["quantization_config"]["modules_to_not_convert"]
+    src, out = _tensors(bf16), _tensors(mxfp4)
+    experts = [k for k in src if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    assert len(experts) == report["expert_tensors"] == 4
+    for k in experts:
+        assert k not in out and out[f"{k}_blocks"].dtype == torch.uint8 and out[f"{k}_scales"].dtype == torch.uint8
+    for k in set(src) - set(experts):  # attention, router, biases, embeddings, head: unchanged bytes
+        assert torch.equal(out[k], src[k]), k
+    assert report["weights_bytes"] < report["model_weights_bytes"]
+    assert 0.05 < report["rel_error_mean"] < 0.2
+    model = AutoModelForCausalLM.from_pretrained(mxfp4, dtype=torch.bfloat16)  # dequantized on a CPU
+    for i, layer in enumerate(model.model.layers):
+        for proj in ("gate_up_proj", "down_proj"):
+            key = f"model.layers.{i}.mlp.experts.{proj}"
+            expect = dequantize_expert(out[f"{key}_blocks"], out[f"{key}_scales"])
+            assert torch.equal(getattr(layer.mlp.experts, proj).detach(), expect)
+    assert (mxfp4 / "tokenizer.json").is_file() and (mxfp4 / "export_report.json").is_file()
+
+
+def test_requantize_against_the_base_measures_the_change_kept(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    bf16, mxfp4, _ = tiny
+    tuned_dir = tmp_path / "tuned"
+    tuned_dir.mkdir()
+    tensors = _tensors(mxfp4)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tuned_dir / name).write_bytes((bf16 / name).read_bytes())
+    state = {}
+    for k, t in tensors.items():  # the "fine-tuned" model: the base's dequantized experts plus a tiny update
+        if k.endswith("_blocks"):
+            key = k.removesuffix("_blocks")
+            w = dequantize_expert(t, tensors[f"{key}_scales"])
+            state[key] = (w.float() * (1 + 1e-3 * torch.randn_like(w.float()))).to(torch.bfloat16)
+        elif not k.endswith("_scales"):
+            state[k] = t
+    save_file(state, str(tuned_dir / "model.safetensors"))
+    report = export(ExportSettings(mode="requantize", model=str(tuned_dir), base=str(mxfp4),
+                                   output_dir=str(tmp_path / "out")))
+    assert report["change_kept_mean"] is not None and report["change_kept_mean"] < 0.2  # rounded away
+
+
+def _adapter(model_dir, out, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), seed=1):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(target_modules)))
+    torch.manual_seed(seed)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.2)
+    peft_model.save_pretrained(out)
+    return peft_model
+
+
+def test_merge_keeps_the_mxfp4_experts_and_matches_peft(tiny, tmp_path):
+    _, mxfp4, _ = tiny
+    peft_model = _adapter(mxfp4, tmp_path / "adapter")
+    report = export(ExportSettings(mode="merge", base=str(mxfp4), adapter=str(tmp_path / "adapter"),
+                                   output_dir=str(tmp_path / "merged")))
+    assert report["merged_tensors"] == 8  # q, k, v, o of 2 layers
+    base, merged = _tensors(mxfp4), _tensors(tmp_path / "merged")
+    assert set(base) == set(merged)
+    for k in base:
+        if "_blocks" in k or "_scales" in k:
+            assert torch.equal(merged[k], base[k]), k  # the experts' bytes: nothing re-quantized
+    reference = peft_model.merge_and_unload().state_dict()
+    for k in (k for k in base if "self_attn" in k and k.endswith("proj.weight")):
+        ulp = reference[k].float().abs() * 2 ** -7 + 1e-30  # peft merges in bf16; here in float32 then rounded
+        assert bool(((merged[k].float() - reference[k].float()).abs() <= ulp).all()), k
+        assert not torch.equal(merged[k], base[k])
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["quantization_config"]["quant_method"] == \
+        "mxfp4"
+
+
+def test_merge_refuses_expert_lora_and_bad_input(tiny, tmp_path):
+    _, mxfp4, _ = tiny
+    adapter = tmp_path / "adapter"
+    _adapter(mxfp4, adapter, target_modules=("q_proj",))
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["target_parameters"] = ["mlp.experts.gate_up_proj"]
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="expert parameters"):
+        export(ExportSettings(mode="merge", base=str(mxfp4), adapter=str(adapter), output_dir=str(tmp_path / "o")))
+    with pytest.raises(ValueError, match="no MXFP4 experts"):
+        export(ExportSettings(mode="merge", base=str(tiny[0]), adapter=str(adapter), output_dir=str(tmp_path / "o")))
+    config = tmp_path / "bad.yaml"
+    config.write_text("mode: fold\noutput_dir: x\nmodel: y\n")
+    run = subprocess.run([sys.executable, "-m", "train.export_gpt_oss", "--config", str(config)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip() == "error: mode: 'fold' is not one of merge, requantize"
+
+
+def test_serving_plan_fits_gpt_oss_on_one_80gb_gpu_only_with_mxfp4_experts_for_120b():
+    p20, p120 = serving_plan("openai/gpt-oss-20b"), serving_plan("openai/gpt-oss-120b")
+    assert 12 < p20["mxfp4_experts"]["weights_gib"] < 14 and 38 < p20["bf16"]["weights_gib"] < 40
+    assert 60 < p120["mxfp4_experts"]["weights_gib"] < 62 and p120["bf16"]["weights_gib"] > 200
+    assert p20["bf16"]["fits"] and p20["mxfp4_experts"]["fits"]
+    assert p120["mxfp4_experts"]["fits"] and not p120["bf16"]["fits"]
+
+
+def test_lora_engine_args_target_only_the_adapters_layers(tmp_path):
+    from inference.engines.vllm_engine import lora_engine_args
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"r": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}))
+    assert lora_engine_args(str(tmp_path)) == {"enable_lora": True, "max_lora_rank": 16, "max_loras": 1,
+                                              "lora_target_modules": ["o_proj", "qkv_proj"]}
+    with pytest.raises(ValueError, match="lora_path"):
+        lora_engine_args(str(tmp_path / "missing"))
