@@ -280,3 +280,37 @@ def test_quantize_check_compares_gpt_oss_with_its_mxfp4_export(tiny, tmp_path):
     assert report["engine"] == ("vllm" if ok else "transformers") and (ok or "AMX" in report["engine_reason"])
     assert report["agreement"]["samples"] == 3 and report["quantize"]["mode"] == "requantize"
     assert report["quantized"]["weights_bytes"] < report["full"]["weights_bytes"]
+
+
+def test_a_dequantized_gpt_oss_saves_every_layers_experts(tiny, tmp_path):
+    """train.sft loads gpt-oss with Mxfp4Config(dequantize=True); transformers 5.19 would save its experts under one
+    key `down_proj$` (one layer kept). save_dequantized_experts keeps the plain keys, which requantize reads."""
+    from transformers import AutoModelForCausalLM, Mxfp4Config
+
+    from train.common import save_dequantized_experts
+
+    _, mxfp4, _ = tiny
+    model = AutoModelForCausalLM.from_pretrained(mxfp4, dtype=torch.bfloat16,
+                                                 quantization_config=Mxfp4Config(dequantize=True))
+    save_dequantized_experts(model)
+    model.save_pretrained(tmp_path / "saved")
+    saved, base = _tensors(tmp_path / "saved"), _tensors(mxfp4)
+    for i in range(2):
+        for proj in ("gate_up_proj", "down_proj"):
+            key = f"model.layers.{i}.mlp.experts.{proj}"
+            assert torch.equal(saved[key], dequantize_expert(base[f"{key}_blocks"], base[f"{key}_scales"]))
+    assert not any(k.endswith("$") for k in saved)
+    broken = AutoModelForCausalLM.from_pretrained(mxfp4, dtype=torch.bfloat16,
+                                                  quantization_config=Mxfp4Config(dequantize=True))
+    broken.save_pretrained(tmp_path / "broken")  # transformers' own save, without the fix
+    with pytest.raises(ValueError, match="one key for all layers"):
+        export(ExportSettings(mode="requantize", model=str(tmp_path / "broken"), output_dir=str(tmp_path / "o")))
+    report = export(ExportSettings(mode="requantize", model=str(tmp_path / "saved"), base=str(mxfp4),
+                                   output_dir=str(tmp_path / "again")))
+    assert report["expert_tensors"] == 4 and report["change_kept_mean"] is None  # no change: nothing to keep
+    again = _tensors(tmp_path / "again")
+    for k in base:
+        if k.endswith("_blocks"):
+            key = k.removesuffix("_blocks")
+            assert torch.equal(dequantize_expert(again[k], again[f"{key}_scales"]),
+                               dequantize_expert(base[k], base[f"{key}_scales"]))

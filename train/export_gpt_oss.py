@@ -369,6 +369,10 @@ def requantize(settings: ExportSettings) -> dict:
     writer = ShardWriter(out, int(settings.max_shard_gb * 2 ** 30))
     per_tensor, experts = [], 0
     for key, t in iter_tensors(files):
+        if key.endswith("$"):
+            raise ValueError(f"model: {model} holds the tensor {key!r}: transformers saved a model loaded with "
+                             "Mxfp4Config(dequantize=True) under one key for all layers (experts lost); train with "
+                             "train.sft, which saves them per layer (train.common.save_dequantized_experts)")
         proj = expert_name(key)
         if proj is None or not key.endswith(proj):
             writer.add(key, t)
