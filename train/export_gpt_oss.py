@@ -79,8 +79,9 @@ def quantize_mxfp4(w):
     exponent = (torch.floor(torch.log2(rounded + (rounded == 0) * 2.0 ** -126)) - 2).clamp(-127, 127)
     scaled = x / torch.exp2(exponent).unsqueeze(-1)
     magnitude = scaled.abs()
-    code = torch.bucketize(magnitude, torch.tensor(_THRESHOLDS), right=False)  # a tie goes to the lower code...
-    code += torch.isin(magnitude, torch.tensor(_TIES_UP)).to(code.dtype)  # ...unless the upper one is even
+    thresholds, ties = torch.tensor(_THRESHOLDS, device=x.device), torch.tensor(_TIES_UP, device=x.device)
+    code = torch.bucketize(magnitude, thresholds, right=False)  # a tie goes to the lower code...
+    code += torch.isin(magnitude, ties).to(code.dtype)  # ...unless the upper one is even
     nibbles = (code.clamp(max=7) | (torch.signbit(scaled).to(code.dtype) << 3)).to(torch.uint8)
     nibbles = nibbles.reshape(*lead, n // BLOCK, BLOCK // 2, 2)
     blocks = nibbles[..., 0] | (nibbles[..., 1] << 4)
@@ -138,6 +139,7 @@ class ExportSettings:
     model: str | None = None  # requantize: the full fine-tuned bf16 checkpoint
     output_dir: str | None = None
     max_shard_gb: float = 5.0  # safetensors shards of the output
+    device: str = "auto"  # where experts are quantized: auto (cuda if available), cpu, cuda, cuda:1, ...
     check: dict = field(default_factory=dict)  # train/quantize_check.py's settings, not used here
 
     def validate(self) -> None:
@@ -365,6 +367,7 @@ def requantize(settings: ExportSettings) -> dict:
             (config["quantization_config"].get("dequantize")):
         raise ValueError(f"model: {model} is already MXFP4 (its config.json says so); requantize takes bf16 experts")
     base_files = base_experts(settings.base)
+    device = quantize_device(settings.device)
     prepare_output(out, [model] + ([Path(settings.base)] if settings.base else []))
     writer = ShardWriter(out, int(settings.max_shard_gb * 2 ** 30))
     per_tensor, experts = [], 0
@@ -377,17 +380,17 @@ def requantize(settings: ExportSettings) -> dict:
         if proj is None or not key.endswith(proj):
             writer.add(key, t)
             continue
-        blocks, scales = quantize_expert(t)
+        tuned = t.to(device).float()
+        blocks, scales = quantize_expert(tuned)
         served = dequantize_expert(blocks, scales).float()
-        tuned = t.float()
         row = {"tensor": key, "rel_error": float((served - tuned).norm() / tuned.norm().clamp_min(1e-30))}
         if key in base_files:
             b0 = read_tensor(base_files[key], f"{key}_blocks")
             s0 = read_tensor(base_files[key], f"{key}_scales")
-            row |= change_kept(dequantize_expert(b0, s0).float(), tuned, served)
+            row |= change_kept(dequantize_expert(b0.to(device), s0.to(device)).float(), tuned, served)
         per_tensor.append(row)
-        writer.add(f"{key}_blocks", blocks)
-        writer.add(f"{key}_scales", scales)
+        writer.add(f"{key}_blocks", blocks.cpu())
+        writer.add(f"{key}_scales", scales.cpu())
         experts += 1
     if not experts:
         raise ValueError(f"model: {model} has no bf16 expert weights (*.mlp.experts.gate_up_proj / down_proj)")
@@ -401,6 +404,20 @@ def requantize(settings: ExportSettings) -> dict:
             "change_kept_min": min(kept) if kept else None,
             "per_tensor": per_tensor, "weights_bytes": writer.total,
             "model_weights_bytes": sum(f.stat().st_size for f in files)}
+
+
+def quantize_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: {name!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name} asked for, but torch sees no CUDA GPU")
+    return device
 
 
 def export(settings: ExportSettings) -> dict:
