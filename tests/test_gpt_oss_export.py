@@ -328,3 +328,12 @@ def test_export_recipes_load_with_their_checks(repo_root, name):
     check = CheckSettings.from_dict(settings.check)
     assert check.chat_format == "harmony" and (repo_root / check.eval_file).is_file()
     assert settings.mode == ("merge" if name == "gpt-oss-20b-tir" else "requantize")
+
+
+def test_lora_path_is_a_vllm_setting():
+    from inference.config import Competition, Settings
+
+    comp = Competition.load("aimo3")
+    assert Settings(competition=comp, engine="vllm", model="m", lora_path="adapter").lora_path == "adapter"
+    with pytest.raises(ValueError, match="lora_path is served by the vllm engine only"):
+        Settings(competition=comp, engine="transformers", model="m", lora_path="adapter")

