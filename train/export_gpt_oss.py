@@ -438,13 +438,14 @@ def serving_plan(model: str, gpu_memory_gb: float = 80.0, gpu_memory_utilization
     """Weights on one GPU with bf16 and with MXFP4 experts, and the KV cache left for `context_tokens` (the serving
     config's 8 samples × 81,920 tokens); `kv_bytes` 1 for kv_cache_dtype fp8, 2 for bf16. gpt-oss alternates
     sliding-window (128 tokens) and full-attention layers: only the full ones grow with the context."""
-    from train.memory import model_shape
-
-    shape = model_shape(model)
     from transformers import AutoConfig
 
-    from train.memory import KNOWN_ARCHITECTURES
+    from train.memory import KNOWN_ARCHITECTURES, model_shape
 
+    if not (Path(model) / "config.json").exists() and model not in KNOWN_ARCHITECTURES:
+        raise ValueError(f"--serving-plan: {model!r} is neither a model directory nor one of "
+                         f"{sorted(k for k, v in KNOWN_ARCHITECTURES.items() if v[0] == 'gpt_oss')}")
+    shape = model_shape(model)
     if (Path(model) / "config.json").exists():
         config = AutoConfig.from_pretrained(model)
     else:
