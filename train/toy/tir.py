@@ -173,7 +173,7 @@ def serve_prompts(serve_config: str) -> dict:
 
 
 def evaluate_served(model: str, serve_config: str, problems_path: str, limit: int | None = None,
-                    out_dir: str | Path | None = None) -> dict:
+                    out_dir: str | Path | None = None, modes: tuple[str, ...] = ("tool", "no_tool")) -> dict:
     """Greedy answers to held-out problems served by the config's engine through inference/evaluate.py, with the
     tool and without it (the sandbox off and the tool not declared to the model); returns {"tool": ..., "no_tool":
     ...} with each run's accuracy ± stderr, tool calls per problem, no-answer rate and seconds."""
@@ -187,8 +187,8 @@ def evaluate_served(model: str, serve_config: str, problems_path: str, limit: in
     out_dir = Path(out_dir or Path(model).parent)
     greedy = {"sampling.samples": 1, "sampling.temperature": 0.0, "sampling.stop_rule": "none"}
     result = {}
-    for name, overrides in (("tool", greedy),
-                            ("no_tool", greedy | {"tools.enabled": False, "prompts.format_options.tool": False})):
+    runs = {"tool": greedy, "no_tool": greedy | {"tools.enabled": False, "prompts.format_options.tool": False}}
+    for name, overrides in ((m, runs[m]) for m in modes):
         settings = load_settings(serve_config, overrides, model=str(model))
         traces = out_dir / f"traces-{name}.jsonl"
         start = time.perf_counter()
@@ -238,6 +238,13 @@ def evaluate(model: str, problems_path: str, limit: int | None = None, max_token
     return result
 
 
+def load_or_exit(path: str) -> TirRecipe:
+    try:
+        return TirRecipe.load(path)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["evaluate"]:
         import json
@@ -249,7 +256,7 @@ def main() -> None:
         parser.add_argument("--config", help="a TIR recipe with serve_config: serve the model through its engine")
         args = parser.parse_args(sys.argv[2:])
         logging.basicConfig(level=logging.WARNING)
-        recipe = TirRecipe.load(args.config) if args.config else TirRecipe()
+        recipe = load_or_exit(args.config) if args.config else TirRecipe()
         model = args.model or recipe.model_dir
         problems = args.problems or f"{recipe.run_dir}/data/test.jsonl"
         if recipe.serve_config:
@@ -263,7 +270,7 @@ def main() -> None:
     parser.add_argument("--run-dir", help="overrides the recipe's run_dir (its model goes to RUN_DIR/model)")
     args, sft_overrides = parser.parse_known_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    recipe = TirRecipe.load(args.config)
+    recipe = load_or_exit(args.config)
     if args.run_dir:
         recipe.run_dir, recipe.model_dir, recipe.problems_csv = args.run_dir, f"{args.run_dir}/model", None
 
