@@ -343,8 +343,9 @@ def finish_with_selected_checkpoint(trainer, callback: AccuracyEvalCallback | No
 # --- model, tokenizer, memory ---------------------------------------------------------------------------------------
 
 
-def load_tokenizer(model_args, chat_template_path: str | None):
-    """The model's tokenizer, with the recipe's chat template if it names a .jinja file (saved with the model)."""
+def load_tokenizer(model_args, chat_template_path: str | None, need_template: bool = True):
+    """The model's tokenizer, with the recipe's chat template if it names a .jinja file (saved with the model).
+    `need_template` False: the rows are rendered without it (chat_format harmony: openai-harmony renders)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
@@ -352,7 +353,7 @@ def load_tokenizer(model_args, chat_template_path: str | None):
         if not chat_template_path.endswith((".jinja", ".j2")) or not Path(chat_template_path).is_file():
             raise FileNotFoundError(f"chat_template_path: {chat_template_path} is not a .jinja file")
         tokenizer.chat_template = Path(chat_template_path).read_text()
-    if tokenizer.chat_template is None:
+    if tokenizer.chat_template is None and need_template:
         raise ValueError(f"{model_args.model_name_or_path}: the tokenizer has no chat template; set chat_template_path")
     return tokenizer
 

@@ -57,7 +57,8 @@ def build_trainer(data_args: DataArguments, training_args: SFTConfig, model_args
 
     set_seed(training_args.seed)
     check_memory(data_args, training_args, model_args)
-    tokenizer = load_tokenizer(model_args, training_args.chat_template_path)
+    tokenizer = load_tokenizer(model_args, training_args.chat_template_path,
+                               need_template=data_args.chat_format != "harmony" or bool(data_args.eval_file))
     with PartialState().main_process_first():  # rank 0 fills the datasets cache, the others read it
         dataset, report = build_sft_dataset(data_args.sources(), tokenizer, training_args.system_prompt,
                                             training_args.max_length, data_args.dataset_seed, data_args.chat_format,

