@@ -290,11 +290,11 @@ def simulate_run(settings: Settings, ts: TraceSet, slots: list[Slot], speed: Spe
 
 
 def _memo_requests(make, cache: dict):
-    def requests(problem_id: str, problem: str, first: int, count: int):
-        key = (problem_id, problem, first, count)
+    def requests(problem_id: str, problem: str, first: int, count: int, max_tokens: int | None = None):
+        key = (problem_id, problem, first, count, max_tokens)  # max_tokens: the token scheduler's, per problem
         made = cache.get(key)
         if made is None:
-            made = cache[key] = make(problem_id, problem, first, count)
+            made = cache[key] = make(problem_id, problem, first, count, max_tokens)
         return made
 
     return requests

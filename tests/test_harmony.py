@@ -319,7 +319,9 @@ def test_aimo3_gpt_oss_settings_render_the_winners_prompt(repo_root):
     from inference.voting import uses_entropy
 
     s = load_settings(repo_root / "configs/inference/aimo3-gpt-oss.yaml")
-    assert (s.engine, s.sampling.samples, s.voting.kind, s.voting.k, s.tools.enabled) == ("vllm", 8, "k_of_n", 4, True)
+    # The winners' prompt, samples and tool; the stop is the kit's `fast` (3 agree, or 2 where the fitted table allows).
+    assert (s.engine, s.sampling.samples, s.voting.kind, s.voting.k, s.tools.enabled) == ("vllm", 8, "k_of_n", 3, True)
+    assert s.voting.stop_table and s.voting.max_risk == 0.15
     assert uses_entropy(s.voting) and s.voting.entropy_top_k == 5
     assert s.engine_args["kv_cache_dtype"] == "fp8_e4m3" and s.engine_args["max_model_len"] >= 65536
     assert s.engine_args["enable_prefix_caching"] and "quantization" not in s.engine_args  # MXFP4 from the checkpoint
